@@ -1,0 +1,280 @@
+"""Simulated backends: the livetomo devices wired to the physics in ``livetomo.simulators``.
+
+Each ``Sim*`` class owns one simulated instrument (a "world" in which several devices
+act on the same specimen) and hands out the backends the devices are built from. The
+``make_*`` functions build ready devices, which is what the demo, the tests and the
+benchmarks use; plans never see any of this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..simulators import fib as fib_sim
+from ..simulators.correlative import CorrelativeScene, make_correlative_scene
+from ..simulators.faults import FaultInjector, as_faults
+from ..simulators.k3 import K3Camera as K3Model
+from ..simulators.k3 import make_lamella
+from ..simulators.microprobe import RasterResult, XRFMicroprobe
+from ..simulators.specimen import make_cell
+from ..simulators.stages import RotationStageModel, TiltStageModel
+from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera
+from .fib import CryoFIB
+from .motion import RasterSpec, RotationStage, ScanStage, TiltStage
+from .sinks import FrameSink, MemorySink
+from .xray import SegmentedDPCDetector, VortexXRF
+
+
+class _AxisBackend:
+    """Adapts a stage model (``move``, ``position_deg``) to ``MotorBackend``."""
+
+    def __init__(self, model, truth):
+        self.model = model
+        self._truth = truth
+
+    def move(self, target: float) -> float:
+        return self.model.move(target)
+
+    def position(self) -> float:
+        return self.model.position_deg
+
+    def truth(self) -> dict[str, tuple[float, str]]:
+        return self._truth(self.model)
+
+
+def _runout_truth(model: RotationStageModel) -> dict[str, tuple[float, str]]:
+    v, h = model.true_offset_um
+    return {"true_offset_v": (float(v), "um"), "true_offset_h": (float(h), "um")}
+
+
+def _drift_truth(model: TiltStageModel) -> dict[str, tuple[float, str]]:
+    v, h = model.true_offset_nm
+    return {"true_offset_v": (float(v), "nm"), "true_offset_h": (float(h), "nm")}
+
+
+class SimMicroprobe:
+    """Scanning X-ray microprobe: rotation stage with runout, raster stage, DPC and XRF detectors.
+
+    ``run_raster`` (the scan stage's backend) rasters the specimen at the stage's true
+    angle and runout; the two detector backends then read their part of that raster.
+    ``history`` keeps every raster's truth (true shift in pixels, true maps).
+    """
+
+    def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
+        self.probe = probe
+        self.rotation = rotation
+        self.latest: RasterResult | None = None
+        self.history: list[RasterResult | None] = []
+
+    def run_raster(self, spec: RasterSpec) -> None:
+        if not np.isclose(spec.pixel_size_um * 1000.0, self.probe.pixel_size_nm, rtol=1e-3):
+            raise ValueError(
+                f"raster pixel {spec.pixel_size_um} um differs from the probe's {self.probe.pixel_size_nm} nm"
+            )
+        self.latest = self.probe.raster(
+            self.rotation.position_deg,
+            offset_um=tuple(self.rotation.true_offset_um),
+            dwell_s=spec.dwell_s,
+            shape=spec.shape,
+        )
+        self.history.append(self.latest)
+
+    def segments_backend(self):
+        return _SegmentsBackend(self)
+
+    def spectra_backend(self):
+        return _SpectraBackend(self)
+
+
+class _SegmentsBackend:
+    def __init__(self, world: SimMicroprobe):
+        self.world = world
+
+    def read_raster(self):
+        latest = self.world.latest
+        return None if latest is None else latest.segments.astype(np.float32, copy=False)
+
+
+class _SpectraBackend:
+    def __init__(self, world: SimMicroprobe):
+        self.world = world
+        det = world.probe.detector
+        self.n_channels = det.n_channels
+        self.ev_per_channel = det.ev_per_channel
+        self.offset_ev = det.offset_ev
+
+    def read_raster(self):
+        latest = self.world.latest
+        return None if latest is None else (latest.spectra, latest.live_fraction)
+
+
+@dataclass
+class MicroprobeDevices:
+    """The devices of the simulated XRF-DPC beamline plus the world that knows the truth."""
+
+    rotation: RotationStage
+    scan: ScanStage
+    dpc: SegmentedDPCDetector
+    xrf: VortexXRF
+    world: SimMicroprobe
+    sink: FrameSink
+
+
+def make_microprobe(
+    *,
+    shape=(24, 48, 48),
+    pixel_size_nm: float = 300.0,
+    seed: int = 0,
+    faults: FaultInjector | None = None,
+    sink: FrameSink | None = None,
+    save_spectra: bool = True,
+    rotation_model: RotationStageModel | None = None,
+) -> MicroprobeDevices:
+    """Simulated XRF-DPC microprobe at 10.2 keV with a frozen-hydrated cell of ``shape`` voxels."""
+    faults = as_faults(faults)
+    sink = sink if sink is not None else MemorySink()
+    specimen = make_cell(shape, voxel_size_nm=pixel_size_nm, seed=seed)
+    probe = XRFMicroprobe(specimen, pixel_size_nm=pixel_size_nm, seed=seed + 1, faults=faults)
+    rotation_model = rotation_model or RotationStageModel(seed=seed + 2, faults=faults)
+    world = SimMicroprobe(probe, rotation_model)
+    return MicroprobeDevices(
+        rotation=RotationStage(_AxisBackend(rotation_model, _runout_truth)),
+        scan=ScanStage(world),
+        dpc=SegmentedDPCDetector(world.segments_backend(), sink),
+        xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
+        world=world,
+        sink=sink,
+    )
+
+
+class SimTEM:
+    """Cryo-TEM: tilt stage with eucentric error and drift, K3 camera, a lamella specimen."""
+
+    def __init__(self, camera: K3Model, tilt: TiltStageModel, pixel_size_nm: float):
+        self.camera = camera
+        self.tilt = tilt
+        self.pixel_size_nm = pixel_size_nm
+        self.history: list = []
+
+    def true_shift_px(self) -> tuple[float, float]:
+        v, h = self.tilt.true_offset_nm / self.pixel_size_nm
+        return float(v), float(h)
+
+    def acquire(self, dose: float):
+        frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
+        self.history.append(frame)
+        return None if frame is None else np.asarray(frame.counts, dtype=np.float32)
+
+
+class _CameraBackend:
+    def __init__(self, acquire, shape, pixel_size_nm):
+        self.acquire = acquire
+        self.shape = tuple(shape)
+        self.pixel_size_nm = pixel_size_nm
+
+
+@dataclass
+class TEMDevices:
+    tilt: TiltStage
+    k3: K3Camera
+    world: SimTEM
+    sink: FrameSink
+
+
+def make_tem(
+    *,
+    shape=(64, 24, 64),
+    voxel_size_nm: float = 2.0,
+    seed: int = 0,
+    faults: FaultInjector | None = None,
+    sink: FrameSink | None = None,
+    tilt_model: TiltStageModel | None = None,
+) -> TEMDevices:
+    """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels."""
+    faults = as_faults(faults)
+    sink = sink if sink is not None else MemorySink()
+    potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
+    camera = K3Model(potential, pixel_size_A=voxel_size_nm * 10.0, seed=seed + 1, faults=faults)
+    tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
+    world = SimTEM(camera, tilt_model, voxel_size_nm)
+    image_shape = (shape[0], shape[2])
+    backend = _CameraBackend(world.acquire, image_shape, voxel_size_nm)
+    return TEMDevices(
+        tilt=TiltStage(_AxisBackend(tilt_model, _drift_truth)),
+        k3=K3Camera(backend, sink),
+        world=world,
+        sink=sink,
+    )
+
+
+class SimFIB:
+    """FIB backend over ``simulators.fib.CryoFIBMill`` with an EELS probe."""
+
+    angle_limits_deg = (0.0, 30.0)
+
+    def __init__(
+        self, mill: fib_sim.CryoFIBMill, *, eels_counts: float = 1e6, mean_free_path_nm: float = 350.0
+    ):
+        self.mill_model = mill
+        self.offered_currents_A = tuple(fib_sim.available_currents())
+        self.pattern_area_um2 = mill.pattern_area_um2
+        self.current_A = min(self.offered_currents_A)
+        self.angle_deg = 10.0
+        self.eels_counts = eels_counts
+        self.mean_free_path_nm = mean_free_path_nm
+        self._rng = np.random.default_rng(0)
+
+    def set_current(self, current_A: float) -> None:
+        self.current_A = current_A
+
+    def set_angle(self, angle_deg: float) -> None:
+        self.angle_deg = angle_deg
+
+    def mill(self, duration_s: float) -> None:
+        self.mill_model.mill(self.current_A, duration_s, self.angle_deg)
+
+    def measure_eels(self) -> tuple[float, float]:
+        return fib_sim.eels_spectrum_ratio(
+            self.mill_model.thickness_nm,
+            mfp_nm=self.mean_free_path_nm,
+            counts=self.eels_counts,
+            rng=self._rng,
+        )
+
+    def nominal_rate_um3_per_s(self, current_A: float) -> float:
+        return fib_sim.SPUTTER_RATES_UM3_PER_S[current_A]
+
+    def truth(self) -> dict[str, tuple[float, str]]:
+        return {"true_thickness": (float(self.mill_model.thickness_nm), "nm")}
+
+
+def make_fib(
+    *,
+    initial_thickness_nm: float = 3000.0,
+    seed: int = 0,
+    faults: FaultInjector | None = None,
+    mean_free_path_nm: float = 350.0,
+) -> CryoFIB:
+    """Simulated cryo-FIB with a lamella of ``initial_thickness_nm`` to thin."""
+    mill = fib_sim.CryoFIBMill(initial_thickness_nm, seed=seed, faults=as_faults(faults))
+    backend = SimFIB(mill, mean_free_path_nm=mean_free_path_nm)
+    return CryoFIB(backend, eels_mean_free_path_nm=mean_free_path_nm)
+
+
+@dataclass
+class CorrelativeDevices:
+    sxt: SoftXrayCamera
+    fm: FluorescenceCamera
+    scene: CorrelativeScene
+    sink: FrameSink
+
+
+def make_correlative(*, seed: int = 0, sink: FrameSink | None = None, **scene_kwargs) -> CorrelativeDevices:
+    """Simulated cryo-SXT and cryo-FM cameras looking at the same grid region."""
+    sink = sink if sink is not None else MemorySink()
+    scene = make_correlative_scene(seed=seed, **scene_kwargs)
+    sxt = _CameraBackend(lambda exposure: scene.sxt.astype(np.float32), scene.sxt.shape, scene.sxt_pixel_nm)
+    fm = _CameraBackend(lambda exposure: scene.fm.astype(np.float32), scene.fm.shape, scene.fm_pixel_nm)
+    return CorrelativeDevices(SoftXrayCamera(sxt, sink), FluorescenceCamera(fm, sink), scene, sink)

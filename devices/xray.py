@@ -1,0 +1,152 @@
+"""X-ray microprobe detectors: segmented DPC transmission detector and Vortex XRF (MCA)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..simulators.xrf import EMISSION_LINES, roi_half_width_ev
+from .base import ParameterError, finished, reading
+from .detector import FrameDetector
+from .motion import RasterSpec
+from .sinks import FrameSink
+
+
+class SegmentsBackend(Protocol):
+    def read_raster(self) -> np.ndarray | None:
+        """Segment intensities of the last raster, (4, rows, cols) for segments 2-5; None if lost."""
+
+
+class SpectraBackend(Protocol):
+    n_channels: int
+    ev_per_channel: float
+    offset_ev: float
+
+    def read_raster(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(spectra (rows, cols, channels) counts, live fraction (rows, cols)) of the last raster."""
+
+
+class SegmentedDPCDetector(FrameDetector):
+    """Four-segment transmission detector behind the sample (segments 2-5).
+
+    Each raster gives one frame ``{name}_segments`` of shape (4, rows, cols), float32
+    photon counts. The event carries the mean total transmission signal.
+    """
+
+    summary_units = {"mean_sum": "counts"}
+
+    def __init__(self, backend: SegmentsBackend, sink: FrameSink, *, name: str = "dpc", parent=None):
+        super().__init__(sink, name=name, parent=parent)
+        self.backend = backend
+
+    def prepare(self, spec: RasterSpec):
+        self.frames.declare(f"{self.name}_segments", np.float32, (4, *spec.shape))
+        return finished(self)
+
+    def _acquire(self):
+        segments = self.backend.read_raster()
+        return None if segments is None else {f"{self.name}_segments": segments}
+
+    def _summaries(self, frames) -> dict[str, float]:
+        segments = frames[f"{self.name}_segments"]
+        return {"mean_sum": float(np.nanmean(segments.sum(axis=0)))}
+
+
+def roi_window_channels(element: str, n_channels: int, ev_per_channel: float, offset_ev: float = 0.0):
+    """Channel range [lo, hi) of the Kα1 energy window of ``element`` (DESIGN.md ROI width)."""
+    if element not in EMISSION_LINES:
+        raise ParameterError(
+            f"element {element!r} has no emission line; allowed: {', '.join(EMISSION_LINES)}"
+        )
+    energy_ev = EMISSION_LINES[element]["Ka1"] * 1000.0
+    half = roi_half_width_ev(EMISSION_LINES[element]["Ka1"])
+    lo = int(np.floor((energy_ev - half - offset_ev) / ev_per_channel))
+    hi = int(np.ceil((energy_ev + half - offset_ev) / ev_per_channel)) + 1
+    if lo < 0 or hi > n_channels:
+        raise ParameterError(
+            f"{element} Kα window [{energy_ev - half:.0f}, {energy_ev + half:.0f}] eV lies outside the "
+            f"detector's {n_channels} channels of {ev_per_channel:g} eV"
+        )
+    return lo, hi
+
+
+class VortexXRF(FrameDetector):
+    """Vortex silicon-drift fluorescence detector read as an MCA per raster pixel.
+
+    Frames: ``{name}_roi`` (elements, rows, cols) float32 counts in each element's Kα
+    window, and, when ``save_spectra`` is set, ``{name}_spectra`` (rows, cols, channels)
+    uint32, the full spectra PyXRF fits. Events: total counts per element and the mean
+    live fraction (dead time).
+    """
+
+    def __init__(
+        self,
+        backend: SpectraBackend,
+        sink: FrameSink,
+        *,
+        elements=("P", "S", "K", "Ca", "Fe", "Cu", "Zn"),
+        save_spectra: bool = True,
+        name: str = "xrf",
+        parent=None,
+    ):
+        super().__init__(sink, name=name, parent=parent)
+        self.backend = backend
+        self.elements = tuple(elements)
+        self.save_spectra = save_spectra
+        self.windows = {
+            el: roi_window_channels(el, backend.n_channels, backend.ev_per_channel, backend.offset_ev)
+            for el in self.elements
+        }
+        self.summary_units = {f"{el}": "counts" for el in self.elements} | {"live_fraction": ""}
+
+    def prepare(self, spec: RasterSpec):
+        self.frames.declare(f"{self.name}_roi", np.float32, (len(self.elements), *spec.shape))
+        if self.save_spectra:
+            self.frames.declare(f"{self.name}_spectra", np.uint32, (*spec.shape, self.backend.n_channels))
+        return finished(self)
+
+    def roi_maps(self, spectra: np.ndarray) -> np.ndarray:
+        """Counts in each element window, (elements, rows, cols), from (rows, cols, channels)."""
+        cumulative = np.cumsum(spectra, axis=-1, dtype=np.float64)
+        cumulative = np.concatenate([np.zeros((*spectra.shape[:-1], 1)), cumulative], axis=-1)
+        maps = [cumulative[..., hi] - cumulative[..., lo] for lo, hi in self.windows.values()]
+        return np.stack(maps).astype(np.float32)
+
+    def _acquire(self):
+        result = self.backend.read_raster()
+        if result is None:
+            return None
+        spectra, live = result
+        frames = {f"{self.name}_roi": self.roi_maps(spectra)}
+        if self.save_spectra:
+            frames[f"{self.name}_spectra"] = spectra.astype(np.uint32, copy=False)
+        self._live = float(np.mean(live))
+        return frames
+
+    def _summaries(self, frames) -> dict[str, float]:
+        totals = frames[f"{self.name}_roi"].sum(axis=(1, 2))
+        out = {el: float(t) for el, t in zip(self.elements, totals, strict=True)}
+        out["live_fraction"] = self._live
+        return out
+
+    def read_configuration(self) -> dict:
+        out = {f"{self.name}_elements": reading(",".join(self.elements))}
+        for el, (lo, hi) in self.windows.items():
+            out[f"{self.name}_{el}_window"] = reading([lo, hi])
+        return out
+
+    def describe_configuration(self) -> dict:
+        out = {f"{self.name}_elements": {"source": "config", "dtype": "string", "shape": []}}
+        for el in self.windows:
+            out[f"{self.name}_{el}_window"] = {
+                "source": "config",
+                "dtype": "array",
+                "shape": [2],
+                "units": "channel",
+            }
+        return out
+
+    @property
+    def hints(self) -> dict:
+        return {"fields": [f"{self.name}_Zn"] if "Zn" in self.elements else []}

@@ -1,0 +1,68 @@
+"""Cryo-ET tilt series with a K3 camera: dose-symmetric, bidirectional or continuous order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bluesky import plan_stubs as bps
+from bluesky import plans as bp
+
+from ..devices.base import ParameterError
+from ..devices.cameras import K3Settings
+from .tilt_order import tilt_order
+from .tomo import _metadata, check_angles
+
+
+def tilt_series(
+    camera,
+    tilt,
+    *,
+    min_deg: float = -60.0,
+    max_deg: float = 60.0,
+    step_deg: float = 3.0,
+    order: str = "dose-symmetric",
+    group_size: int = 2,
+    start_deg: float = 0.0,
+    dose_per_tilt: float = 3.0,
+    dose_budget: float = 150.0,
+    on_tilt: Callable | None = None,
+    md=None,
+):
+    """Acquire a tilt series; one event per tilt in acquisition order.
+
+    ``dose_per_tilt`` and ``dose_budget`` are in e/Å²; the series must fit the budget.
+    ``on_tilt(angle_deg, index)``, if given, returns a plan (or None) run after each
+    tilt, e.g. to track the specimen or refocus. Checks happen before anything moves.
+    """
+    angles = tilt_order(min_deg, max_deg, step_deg, order=order, group_size=group_size, start_deg=start_deg)
+    check_angles(tilt, angles)
+    camera.check_exposure(dose_per_tilt)
+    total = dose_per_tilt * len(angles)
+    if total > dose_budget:
+        raise ParameterError(
+            f"total dose {total:g} e/A^2 ({len(angles)} tilts × {dose_per_tilt:g} e/A^2) exceeds "
+            f"dose_budget = {dose_budget:g} e/A^2; "
+            f"allowed: dose_per_tilt <= {dose_budget / len(angles):.3g} e/A^2"
+        )
+    index = {"n": 0}
+
+    def per_step(detectors, step, pos_cache):
+        yield from bps.one_nd_step(detectors, step, pos_cache)
+        if on_tilt is not None:
+            hook = on_tilt(next(iter(step.values())), index["n"])
+            if hook is not None:
+                yield from hook
+        index["n"] += 1
+
+    md = _metadata(
+        md,
+        plan_name="tilt_series",
+        livetomo_method="cryo-et",
+        tilt_angles=angles,
+        tilt_order=order,
+        group_size=group_size,
+        dose_per_tilt_e_per_A2=dose_per_tilt,
+        total_dose_e_per_A2=total,
+    )
+    yield from bps.prepare(camera, K3Settings(dose_e_per_A2=dose_per_tilt), wait=True)
+    return (yield from bp.list_scan([camera], tilt, angles, per_step=per_step, md=md))

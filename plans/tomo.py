@@ -1,0 +1,125 @@
+"""Tomography plans: a rotation step scan, and XRF-DPC nanotomography with fly-scan rasters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from bluesky import plan_stubs as bps
+from bluesky import plans as bp
+
+from ..devices.base import ParameterError, check_range
+from ..devices.motion import RasterSpec
+
+# Mass energy-absorption coefficient of water (vitreous ice) near 10 keV, cm²/g (NIST, 10 keV: 4.944).
+ICE_MU_EN_CM2_PER_G = 4.944
+KEV_TO_J = 1.602176634e-16
+
+
+def resolve_angles(angles=None, *, start=None, stop=None, num=None) -> list[float]:
+    """Angles from an explicit list or from ``start``, ``stop`` (inclusive) and ``num``."""
+    if angles is not None and any(v is not None for v in (start, stop, num)):
+        raise ParameterError("give either angles or start/stop/num, not both")
+    if angles is None:
+        if any(v is None for v in (start, stop, num)):
+            raise ParameterError("angles missing: give a list of angles, or start, stop and num")
+        if int(num) < 1:
+            raise ParameterError(f"num = {num} must be >= 1")
+        return [float(a) for a in np.linspace(start, stop, int(num))]
+    angles = [float(a) for a in angles]
+    if not angles:
+        raise ParameterError("angles is empty")
+    return angles
+
+
+def check_angles(axis, angles: Sequence[float]) -> None:
+    """ParameterError naming the first angle outside ``axis``' limits."""
+    for i, angle in enumerate(angles):
+        axis.check(angle, parameter=f"angles[{i}]")
+
+
+def _metadata(md, **extra) -> dict:
+    return {**extra, **(md or {})}
+
+
+def tomo_scan(detectors, rotation, angles=None, *, start=None, stop=None, num=None, md=None):
+    """Step scan of ``rotation`` over angles (degrees), reading ``detectors`` at each.
+
+    Give ``angles`` (any order, non-uniform allowed) or ``start``, ``stop``, ``num``.
+    Every angle is checked against the stage limits before anything moves.
+    """
+    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    check_angles(rotation, angles)
+    md = _metadata(md, plan_name="tomo_scan", livetomo_method="tomography", rotation_angles=angles)
+    return (yield from bp.list_scan(list(detectors), rotation, angles, md=md))
+
+
+def xray_dose_gy(flux_photons_per_s: float, dwell_s: float, pixel_size_um: float, energy_kev: float) -> float:
+    """Surface dose in vitreous ice of one raster (Gy): fluence · E · (µ_en/ρ)."""
+    fluence_per_cm2 = flux_photons_per_s * dwell_s / (pixel_size_um * 1e-4) ** 2
+    return fluence_per_cm2 * energy_kev * KEV_TO_J * ICE_MU_EN_CM2_PER_G * 1e3
+
+
+def xrf_dpc_tomo(
+    dpc,
+    xrf,
+    rotation,
+    scan,
+    angles=None,
+    *,
+    start=None,
+    stop=None,
+    num=None,
+    raster_shape: tuple[int, int] = (48, 48),
+    pixel_size_um: float = 0.3,
+    dwell_s: float | None = None,
+    total_dwell_s: float | None = None,
+    flux_photons_per_s: float = 5e9,
+    energy_kev: float = 10.2,
+    dose_budget_gy: float = 1e8,
+    md=None,
+):
+    """XRF nanotomography with DPC: a fly-scan raster of DPC + XRF at every angle.
+
+    Give ``dwell_s`` per pixel, or ``total_dwell_s`` for dose fractionation: the total
+    dwell per pixel is spread over all angles (dwell = total / n_angles), so many low-dose
+    angles cost what few high-dose ones would. The accumulated dose (Gy, ice, 10 keV
+    surface dose) must stay within ``dose_budget_gy``. All checks happen before motion.
+    """
+    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    check_angles(rotation, angles)
+    if (dwell_s is None) == (total_dwell_s is None):
+        raise ParameterError("give exactly one of dwell_s (per angle) or total_dwell_s (dose-fractionated)")
+    if dwell_s is None:
+        check_range("total_dwell_s", total_dwell_s, 0.0, np.inf, "s")
+        dwell_s = total_dwell_s / len(angles)
+    spec = RasterSpec(shape=tuple(int(n) for n in raster_shape), pixel_size_um=pixel_size_um, dwell_s=dwell_s)
+    scan.check(spec)
+    dose = xray_dose_gy(flux_photons_per_s, dwell_s, pixel_size_um, energy_kev) * len(angles)
+    if dose > dose_budget_gy:
+        raise ParameterError(
+            f"dose {dose:.3g} Gy ({len(angles)} angles × {dwell_s * 1e3:g} ms dwell) exceeds "
+            f"dose_budget_gy = {dose_budget_gy:.3g} Gy; allowed: total dose <= budget"
+        )
+
+    def per_step(detectors, step, pos_cache):
+        yield from bps.move_per_step(step, pos_cache)  # checkpoints, then moves
+        yield from bps.kickoff(scan, wait=True)
+        yield from bps.complete(scan, wait=True)
+        yield from bps.trigger_and_read([*detectors, *step.keys(), scan])
+
+    md = _metadata(
+        md,
+        plan_name="xrf_dpc_tomo",
+        livetomo_method="xrf-dpc",
+        rotation_angles=angles,
+        raster_shape=list(spec.shape),
+        pixel_size_um=pixel_size_um,
+        dwell_s=dwell_s,
+        dose_gy=dose,
+        energy_kev=energy_kev,
+        xrf_elements=list(xrf.elements),
+    )
+    for device in (scan, dpc, xrf):
+        yield from bps.prepare(device, spec, wait=True)
+    return (yield from bp.list_scan([dpc, xrf], rotation, angles, per_step=per_step, md=md))
