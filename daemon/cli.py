@@ -1,2 +1,56 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""The ``livetomo`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, n_angles=args.angles, size=args.size, dwell_ms=args.dwell_ms, seed=args.seed)
+    print(f"demo done: {result.n_angles} angles, results in {result.nxtomo.parent}")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import BENCHMARKS
+
+    if args.name not in BENCHMARKS:
+        print(f"unknown benchmark {args.name!r}; available: {', '.join(sorted(BENCHMARKS))}", file=sys.stderr)
+        return 2
+    figures = BENCHMARKS[args.name](quick=args.quick, log=(lambda *a: None) if args.json else print)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livetomo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulated XRF-DPC tomography scan, end to end")
+    demo.add_argument("--out", default="livetomo_demo", help="output directory (default: %(default)s)")
+    demo.add_argument("--angles", type=int, default=61, help="number of angles over 0-180 deg")
+    demo.add_argument("--size", type=int, default=48, help="raster width in pixels (height is half)")
+    demo.add_argument("--dwell-ms", type=float, default=3.0, help="dwell per pixel and angle, ms")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmark livetomo against its peer in one run")
+    bench.add_argument("name", help="benchmark name, e.g. orchestration")
+    bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for CI smoke runs")
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,7 @@ from .sinks import FrameSink, MemorySink
 from .xray import SegmentedDPCDetector, VortexXRF
 
 
-class _AxisBackend:
+class SimAxisBackend:
     """Adapts a stage model (``move``, ``position_deg``) to ``MotorBackend``."""
 
     def __init__(self, model, truth):
@@ -52,6 +52,11 @@ def _runout_truth(model: RotationStageModel) -> dict[str, tuple[float, str]]:
 def _drift_truth(model: TiltStageModel) -> dict[str, tuple[float, str]]:
     v, h = model.true_offset_nm
     return {"true_offset_v": (float(v), "nm"), "true_offset_h": (float(h), "nm")}
+
+
+def make_rotation_stage(*, seed: int = 0, faults: FaultInjector | None = None, **model) -> RotationStage:
+    """A rotation stage on the simulated runout model (``model`` goes to RotationStageModel)."""
+    return RotationStage(SimAxisBackend(RotationStageModel(seed=seed, faults=faults, **model), _runout_truth))
 
 
 class SimMicroprobe:
@@ -140,7 +145,7 @@ def make_microprobe(
     rotation_model = rotation_model or RotationStageModel(seed=seed + 2, faults=faults)
     world = SimMicroprobe(probe, rotation_model)
     return MicroprobeDevices(
-        rotation=RotationStage(_AxisBackend(rotation_model, _runout_truth)),
+        rotation=RotationStage(SimAxisBackend(rotation_model, _runout_truth)),
         scan=ScanStage(world),
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
@@ -202,7 +207,7 @@ def make_tem(
     image_shape = (shape[0], shape[2])
     backend = _CameraBackend(world.acquire, image_shape, voxel_size_nm)
     return TEMDevices(
-        tilt=TiltStage(_AxisBackend(tilt_model, _drift_truth)),
+        tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),
         k3=K3Camera(backend, sink),
         world=world,
         sink=sink,

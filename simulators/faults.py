@@ -67,7 +67,6 @@ class FaultInjector:
         return hit
 
 
-
 def as_faults(faults: FaultInjector | None) -> FaultInjector:
     """Return ``faults`` or a fresh injector that never fires."""
     return faults if faults is not None else FaultInjector()

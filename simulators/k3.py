@@ -1,0 +1,443 @@
+"""Gatan K3 direct electron detector in counting mode, imaging a cryo-FIB lamella.
+
+The forward model is the textbook one for cryo electron tomography of thin specimens:
+
+1. project the electrostatic potential along the beam at the tilt angle (rotation about z);
+2. phase shift ``phi = sigma_e * integral(V dl)`` (weak-phase object);
+3. image contrast through the contrast transfer function (defocus, spherical aberration,
+   amplitude contrast, B-factor envelope), applied in Fourier space;
+4. zero-loss transmission ``exp(-t / (lambda_in * cos(alpha)))``: the path through a laterally
+   extended slab grows as ``1 / cos(alpha)`` and the energy filter removes inelastic electrons;
+5. expected electrons per pixel ``dose * pixel_area * intensity``, sub-pixel drift, Poisson
+   counting noise.
+
+Volumes are indexed ``(z, y, x)``; z is the tilt axis and the beam runs along y at 0 deg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+from livetomo.simulators.faults import FaultInjector, SimulatedTimeout, as_faults
+from scipy import ndimage
+
+# Physical constants (CODATA 2018).
+_H = 6.62607015e-34  # J s
+_E = 1.602176634e-19  # C
+_M_E = 9.1093837015e-31  # kg
+_C = 299792458.0  # m / s
+_REST_ENERGY_KV = 510.99895  # m_e c^2 / e, in kV
+
+# Mean inner potentials (V). Vitreous ice and protein from the cryo-EM literature; gold is
+# the bulk mean inner potential, so fiducials are several radians thick (not weak-phase).
+V_ICE = 4.5
+V_PROTEIN = 7.0
+V_MEMBRANE = 7.0
+V_GOLD = 30.0
+GOLD_DIAMETER_NM = 10.0
+
+# Inelastic mean free path of vitreous ice at 300 kV with an energy filter (nm).
+MFP_ICE_300KV_NM = 350.0
+
+K3_FULL_FRAME = (4092, 5760)  # (rows, columns) of a real counted K3 frame
+_UINT16_MAX = np.iinfo(np.uint16).max
+
+
+# --------------------------------------------------------------------------- electron optics
+
+
+def electron_wavelength_nm(voltage_kv: float = 300.0) -> float:
+    """Relativistic electron wavelength.
+
+    Parameters
+    ----------
+    voltage_kv : accelerating voltage in kV.
+
+    Returns
+    -------
+    wavelength : float, nm (1.969e-3 nm at 300 kV).
+    """
+    v = voltage_kv * 1e3
+    p = np.sqrt(2.0 * _M_E * _E * v * (1.0 + _E * v / (2.0 * _M_E * _C**2)))
+    return float(_H / p * 1e9)
+
+
+def interaction_constant(voltage_kv: float = 300.0) -> float:
+    """Interaction constant sigma_e, in rad / (V nm) (0.00653 at 300 kV).
+
+    ``sigma_e = 2 pi / (lambda V) * (E0 + eV) / (2 E0 + eV)`` with E0 the electron rest energy.
+    """
+    lam = electron_wavelength_nm(voltage_kv)
+    v = voltage_kv * 1e3
+    e0 = _REST_ENERGY_KV * 1e3
+    return float(2.0 * np.pi / (lam * v) * (e0 + v) / (2.0 * e0 + v))
+
+
+def inelastic_mfp_nm(voltage_kv: float = 300.0, mfp_300kv_nm: float = MFP_ICE_300KV_NM) -> float:
+    """Inelastic mean free path of vitreous ice, in nm.
+
+    The inelastic cross-section scales as ``1 / v^2`` to leading order, so the path is
+    scaled from its 300 kV value by ``beta^2(V) / beta^2(300 kV)`` (about 280 nm at 200 kV).
+    """
+
+    def beta2(kv: float) -> float:
+        gamma = 1.0 + kv / _REST_ENERGY_KV
+        return 1.0 - 1.0 / gamma**2
+
+    return float(mfp_300kv_nm * beta2(voltage_kv) / beta2(300.0))
+
+
+def ctf(
+    shape: tuple[int, int],
+    pixel_size_A: float,
+    *,
+    voltage_kv: float = 300.0,
+    defocus_um: float = -3.0,
+    cs_mm: float = 2.7,
+    amplitude_contrast: float = 0.07,
+    bfactor_A2: float = 200.0,
+) -> np.ndarray:
+    """Contrast transfer function of a weak phase / weak amplitude object.
+
+    Image contrast is ``ifft(CTF * fft(phi))`` with phi the phase in rad.
+    ``chi(k) = pi lambda df k^2 - pi/2 Cs lambda^3 k^4`` with ``df = -defocus`` (underfocus
+    positive) and ``CTF = -2 (sqrt(1 - A^2) sin chi + A cos chi) exp(-B k^2 / 4)``, so that in
+    underfocus (negative ``defocus_um``) dense material appears dark.
+
+    Parameters
+    ----------
+    shape : (ny, nx) of the image.
+    pixel_size_A : pixel size in angstrom.
+    voltage_kv, defocus_um, cs_mm : kV, micrometre (negative = underfocus), mm.
+    amplitude_contrast : fraction A in [0, 1).
+    bfactor_A2 : B-factor of the envelope in square angstrom.
+
+    Returns
+    -------
+    ctf : (ny, nx) float64 array on the ``numpy.fft.fftfreq`` grid; its DC term is 0 because
+        the mean intensity is set by the zero-loss transmission, not by the CTF.
+    """
+    lam = electron_wavelength_nm(voltage_kv) * 10.0  # angstrom
+    df = -defocus_um * 1e4  # angstrom, underfocus positive
+    cs = cs_mm * 1e7  # angstrom
+    ky = sfft.fftfreq(shape[0], d=pixel_size_A)[:, None]
+    kx = sfft.fftfreq(shape[1], d=pixel_size_A)[None, :]
+    k2 = kx**2 + ky**2
+    chi = np.pi * lam * df * k2 - 0.5 * np.pi * cs * lam**3 * k2**2
+    w = np.sqrt(1.0 - amplitude_contrast**2)
+    out = -2.0 * (w * np.sin(chi) + amplitude_contrast * np.cos(chi)) * np.exp(-bfactor_A2 * k2 / 4)
+    out[0, 0] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------- specimen
+
+
+def _slab_fraction(ny: int, thickness_vox: float) -> np.ndarray:
+    """Partial-volume fraction of a slab centred in y; its sum is exactly ``thickness_vox``."""
+    y = np.arange(ny) - (ny - 1) / 2.0
+    return np.clip(thickness_vox / 2.0 - np.abs(y) + 0.5, 0.0, 1.0)
+
+
+def _paint_ball(vol, slab, centre, r_out, r_in, value) -> None:
+    """Blend a (hollow) ball of radii in voxels into ``vol`` in place, clipped to the slab."""
+    lo = [max(int(np.floor(c - r_out - 1)), 0) for c in centre]
+    hi = [min(int(np.ceil(c + r_out + 2)), n) for c, n in zip(centre, vol.shape, strict=True)]
+    grids = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    d = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True)))
+    # Linear partial-volume edge, one voxel wide, so small objects are not jagged.
+    frac = np.clip(r_out - d + 0.5, 0.0, 1.0) - np.clip(r_in - d + 0.5, 0.0, 1.0)
+    frac = frac * slab[lo[1] : hi[1]][None, :, None]  # lamella faces are milled flat
+    sub = vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    sub *= 1.0 - frac
+    sub += value * frac
+
+
+def _random_centre(rng, shape, radius, thickness_vox) -> np.ndarray:
+    """A centre (z, y, x) in voxels that keeps a ball of ``radius`` inside box and slab."""
+    nz, ny, nx = shape
+    half = max(thickness_vox / 2.0 - radius, 0.0)
+    z = rng.uniform(min(radius, nz / 2), max(nz - 1 - radius, nz / 2))
+    x = rng.uniform(min(radius, nx / 2), max(nx - 1 - radius, nx / 2))
+    y = (ny - 1) / 2.0 + rng.uniform(-half, half)
+    return np.array([z, y, x])
+
+
+def make_lamella(
+    shape: tuple[int, int, int] = (64, 32, 64),
+    *,
+    voxel_size_nm: float = 2.0,
+    thickness_nm: float | None = None,
+    n_particles: int = 40,
+    n_vesicles: int = 2,
+    n_gold: int = 3,
+    seed: int | np.random.Generator | None = 0,
+) -> np.ndarray:
+    """Electrostatic potential of a small window of a cryo-FIB lamella.
+
+    A slab of vitreous ice (4.5 V), thinner along y (the beam at 0 deg tilt), with vacuum
+    (0 V) outside, containing protein complexes (7 V balls, 5-12 nm across), membrane
+    vesicles (7 V shells 4 nm thick) and gold fiducials (30 V, 10 nm across).
+
+    Parameters
+    ----------
+    shape : (nz, ny, nx) in voxels; z is the tilt axis.
+    voxel_size_nm : edge of a voxel in nm.
+    thickness_nm : lamella thickness along y in nm; default 75 % of the box height
+        ``ny * voxel_size_nm`` (48 nm for the default box).
+    n_particles, n_vesicles, n_gold : numbers of proteins, vesicles and gold beads.
+    seed : seed or generator for object placement.
+
+    Returns
+    -------
+    potential : (nz, ny, nx) float64 array in V.
+    """
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    box_nm = ny * voxel_size_nm
+    if thickness_nm is None:
+        thickness_nm = 0.75 * box_nm
+    if not 0.0 < thickness_nm <= box_nm:
+        raise ValueError(f"thickness_nm must be in (0, {box_nm}] nm for this box, got {thickness_nm}")
+    t_vox = thickness_nm / voxel_size_nm
+    slab = _slab_fraction(ny, t_vox)
+    vol = np.broadcast_to(V_ICE * slab[None, :, None], shape).copy()
+    for _ in range(n_vesicles):
+        r = rng.uniform(10.0, 20.0) / voxel_size_nm
+        c = _random_centre(rng, shape, r, t_vox)
+        _paint_ball(vol, slab, c, r, r - 4.0 / voxel_size_nm, V_MEMBRANE)
+    for _ in range(n_particles):
+        r = rng.uniform(2.5, 6.0) / voxel_size_nm
+        _paint_ball(vol, slab, _random_centre(rng, shape, r, t_vox), r, 0.0, V_PROTEIN)
+    r_gold = GOLD_DIAMETER_NM / 2.0 / voxel_size_nm
+    for _ in range(n_gold):
+        _paint_ball(vol, slab, _random_centre(rng, shape, r_gold, t_vox), r_gold, 0.0, V_GOLD)
+    return vol
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def _project(volume: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Sum of ``volume`` along the beam at tilt ``angle_deg``, in voxel units.
+
+    The (y, x) plane is padded to its diagonal so nothing is cropped by the rotation, rotated
+    about its centre so that a voxel lands at ``u = x cos(a) + y sin(a)``, and summed along y.
+
+    Returns
+    -------
+    projection : (nz, nx) array (the u axis is cropped back to the x width).
+    """
+    _, ny, nx = volume.shape
+    side = int(np.ceil(np.hypot(ny, nx))) + 2
+    py, px = side - ny + (side - ny) % 2, side - nx + (side - nx) % 2  # even: centre kept
+    padded = np.pad(volume, ((0, 0), (py // 2, py // 2), (px // 2, px // 2)))
+    rot = ndimage.rotate(padded, angle_deg, axes=(1, 2), reshape=False, order=1)
+    return rot.sum(axis=1)[:, px // 2 : px // 2 + nx]
+
+
+def _fit_centre(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or zero-pad ``image`` about its centre to ``shape``."""
+    out = image
+    for axis, n in enumerate(shape):
+        m = out.shape[axis]
+        if m > n:
+            start = (m - n) // 2
+            out = np.take(out, np.arange(start, start + n), axis=axis)
+        elif m < n:
+            pad = [(0, 0), (0, 0)]
+            pad[axis] = ((n - m) // 2, n - m - (n - m) // 2)
+            out = np.pad(out, pad)
+    return out
+
+
+# --------------------------------------------------------------------------- camera
+
+
+@dataclass(frozen=True, eq=False)
+class K3Frame:
+    """One counted K3 frame.
+
+    Attributes
+    ----------
+    tilt_deg : specimen tilt in degrees (rotation about z).
+    dose_e_per_A2 : incident electron dose of this frame in e-/A^2.
+    counts : (ny_img, nx_img) uint16 counted electrons per pixel; float32 filled with NaN when
+        a ``nan_frame`` fault fired.
+    true_shift_px : drift (dy, dx) in pixels applied to the frame,
+        ``observed = scipy.ndimage.shift(ideal, (dy, dx))``.
+    expected : (ny_img, nx_img) float64 noise-free expected electrons per pixel (drift applied).
+    """
+
+    tilt_deg: float
+    dose_e_per_A2: float
+    counts: np.ndarray
+    true_shift_px: tuple[float, float]
+    expected: np.ndarray
+
+
+class K3Camera:
+    """Energy-filtered TEM with a Gatan K3 in counting mode, looking at a lamella.
+
+    Parameters
+    ----------
+    potential : (nz, ny, nx) electrostatic potential in V (see :func:`make_lamella`); not
+        modified.
+    voxel_size_nm : voxel edge of ``potential`` in nm.
+    pixel_size_A : detector pixel size at the specimen in angstrom; default the voxel size.
+    image_shape : (ny_img, nx_img) of the frames; default the projection size (nz, nx) scaled
+        by voxel / pixel size. A real K3 frame is 4092 x 5760; simulate smaller.
+    voltage_kv, defocus_um, cs_mm, amplitude_contrast, bfactor_A2 : optics, see :func:`ctf`.
+    mfp_nm : inelastic mean free path of the specimen in nm; default
+        :func:`inelastic_mfp_nm` (350 nm at 300 kV).
+    thickness_nm : lamella thickness along y at 0 deg in nm; default estimated from
+        ``potential`` as the mean path through material (voxels weighted by
+        ``clip(V / V_ice, 0, 1)``, with V_ice the median of the positive voxels).
+    seed : seed or generator for the counting noise.
+    faults : fault injector; each :meth:`acquire` is one opportunity for ``detector_timeout``,
+        ``dropped_frame`` and ``nan_frame``.
+
+    Notes
+    -----
+    The box is treated as a window of a laterally infinite lamella: the contrast comes from
+    the potential in excess of the ice, and the zero-loss transmission from the slab thickness
+    ``t`` as ``exp(-t / (mfp cos(tilt)))`` everywhere in the image. Material drifting in from
+    outside the box is plain ice.
+    """
+
+    def __init__(
+        self,
+        potential: np.ndarray,
+        *,
+        voxel_size_nm: float = 2.0,
+        pixel_size_A: float | None = None,
+        image_shape: tuple[int, int] | None = None,
+        voltage_kv: float = 300.0,
+        defocus_um: float = -3.0,
+        cs_mm: float = 2.7,
+        amplitude_contrast: float = 0.07,
+        bfactor_A2: float = 200.0,
+        mfp_nm: float | None = None,
+        thickness_nm: float | None = None,
+        seed: int | np.random.Generator | None = None,
+        faults: FaultInjector | None = None,
+    ) -> None:
+        potential = np.asarray(potential, dtype=np.float64)
+        if potential.ndim != 3:
+            raise ValueError(f"potential must be (nz, ny, nx), got shape {potential.shape}")
+        self.voxel_size_nm = float(voxel_size_nm)
+        self.pixel_size_A = float(pixel_size_A) if pixel_size_A else 10.0 * self.voxel_size_nm
+        self.voltage_kv = float(voltage_kv)
+        self.defocus_um = float(defocus_um)
+        self.cs_mm = float(cs_mm)
+        self.amplitude_contrast = float(amplitude_contrast)
+        self.bfactor_A2 = float(bfactor_A2)
+        self.mfp_nm = float(mfp_nm) if mfp_nm else inelastic_mfp_nm(voltage_kv)
+        self.sigma_e = interaction_constant(voltage_kv)
+        self._excess, est_thickness = self._split_ice(potential)
+        self.thickness_nm = float(thickness_nm) if thickness_nm is not None else est_thickness
+        zoom = 10.0 * self.voxel_size_nm / self.pixel_size_A
+        native = (round(potential.shape[0] * zoom), round(potential.shape[2] * zoom))
+        self.image_shape = tuple(image_shape) if image_shape is not None else native
+        self._rng = np.random.default_rng(seed)
+        self.faults = as_faults(faults)
+
+    def _split_ice(self, potential: np.ndarray) -> tuple[np.ndarray, float]:
+        """Excess potential over ice (V) and slab thickness (nm) estimated from ``potential``."""
+        positive = potential[potential > 0]
+        if positive.size == 0:
+            return np.zeros_like(potential), 0.0
+        v_ice = float(np.median(positive))
+        material = np.clip(potential / v_ice, 0.0, 1.0)
+        thickness = float(material.sum(axis=1).mean() * self.voxel_size_nm)
+        return potential - v_ice * material, thickness
+
+    def transmission(self, tilt_deg: float) -> float:
+        """Zero-loss fraction ``exp(-t / (mfp cos(tilt)))`` at ``tilt_deg`` (dimensionless)."""
+        return float(np.exp(-self.thickness_nm / (self.mfp_nm * np.cos(np.deg2rad(tilt_deg)))))
+
+    def phase(self, tilt_deg: float) -> np.ndarray:
+        """Phase shift of the excess potential at ``tilt_deg``, (nz, nx) in rad, voxel grid."""
+        return self.sigma_e * self.voxel_size_nm * _project(self._excess, tilt_deg)
+
+    def expected_image(self, tilt_deg: float, dose_e_per_A2: float, shift_px=(0.0, 0.0)):
+        """Noise-free expected electrons per pixel, (ny_img, nx_img) float64.
+
+        ``dose * pixel_area * transmission * max(1 + contrast, 0)``; the specimen is drifted
+        by ``shift_px`` (dy, dx) pixels, in the sense of ``scipy.ndimage.shift``, by a Fourier
+        (band-limited, exact sub-pixel) translation.
+        """
+        phi = self.phase(tilt_deg)
+        zoom = 10.0 * self.voxel_size_nm / self.pixel_size_A
+        if not np.isclose(zoom, 1.0):
+            phi = ndimage.zoom(phi, zoom, order=1)
+        # Pad with ice (zero excess phase): avoids FFT wrap-around and supplies the material
+        # that drifts into the field of view.
+        margin = 16 + int(np.ceil(np.max(np.abs(shift_px))))
+        canvas = [sfft.next_fast_len(n + 2 * margin) for n in self.image_shape]
+        phi = _fit_centre(phi, tuple(canvas))
+        tf = ctf(
+            phi.shape,
+            self.pixel_size_A,
+            voltage_kv=self.voltage_kv,
+            defocus_um=self.defocus_um,
+            cs_mm=self.cs_mm,
+            amplitude_contrast=self.amplitude_contrast,
+            bfactor_A2=self.bfactor_A2,
+        )
+        spectrum = tf * sfft.fft2(phi)
+        if np.any(np.asarray(shift_px) != 0):
+            # Drift moves the specimen: a band-limited (Fourier) sub-pixel translation, same
+            # sign as scipy.ndimage.shift; what wraps around is ice from the margin.
+            spectrum = ndimage.fourier_shift(spectrum, shift_px)
+        contrast = sfft.ifft2(spectrum).real
+        # Clip: strong scatterers (gold) violate the weak-phase approximation.
+        intensity = self.transmission(tilt_deg) * np.clip(1.0 + contrast, 0.0, None)
+        electrons = dose_e_per_A2 * self.pixel_size_A**2 * intensity
+        return _fit_centre(electrons, self.image_shape)
+
+    def acquire(
+        self,
+        tilt_deg: float,
+        *,
+        dose_e_per_A2: float = 3.0,
+        shift_px: tuple[float, float] = (0.0, 0.0),
+    ) -> K3Frame | None:
+        """Record one counted frame.
+
+        Parameters
+        ----------
+        tilt_deg : tilt about z in degrees, ``|tilt| < 90``.
+        dose_e_per_A2 : dose of this frame in e-/A^2 (about 3 per tilt in a tilt series).
+        shift_px : stage/beam drift (dy, dx) in pixels.
+
+        Returns
+        -------
+        frame : :class:`K3Frame`, or None when a ``dropped_frame`` fault fired. Counts saturate
+            at 65535 (uint16).
+
+        Raises
+        ------
+        SimulatedTimeout : when a ``detector_timeout`` fault fired.
+        """
+        if not abs(tilt_deg) < 90.0:
+            raise ValueError(f"tilt_deg must be within (-90, 90) deg, got {tilt_deg}")
+        if dose_e_per_A2 < 0:
+            raise ValueError(f"dose_e_per_A2 must be >= 0 e-/A^2, got {dose_e_per_A2}")
+        # Ask about every fault on every call so a schedule indexes frames, not survivors.
+        timeout = self.faults.fires("detector_timeout")
+        dropped = self.faults.fires("dropped_frame")
+        nan = self.faults.fires("nan_frame")
+        if timeout:
+            raise SimulatedTimeout(f"K3 did not return the frame at tilt {tilt_deg} deg")
+        if dropped:
+            return None
+        shift = (float(shift_px[0]), float(shift_px[1]))
+        expected = self.expected_image(tilt_deg, dose_e_per_A2, shift)
+        if nan:
+            counts = np.full(expected.shape, np.nan, dtype=np.float32)
+        else:
+            counts = np.minimum(self._rng.poisson(expected), _UINT16_MAX).astype(np.uint16)
+        return K3Frame(float(tilt_deg), float(dose_e_per_A2), counts, shift, expected)
