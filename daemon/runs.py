@@ -56,12 +56,16 @@ class RunCollector:
 class ProgressPrinter:
     """Prints one line per event: step n/N, elapsed and estimated time left."""
 
-    def __init__(self, fields=(), stream=sys.stdout):
+    def __init__(self, fields=(), stream=None):
         self.fields = tuple(fields)
-        self.stream = stream
+        self._stream = stream
         self._t0 = 0.0
         self._total = None
         self._done = 0
+
+    @property
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stdout  # late: follows redirection
 
     def __call__(self, name: str, doc: dict) -> None:
         if name == "start":

@@ -201,7 +201,7 @@ def make_tem(
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
     potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
-    camera = K3Model(potential, pixel_size_A=voxel_size_nm * 10.0, seed=seed + 1, faults=faults)
+    camera = K3Model(potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults)
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
     world = SimTEM(camera, tilt_model, voxel_size_nm)
     image_shape = (shape[0], shape[2])
@@ -215,12 +215,22 @@ def make_tem(
 
 
 class SimFIB:
-    """FIB backend over ``simulators.fib.CryoFIBMill`` with an EELS probe."""
+    """FIB backend over ``simulators.fib.CryoFIBMill`` with an EELS probe.
+
+    The milling angle is passed to the simulator as the ion incidence from the milled
+    surface's normal (its sputter-yield model); the plan measures the real thinning rate
+    by EELS, so a facility whose angle convention differs only changes the first chunk.
+    """
 
     angle_limits_deg = (0.0, 30.0)
 
     def __init__(
-        self, mill: fib_sim.CryoFIBMill, *, eels_counts: float = 1e6, mean_free_path_nm: float = 350.0
+        self,
+        mill: fib_sim.CryoFIBMill,
+        *,
+        eels_counts: float = 1e6,
+        mean_free_path_nm: float = 350.0,
+        seed: int | None = None,
     ):
         self.mill_model = mill
         self.offered_currents_A = tuple(fib_sim.available_currents())
@@ -229,7 +239,7 @@ class SimFIB:
         self.angle_deg = 10.0
         self.eels_counts = eels_counts
         self.mean_free_path_nm = mean_free_path_nm
-        self._rng = np.random.default_rng(0)
+        self._rng = np.random.default_rng(seed)
 
     def set_current(self, current_A: float) -> None:
         self.current_A = current_A
@@ -264,7 +274,7 @@ def make_fib(
 ) -> CryoFIB:
     """Simulated cryo-FIB with a lamella of ``initial_thickness_nm`` to thin."""
     mill = fib_sim.CryoFIBMill(initial_thickness_nm, seed=seed, faults=as_faults(faults))
-    backend = SimFIB(mill, mean_free_path_nm=mean_free_path_nm)
+    backend = SimFIB(mill, mean_free_path_nm=mean_free_path_nm, seed=seed + 1)
     return CryoFIB(backend, eels_mean_free_path_nm=mean_free_path_nm)
 
 

@@ -254,9 +254,7 @@ def make_correlative_scene(
     fm_shape = (round(field_um[0] * 1e3 / fm_pixel_nm), round(field_um[1] * 1e3 / fm_pixel_nm))
     c_world = sxt_pixel_nm * (np.array(sxt_shape[::-1]) - 1) / 2.0
     c_fm = (np.array(fm_shape[::-1]) - 1) / 2.0
-    fm_to_world = _fm_to_world(
-        rng, c_world, c_fm, fm_pixel_nm, rotation_deg, scale_jitter, offset_um
-    )
+    fm_to_world = _fm_to_world(rng, c_world, c_fm, fm_pixel_nm, rotation_deg, scale_jitter, offset_um)
     world_to_fm = np.linalg.inv(fm_to_world)
     sxt_to_world = np.diag([sxt_pixel_nm, sxt_pixel_nm, 1.0])
     fm_to_sxt = np.linalg.inv(sxt_to_world) @ fm_to_world
@@ -284,9 +282,7 @@ def make_correlative_scene(
     radii = np.where(role[sxt_ids] == 3, rng.uniform(75, 175, sxt_ids.size), BEAD_DIAMETER_NM / 2)
     dmu = np.where(role[sxt_ids] == 3, MU_SPURIOUS, MU_BEAD) - MU_ICE
     beads_sxt = pos[sxt_ids] / sxt_pixel_nm
-    sxt = _sxt_image(
-        cell, sxt_shape, sxt_pixel_nm, (beads_sxt, radii, dmu), noise_rng, sxt_photons, noise
-    )
+    sxt = _sxt_image(cell, sxt_shape, sxt_pixel_nm, (beads_sxt, radii, dmu), noise_rng, sxt_photons, noise)
 
     # FM: per-spot defocus widens the PSF; bead brightness varies by ~15 %.
     z = rng.uniform(*fm_defocus_nm, fm_ids.size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from livetomo.simulators.faults import FaultInjector, as_faults
 from livetomo.simulators.k3 import inelastic_mfp_nm
 
@@ -235,9 +236,7 @@ class CryoFIBMill:
         ``counts`` is the expected number of electrons in the spectrum; a lamella so thick that
         no zero-loss electron arrives reads as ``inf``.
         """
-        total, zl = eels_spectrum_ratio(
-            self.thickness_nm, mfp_nm=self.mfp_nm, counts=counts, rng=self._rng
-        )
+        total, zl = eels_spectrum_ratio(self.thickness_nm, mfp_nm=self.mfp_nm, counts=counts, rng=self._rng)
         if zl == 0:
             return math.inf
         return thickness_from_log_ratio(total, zl, self.mfp_nm)

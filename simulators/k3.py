@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
-from livetomo.simulators.faults import FaultInjector, SimulatedTimeout, as_faults
 from scipy import ndimage
+
+from livetomo.simulators.faults import FaultInjector, SimulatedTimeout, as_faults
 
 # Physical constants (CODATA 2018).
 _H = 6.62607015e-34  # J s

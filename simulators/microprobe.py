@@ -129,9 +129,7 @@ class XRFMicroprobe:
             if dpc_sensitivity is None
             else float(dpc_sensitivity)
         )
-        self.xrf_yield = (
-            self.detector.solid_angle_fraction if xrf_yield is None else float(xrf_yield)
-        )
+        self.xrf_yield = self.detector.solid_angle_fraction if xrf_yield is None else float(xrf_yield)
         self.scatter_yield = float(scatter_yield)
         self.faults = as_faults(faults)
         self._rng = np.random.default_rng(seed)
@@ -264,9 +262,8 @@ class XRFMicroprobe:
     def _segments(self, beam: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Poisson counts of segments 2-5 for transmitted photons and phase gradient."""
         k = self.dpc_sensitivity
-        imbalance = (
-            SEGMENT_SIGN_H[:, None, None] * (k * grad[1])
-            + SEGMENT_SIGN_V[:, None, None] * (k * grad[0])
+        imbalance = SEGMENT_SIGN_H[:, None, None] * (k * grad[1]) + SEGMENT_SIGN_V[:, None, None] * (
+            k * grad[0]
         )
         expected = np.clip(beam[None] / 4.0 * (1.0 + imbalance), 0.0, None)
         return self._rng.poisson(expected).astype(np.float32)

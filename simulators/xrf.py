@@ -164,7 +164,7 @@ class XRFDetectorModel:
         *,
         elastic_fraction: float = 0.35,
         continuum_fraction: float = 0.1,
-        compton_broadening_kev: float = 0.12,
+        compton_broadening_kev: float = 0.08,
     ) -> np.ndarray:
         """Normalised spectrum of scattered incident photons seen at 90°.
 
@@ -188,11 +188,7 @@ class XRFDetectorModel:
         e = self.energy_axis_kev()
         continuum = _normalised(((e > 1.0) & (e < e_c)).astype(float))
         compton_fraction = 1.0 - elastic_fraction - continuum_fraction
-        return (
-            elastic_fraction * elastic
-            + compton_fraction * compton
-            + continuum_fraction * continuum
-        )
+        return elastic_fraction * elastic + compton_fraction * compton + continuum_fraction * continuum
 
     def live_fraction(self, input_counts: np.ndarray, dwell_s: float | None) -> np.ndarray:
         """Non-paralysable live fraction 1 / (1 + n·τ) for input rate n = counts/dwell."""
@@ -232,15 +228,17 @@ class XRFDetectorModel:
         scatter = np.asarray(scatter_counts, dtype=float)
         shape = scatter.shape
         elements = list(expected_line_counts)
-        rates = np.stack(
-            [np.asarray(expected_line_counts[el], dtype=float).reshape(shape) for el in elements]
-            + [scatter]
-        ).reshape(len(elements) + 1, -1).T  # (n_pixels, n_components)
+        rates = (
+            np.stack(
+                [np.asarray(expected_line_counts[el], dtype=float).reshape(shape) for el in elements]
+                + [scatter]
+            )
+            .reshape(len(elements) + 1, -1)
+            .T
+        )  # (n_pixels, n_components)
         if np.any(~np.isfinite(rates)) or np.any(rates < 0):
             raise ValueError("expected counts must be finite and non-negative")
-        profiles = np.vstack(
-            [self.line_profiles(elements), self.scatter_profile(incident_kev)[None]]
-        )
+        profiles = np.vstack([self.line_profiles(elements), self.scatter_profile(incident_kev)[None]])
         live = self.live_fraction(rates.sum(axis=1), dwell_s)
         rates *= live[:, None]
         spectra = _poisson_spectra(rates, profiles, rng)
@@ -258,9 +256,7 @@ def sample_spectra(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`XRFDetectorModel.sample_spectra` with a default detector."""
     det = XRFDetectorModel() if detector is None else detector
-    return det.sample_spectra(
-        expected_line_counts, scatter_counts, incident_kev, rng, dwell_s=dwell_s
-    )
+    return det.sample_spectra(expected_line_counts, scatter_counts, incident_kev, rng, dwell_s=dwell_s)
 
 
 def _normalised(profile: np.ndarray) -> np.ndarray:

@@ -92,9 +92,7 @@ def test_stage_that_cannot_reach_target_in_time_fails_with_reason(RE, docs):
             }
         ]
     }
-    with pytest.raises(
-        Exception, match=r"stage 'rough' did not reach 1000 nm in 60 s; EELS reads \d+ nm"
-    ):
+    with pytest.raises(Exception, match=r"stage 'rough' did not reach 1000 nm in 60 s; EELS reads \d+ nm"):
         RE(mill_lamella(fib, recipe))
     assert docs.stop["exit_status"] == "fail"
     assert fib.backend.mill_model.thickness_nm == 3000.0  # stalled: nothing was removed

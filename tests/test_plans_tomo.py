@@ -57,7 +57,7 @@ def test_dpc_from_the_stored_segments_follows_the_true_phase_gradient(RE, beamli
 
 
 def test_roi_maps_follow_the_true_element_lines(RE, beamline):
-    RE(_plan(beamline, [30.0], dwell_s=0.05))
+    RE(_plan(beamline, [30.0], dwell_s=0.5))
     roi = beamline.sink.stack("xrf", "xrf_roi")[0]
     zn = roi[beamline.xrf.elements.index("Zn")]
     truth = beamline.world.history[0].true_line_counts["Zn"]

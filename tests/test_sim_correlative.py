@@ -19,6 +19,25 @@ def clean():
     )
 
 
+def bead_depth_peak(sxt, xy, r_in=10, r_out=14):
+    """(x, y) of the deepest pixel within 3 px of ``xy`` once the local background is removed.
+
+    Optical depths add (Beer-Lambert), so the background is a quadratic fitted to ``-ln T`` on
+    an annulus outside the blob (up to 175 nm = 8.75 px in radius). Without this, the slope of
+    the cell under a bead shifts the raw minimum by up to ~2 px, as it would in a real image.
+    """
+    cx, cy = np.round(xy).astype(int)
+    yy, xx = np.mgrid[-r_out : r_out + 1, -r_out : r_out + 1]
+    depth = -np.log(sxt[cy - r_out : cy + r_out + 1, cx - r_out : cx + r_out + 1].astype(float))
+    rr = np.hypot(xx, yy)
+    ring = (rr >= r_in) & (rr <= r_out)
+    basis = np.stack([np.ones_like(xx), xx, yy, xx * xx, xx * yy, yy * yy], -1).astype(float)
+    coef = np.linalg.lstsq(basis[ring], depth[ring], rcond=None)[0]
+    excess = np.where(rr <= 3, depth - basis @ coef, -np.inf)
+    iy, ix = np.unravel_index(np.argmax(excess), excess.shape)
+    return np.array([cx + xx[iy, ix], cy + yy[iy, ix]])
+
+
 def local_extremum(img, xy, radius, fn):
     """(x, y) of the extreme pixel of ``img`` within ``radius`` px of ``xy``."""
     cx, cy = np.round(xy).astype(int)
@@ -46,8 +65,10 @@ def test_transform_matches_requested_geometry():
 
 
 def test_beads_appear_where_stated(clean):
-    for xy in clean.beads_sxt_px:  # dark 200 nm disks: 10 px across
-        assert np.all(np.abs(local_extremum(clean.sxt, xy, 4, np.argmin) - xy) <= 1.0)
+    for i, xy in enumerate(clean.beads_sxt_px):  # beads: dark 200 nm disks, 10 px across
+        # Spurious blobs are up to 350 nm across, flatter-bottomed: a looser bound.
+        tol = 1.5 if i in clean.spurious_sxt else 1.0
+        assert np.all(np.abs(bead_depth_peak(clean.sxt, xy) - xy) <= tol)
     for xy in clean.beads_fm_px:  # bright PSF spots
         assert np.all(np.abs(local_extremum(clean.fm, xy, 2, np.argmax) - xy) <= 1.0)
     bg = np.median(clean.sxt)
