@@ -133,7 +133,8 @@ class XRFMicroprobe:
         self.scatter_yield = float(scatter_yield)
         self.faults = as_faults(faults)
         self._rng = np.random.default_rng(seed)
-        self.elements = tuple(specimen.elements)
+        # Elements without a tabulated cross-section (custom phantoms) are not rastered.
+        self.elements = tuple(e for e in specimen.elements if e in FLUORESCENCE_CROSS_SECTION_CM2_G)
         # All volumes as one (ny*nx, n_vol*nz) matrix: one sparse product per angle.
         vols = [specimen.mu, specimen.delta, *(specimen.elements[e] for e in self.elements)]
         nz, ny, nx = specimen.shape

@@ -33,142 +33,32 @@ FLUOSPHERE_DIAMETER_NM = 200.0
 GOLD_DIAMETER_VOX = 1.5
 GRAIN_CONTRAST = 0.08  # relative std of voxel-scale density granularity in the cell
 
-# Property values per material: mu (1/µm at 10 keV), delta (10 keV), potential (V),
-# label (arbitrary), then element concentrations (µg/cm³).
-_MATERIALS: dict[str, dict[str, float]] = {
-    "ice": {"mu": 4.9e-4, "delta": 2.10e-6, "potential": 4.5},
-    "cytoplasm": {
-        "mu": 5.3e-4,
-        "delta": 2.45e-6,
-        "potential": 5.0,
-        "Zn": 60.0,
-        "Fe": 15.0,
-        "Cu": 4.0,
-        "Ca": 40.0,
-        "P": 900.0,
-        "K": 3500.0,
-        "S": 1500.0,
-        "Mn": 1.0,
-    },  # fmt: skip
-    "membrane": {
-        "mu": 5.6e-4,
-        "delta": 3.0e-6,
-        "potential": 7.0,
-        "label": 0.05,
-        "Zn": 40.0,
-        "Fe": 10.0,
-        "Cu": 3.0,
-        "Ca": 80.0,
-        "P": 2500.0,
-        "K": 2000.0,
-        "S": 1800.0,
-        "Mn": 1.0,
-    },  # fmt: skip
-    "nucleoplasm": {
-        "mu": 5.5e-4,
-        "delta": 2.6e-6,
-        "potential": 5.3,
-        "label": 0.3,
-        "Zn": 40.0,
-        "Fe": 10.0,
-        "Cu": 2.0,
-        "Ca": 30.0,
-        "P": 3500.0,
-        "K": 3000.0,
-        "S": 1200.0,
-        "Mn": 0.5,
-    },  # fmt: skip
-    "mito_matrix": {
-        "mu": 5.6e-4,
-        "delta": 2.75e-6,
-        "potential": 5.8,
-        "label": 1.0,
-        "Zn": 60.0,
-        "Fe": 80.0,
-        "Cu": 15.0,
-        "Ca": 60.0,
-        "P": 1200.0,
-        "K": 3500.0,
-        "S": 2200.0,
-        "Mn": 5.0,
-    },  # fmt: skip
-    "mito_membrane": {
-        "mu": 5.7e-4,
-        "delta": 3.0e-6,
-        "potential": 7.0,
-        "label": 1.0,
-        "Zn": 40.0,
-        "Fe": 60.0,
-        "Cu": 10.0,
-        "Ca": 60.0,
-        "P": 2500.0,
-        "K": 2000.0,
-        "S": 2000.0,
-        "Mn": 3.0,
-    },  # fmt: skip
-    "vesicle_lumen": {
-        "mu": 5.0e-4,
-        "delta": 2.2e-6,
-        "potential": 4.7,
-        "Zn": 20.0,
-        "Fe": 5.0,
-        "Cu": 1.0,
-        "Ca": 100.0,
-        "P": 300.0,
-        "K": 1000.0,
-        "S": 500.0,
-        "Mn": 0.5,
-    },  # fmt: skip
-    "dense_granule": {
-        "mu": 3.0e-3,
-        "delta": 3.6e-6,
-        "potential": 7.5,
-        "Zn": 300.0,
-        "Fe": 20.0,
-        "Cu": 5.0,
-        "Ca": 8000.0,
-        "P": 6000.0,
-        "K": 1500.0,
-        "S": 800.0,
-        "Mn": 2.0,
-    },  # fmt: skip
-    "iron_store": {
-        "mu": 1.2e-3,
-        "delta": 2.9e-6,
-        "potential": 6.5,
-        "Zn": 60.0,
-        "Fe": 2000.0,
-        "Cu": 5.0,
-        "Ca": 40.0,
-        "P": 1500.0,
-        "K": 2000.0,
-        "S": 1500.0,
-        "Mn": 2.0,
-    },  # fmt: skip
-    "copper_site": {
-        "mu": 6.0e-4,
-        "delta": 2.8e-6,
-        "potential": 6.0,
-        "Zn": 60.0,
-        "Fe": 15.0,
-        "Cu": 400.0,
-        "Ca": 40.0,
-        "P": 900.0,
-        "K": 3000.0,
-        "S": 2500.0,
-        "Mn": 1.0,
-    },  # fmt: skip
-    "polystyrene": {"mu": 2.2e-4, "delta": 2.35e-6, "potential": 8.5, "label": 100.0},
-    "gold": {"mu": 0.23, "delta": 3.0e-5, "potential": 30.0},
+# Property values per material, in the order of _PROPS: mu (1/µm at 10 keV),
+# delta (10 keV), potential (V), label (arbitrary), then Zn, Fe, Cu, Ca, P, K, S, Mn
+# concentrations (µg/cm³).
+# fmt: off
+_MATERIALS: dict[str, tuple[float, ...]] = {
+    #                  mu      delta    V     label  Zn    Fe     Cu    Ca     P     K     S     Mn
+    "ice":           (4.9e-4, 2.10e-6, 4.5,  0.0,   0,    0,     0,    0,     0,    0,    0,    0),
+    "cytoplasm":     (5.3e-4, 2.45e-6, 5.0,  0.0,   60,   15,    4,    40,    900,  3500, 1500, 1.0),
+    "membrane":      (5.6e-4, 3.00e-6, 7.0,  0.05,  40,   10,    3,    80,    2500, 2000, 1800, 1.0),
+    "nucleoplasm":   (5.5e-4, 2.60e-6, 5.3,  0.3,   40,   10,    2,    30,    3500, 3000, 1200, 0.5),
+    "mito_matrix":   (5.6e-4, 2.75e-6, 5.8,  1.0,   60,   80,    15,   60,    1200, 3500, 2200, 5.0),
+    "mito_membrane": (5.7e-4, 3.00e-6, 7.0,  1.0,   40,   60,    10,   60,    2500, 2000, 2000, 3.0),
+    "vesicle_lumen": (5.0e-4, 2.20e-6, 4.7,  0.0,   20,   5,     1,    100,   300,  1000, 500,  0.5),
+    "dense_granule": (3.0e-3, 3.60e-6, 7.5,  0.0,   300,  20,    5,    8000,  6000, 1500, 800,  2.0),
+    "iron_store":    (1.2e-3, 2.90e-6, 6.5,  0.0,   60,   2000,  5,    40,    1500, 2000, 1500, 2.0),
+    "copper_site":   (6.0e-4, 2.80e-6, 6.0,  0.0,   60,   15,    400,  40,    900,  3000, 2500, 1.0),
+    "polystyrene":   (2.2e-4, 2.35e-6, 8.5,  100.0, 0,    0,     0,    0,     0,    0,    0,    0),
+    "gold":          (0.23,   3.0e-5,  30.0, 0.0,   0,    0,     0,    0,     0,    0,    0,    0),
 }
+# fmt: on
+assert all(len(row) == len(_PROPS) for row in _MATERIALS.values())
 
 
 def _material(name: str) -> np.ndarray:
-    """Property vector (len(_PROPS),) of a material, zeros where unlisted."""
-    vec = np.zeros(len(_PROPS), dtype=np.float32)
-    for key, val in _MATERIALS[name].items():
-        vec[_INDEX[key]] = val
-    return vec
+    """Property vector (len(_PROPS),) of a material."""
+    return np.asarray(_MATERIALS[name], dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
