@@ -197,6 +197,21 @@ class CryoFIB:
         self.pattern = MillPattern(self)
         self.eels = EELSProbe(self, eels_mean_free_path_nm)
 
+    def _parts(self):
+        return (self.current, self.angle, self.pattern, self.eels)
+
+    def read(self) -> dict:
+        return {k: v for part in self._parts() for k, v in part.read().items()}
+
+    def describe(self) -> dict:
+        return {k: v for part in self._parts() for k, v in part.describe().items()}
+
+    def read_configuration(self) -> dict:
+        return self.eels.read_configuration()
+
+    def describe_configuration(self) -> dict:
+        return self.eels.describe_configuration()
+
     @property
     def offered_currents_A(self) -> tuple[float, ...]:
         return tuple(sorted(self.backend.offered_currents_A))
