@@ -16,12 +16,14 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import BENCHMARKS
+    from .bench import load
 
-    if args.name not in BENCHMARKS:
-        print(f"unknown benchmark {args.name!r}; available: {', '.join(sorted(BENCHMARKS))}", file=sys.stderr)
+    try:
+        run = load(args.name)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
         return 2
-    figures = BENCHMARKS[args.name](quick=args.quick, log=(lambda *a: None) if args.json else print)
+    figures = run(quick=args.quick, log=(lambda *a: None) if args.json else print)
     if args.json:
         print(json.dumps(figures))
     return 0
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for CI smoke runs")
     bench.set_defaults(func=_bench)
+
+    from .client_cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
