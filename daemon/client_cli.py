@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from .control import ControlClient
+from .client import ControlClient
 
 
 def parse_assignments(pairs: list[str]) -> dict:

@@ -1,0 +1,36 @@
+"""The control API's client: one JSON request, one reply (imports only pyzmq, so CLIs start fast)."""
+
+from __future__ import annotations
+
+import json
+
+import zmq
+
+
+class ControlClient:
+    """Send one command and get its result; raises RuntimeError with the daemon's reason."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5580", *, timeout_s: float = 10.0, context=None):
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout_s * 1000)
+        self._context = context or zmq.Context.instance()
+
+    def __call__(self, cmd: str, **arguments):
+        socket = self._context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVTIMEO, self.timeout_ms)
+        socket.setsockopt(zmq.SNDTIMEO, self.timeout_ms)
+        try:
+            socket.connect(self.endpoint)
+            socket.send(json.dumps({"cmd": cmd, **arguments}).encode())
+            try:
+                reply = json.loads(socket.recv())
+            except zmq.Again as exc:
+                raise TimeoutError(
+                    f"no answer from the daemon at {self.endpoint} within {self.timeout_ms} ms"
+                ) from exc
+        finally:
+            socket.close()
+        if not reply["ok"]:
+            raise RuntimeError(reply["error"])
+        return reply["result"]
