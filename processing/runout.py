@@ -1,0 +1,291 @@
+"""Rotation-stage runout over angle, and the rotation centre.
+
+Runout model: each axis (vertical, horizontal) of the measured shift is
+``c0 + Σ_h (a_h cos hθ + b_h sin hθ)``, h = 1..harmonics, fitted by iteratively reweighted
+least squares with Huber weights (robust to the odd failed registration) and the
+registrations' own uncertainties. The model predicts where the next projection will be
+(a search window and a starting guess for the registration) and flags projections whose
+measured shift disagrees with it.
+
+Note that in the horizontal direction the first harmonic ``a cos θ + b sin θ`` of a
+*tomographic* alignment is indistinguishable from placing the specimen off the axis (it is
+the projection of a translation in the slice plane), so it is physically meaningful only
+when the shifts come from something other than the projections themselves (a reference
+at the same angle, a stage encoder); the constant term is the rotation centre.
+
+Rotation centre:
+
+- :func:`mirror_centre`: the projection at θ + 180° is the mirror image (u → −u about the
+  axis) of the one at θ; registering one on the flipped other gives the axis column.
+- :func:`refine_centre`: the column that gives the filtered back-projection of least total
+  variation (a wrong centre doubles every edge into arcs), found by golden-section search
+  around a starting value; reconstruction-based, needs no 180° pair, but is biased by a
+  container filling the field or by noise (see docs/alignment.md for the measured error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .register import get_array_module, register, shift_image
+
+_HUBER_K = 1.5  # Huber threshold in robust standard deviations (95 % efficiency)
+
+
+class RunoutError(ValueError):
+    """Bad input to a runout or centre function."""
+
+
+@dataclass(frozen=True)
+class RunoutModel:
+    """Fitted runout: shifts (pixels) as a truncated Fourier series in the angle.
+
+    Attributes
+    ----------
+    harmonics : number of harmonics h = 1..harmonics.
+    coefficients : (2, 1 + 2 harmonics) for (vertical, horizontal):
+        [c0, a_1, b_1, a_2, b_2, ...] of ``c0 + Σ a_h cos hθ + b_h sin hθ``, pixels.
+    residual_std : (2,) robust standard deviation of the residuals, pixels.
+    n_used : number of projections with non-zero final weight.
+    inliers : (n,) bool, projections within 3 robust standard deviations of the model
+        (both axes).
+    """
+
+    harmonics: int
+    coefficients: np.ndarray
+    residual_std: np.ndarray
+    n_used: int
+    inliers: np.ndarray
+
+    def evaluate(self, angles_deg) -> np.ndarray:
+        """Model shifts (n, 2) (vertical, horizontal), pixels, at ``angles_deg``."""
+        basis = _basis(np.atleast_1d(np.asarray(angles_deg, dtype=float)), self.harmonics)
+        return basis @ self.coefficients.T
+
+    @property
+    def centre_offset(self) -> float:
+        """Constant horizontal term c0, pixels."""
+        return float(self.coefficients[1, 0])
+
+    def as_dict(self) -> dict:
+        """Plain lists and floats, for publishing."""
+        return {
+            "harmonics": self.harmonics,
+            "coefficients_v": self.coefficients[0].tolist(),
+            "coefficients_h": self.coefficients[1].tolist(),
+            "residual_std_px": self.residual_std.tolist(),
+            "n_used": self.n_used,
+        }
+
+
+def _basis(angles_deg: np.ndarray, harmonics: int) -> np.ndarray:
+    t = np.deg2rad(angles_deg)[:, None]
+    cols = [np.ones_like(t)]
+    for h in range(1, harmonics + 1):
+        cols += [np.cos(h * t), np.sin(h * t)]
+    return np.hstack(cols)
+
+
+def fit_runout(
+    angles_deg,
+    shifts,
+    *,
+    harmonics: int = 2,
+    uncertainties=None,
+    robust: bool = True,
+    iterations: int = 10,
+) -> RunoutModel:
+    """Fit a runout model to measured shifts.
+
+    Parameters
+    ----------
+    angles_deg : (n,) angles, degrees.
+    shifts : (n, 2) measured shifts (vertical, horizontal), pixels (any sign convention;
+        the model follows it).
+    harmonics : highest harmonic. Needs ``n >= 1 + 2 harmonics`` projections; with fewer,
+        the number of harmonics is reduced to what the data support.
+    uncertainties : (n,) or (n, 2) 1-sigma errors, pixels (infinite = ignore); default 1.
+    robust : Huber reweighting of outliers.
+    iterations : reweighting iterations.
+
+    Returns
+    -------
+    RunoutModel
+    """
+    a = np.asarray(angles_deg, dtype=float).ravel()
+    s = np.asarray(shifts, dtype=float).reshape(-1, 2)
+    if a.size != s.shape[0]:
+        raise RunoutError(f"{a.size} angles but {s.shape[0]} shifts")
+    if harmonics < 0:
+        raise RunoutError(f"harmonics must be >= 0, got {harmonics}")
+    sigma = np.ones_like(s) if uncertainties is None else np.broadcast_to(
+        np.asarray(uncertainties, dtype=float).reshape(a.size, -1), s.shape
+    )  # fmt: skip
+    valid = np.isfinite(s).all(axis=1) & np.isfinite(sigma).all(axis=1) & (sigma > 0).all(axis=1)
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise RunoutError("no projection with a finite shift and uncertainty to fit")
+    harmonics = int(min(harmonics, max((n_valid - 1) // 2, 0)))
+    basis = _basis(a, harmonics)
+    coef = np.zeros((2, basis.shape[1]))
+    scale = np.zeros(2)
+    weight_final = np.zeros_like(s)
+    for axis in range(2):
+        w0 = np.where(valid, 1.0 / np.where(valid, sigma[:, axis], 1.0) ** 2, 0.0)
+        w = w0.copy()
+        for _ in range(iterations if robust else 1):
+            c = _weighted_lstsq(basis, s[:, axis], w)
+            r = s[:, axis] - basis @ c
+            z = r[valid] / sigma[valid, axis]
+            mad = 1.4826 * np.median(np.abs(z - np.median(z))) if z.size > 2 else 0.0
+            if not robust or mad <= 0:
+                break
+            u = np.abs(r / sigma[:, axis]) / (_HUBER_K * mad)
+            w = w0 * np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        coef[axis] = c
+        r = s[:, axis] - basis @ c
+        scale[axis] = 1.4826 * np.median(np.abs(r[valid] - np.median(r[valid]))) if n_valid > 2 else 0.0
+        weight_final[:, axis] = w
+    resid = np.abs(s - basis @ coef.T)
+    inliers = valid & (resid <= 3.0 * np.maximum(scale, 1e-9)).all(axis=1)
+    return RunoutModel(harmonics, coef, scale, int((weight_final > 0).all(axis=1).sum()), inliers)
+
+
+def _weighted_lstsq(basis, y, w):
+    sw = np.sqrt(w)
+    ok = sw > 0
+    coef, *_ = np.linalg.lstsq(basis[ok] * sw[ok, None], y[ok] * sw[ok], rcond=None)
+    return coef
+
+
+# --------------------------------------------------------------------------- rotation centre
+
+
+def mirror_centre(image_0, image_180, *, channel_signs=None, **register_options):
+    """Rotation-axis column from a projection and the one 180° away.
+
+    Parameters
+    ----------
+    image_0, image_180 : (rows, cols) or (channels, rows, cols) projections, already
+        corrected for runout (the same shifts applied to both as to the rest of the stack).
+    channel_signs : per-channel factors applied to the mirrored image (e.g. ``(-1, 1)`` for
+        horizontal and vertical DPC: mirroring u flips the sign of d/du); default all +1.
+    register_options : passed to :func:`~livetomo.processing.register.register`
+        (roi, window, band, upsample_factor, ...). A ROI must be symmetric about the image
+        centre column to be valid for both images.
+
+    Returns
+    -------
+    centre : float, axis column (0 = first column, (cols - 1) / 2 = centre of the image).
+    registration : the Registration of image_0 and the flipped image_180; its vertical
+        shift is the relative vertical offset of the two.
+    """
+    xp = get_array_module(image_180)
+    flipped = xp.asarray(image_180)[..., ::-1]
+    if channel_signs is not None:
+        signs = xp.asarray(np.asarray(channel_signs, dtype=np.float32))
+        if flipped.ndim != 3 or signs.size != flipped.shape[0]:
+            raise RunoutError(f"channel_signs {channel_signs} do not match the image {flipped.shape}")
+        flipped = flipped * signs[:, None, None]
+    n_cols = flipped.shape[-1]
+    reg = register(image_0, xp.ascontiguousarray(flipped), **register_options)
+    # flipped(u) = p0(u - d) with d = n - 1 - 2c; register returns -d.
+    return (n_cols - 1 + reg.shift[1]) / 2.0, reg
+
+
+def reconstruction_total_variation(projector, projections, *, kind: str = "ramp",
+                                   radius_fraction: float = 0.9) -> float:  # fmt: skip
+    """Total variation Σ|∇f| of the filtered back-projection inside a central disc.
+
+    A wrong rotation centre turns every feature into a doubled arc whose extra edges raise
+    the total variation; it is smallest at the right centre (for a specimen that fills the
+    disc without strong features cut by the field edge).
+
+    Parameters
+    ----------
+    projector : Projector for the projections' angles (axis at the centre column).
+    projections : (n_angles, nz, n_u) runout-corrected projections (a few rows suffice);
+        horizontal DPC with ``kind='hilbert'``.
+    radius_fraction : disc radius over the slice radius.
+    """
+    from .align_tomo import fbp
+
+    xp = projector.xp
+    rec = fbp(projector, projections, kind=kind)
+    ny, nx = projector.shape_yx
+    gy, gx = xp.gradient(rec, axis=(1, 2))
+    yy, xx = np.mgrid[:ny, :nx]
+    disc = np.hypot(yy - (ny - 1) / 2.0, xx - (nx - 1) / 2.0) <= radius_fraction * min(ny, nx) / 2.0
+    return float(xp.sum(xp.sqrt(gx * gx + gy * gy)[:, xp.asarray(disc)]))
+
+
+def refine_centre(
+    projector,
+    projections,
+    *,
+    start: float | None = None,
+    search: float = 2.0,
+    tolerance: float = 0.05,
+    kind: str = "ramp",
+) -> tuple[float, float]:
+    """Axis column that gives the least total variation of the reconstruction.
+
+    The projections are shifted horizontally so that a trial axis column ``c`` moves to
+    the centre column ``(n_u - 1) / 2`` and :func:`reconstruction_total_variation` is
+    evaluated; its minimum is found by golden-section search in ``start ± search`` down
+    to ``tolerance`` pixels. It needs no 180° pair, but a specimen in a container that
+    fills the field (ice cylinder, capillary) or a noisy one biases it: the benchmark
+    reports it beside the mirror and moment estimates, which are the ones used.
+
+    Parameters
+    ----------
+    projector : Projector for the projections' angles.
+    projections : (n_angles, nz, n_u) projections, runout-corrected (a few rows suffice).
+    start : first guess of the axis column; default the centre column.
+    search, tolerance : half-width of the search interval and final bracket, pixels.
+    kind : see :func:`reconstruction_total_variation`.
+
+    Returns
+    -------
+    centre : axis column, pixels; total variation there.
+    """
+    xp = projector.xp
+    p = xp.asarray(projections, dtype=xp.float32)
+    n_u = p.shape[-1]
+    mid = (n_u - 1) / 2.0
+    start = mid if start is None else float(start)
+    if search <= 0 or tolerance <= 0:
+        raise RunoutError(f"search and tolerance must be > 0 pixels, got {search}, {tolerance}")
+    cache: dict[float, float] = {}
+
+    def cost(c: float) -> float:
+        key = round(c, 6)
+        if key not in cache:
+            shifted = shift_image(p, (0.0, mid - c), mode="edge")
+            cache[key] = reconstruction_total_variation(projector, shifted, kind=kind)
+        return cache[key]
+
+    g = (np.sqrt(5.0) - 1.0) / 2.0
+    lo, hi = start - search, start + search
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1, f2 = cost(x1), cost(x2)
+    while hi - lo > tolerance:
+        if f1 <= f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - g * (hi - lo)
+            f1 = cost(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + g * (hi - lo)
+            f2 = cost(x2)
+    best = min(cache, key=cache.get)
+    return float(best), float(cache[best])
+
+
+def validate_pair(angle_0: float, angle_180: float, tolerance_deg: float = 0.5) -> None:
+    """Raise RunoutError unless the two angles are 180° apart (mod 360) within tolerance."""
+    d = abs(((angle_180 - angle_0) % 360.0) - 180.0)
+    if d > tolerance_deg:
+        raise RunoutError(f"angles {angle_0} and {angle_180} deg are not 180 deg apart (off by {d:.3f} deg)")

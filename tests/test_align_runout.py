@@ -1,0 +1,123 @@
+"""Runout model, rotation centre, projector and re-projection refinement against known truth."""
+
+import numpy as np
+import pytest
+
+from livetomo.processing.align_tomo import (
+    GeometryError,
+    angle_weights,
+    fbp,
+    leave_one_out_reprojection,
+    make_projector,
+)
+from livetomo.processing.register import shift_image
+from livetomo.processing.reproject_align import ReprojectionError, reprojection_refine
+from livetomo.processing.runout import RunoutError, fit_runout, mirror_centre, refine_centre
+from livetomo.simulators.projector import project_many
+from livetomo.simulators.stages import RotationStageModel
+
+
+def _phantom(n=48, nz=8, seed=0):
+    """Blobs of several sizes in a (nz, n, n) volume, inside the reconstruction circle."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:nz, :n, :n].astype(float)
+    c = (n - 1) / 2
+    vol = np.zeros((nz, n, n))
+    for _ in range(25):
+        r = rng.uniform(0, 0.35 * n)
+        phi = rng.uniform(0, 2 * np.pi)
+        cy, cx = c + r * np.sin(phi), c + r * np.cos(phi)
+        cz = rng.uniform(0, nz - 1)
+        s = rng.uniform(1.0, 3.0)
+        vol += rng.uniform(0.5, 1.5) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * s**2))
+    return vol
+
+
+def test_runout_fit_recovers_the_stage_model_and_rejects_outliers():
+    stage = RotationStageModel(wobble_amplitude_um=(0.6, 1.5), jitter_um=0.0, seed=1)
+    angles = np.arange(0.0, 360.0, 5.0)
+    true_um = stage.runout_um(angles).T
+    pixel_um = 0.3
+    shifts = true_um / pixel_um
+    shifts[[7, 30, 51]] += [[4.0, -6.0], [-3.0, 5.0], [5.0, 5.0]]  # three failed registrations
+    model = fit_runout(angles, shifts, harmonics=2)
+    np.testing.assert_allclose(model.evaluate(angles), true_um / pixel_um, atol=0.02)
+    assert model.centre_offset == pytest.approx(stage.axis_offset_um / pixel_um, abs=0.02)
+    assert not model.inliers[[7, 30, 51]].any() and model.inliers.sum() == angles.size - 3
+    plain = fit_runout(angles, shifts, harmonics=2, robust=False)
+    assert np.abs(plain.evaluate(angles) - true_um / pixel_um).max() > 0.1  # least squares is pulled
+    assert fit_runout(angles[:4], shifts[:4], harmonics=3).harmonics == 1  # what 4 points support
+    with pytest.raises(RunoutError):
+        fit_runout(angles, shifts[:-1])
+
+
+def test_mirror_centre_finds_the_axis_of_a_0_180_pair():
+    vol = _phantom(nz=24)
+    p0, p180 = project_many(vol, [0.0, 180.0])
+    for offset in (0.0, 1.3, -2.6):
+        a = shift_image(p0, (0.0, offset), mode="wrap")
+        b = shift_image(p180, (0.0, offset), mode="wrap")
+        centre, reg = mirror_centre(a, b, window=None)
+        assert centre == pytest.approx(23.5 + offset, abs=0.05)
+    # DPC-like pair: the u-derivative changes sign on mirroring.
+    da, db = np.gradient(p0, axis=1), np.gradient(p180, axis=1)
+    va, vb = np.gradient(p0, axis=0), np.gradient(p180, axis=0)
+    centre, _ = mirror_centre(np.stack([da, va]), np.stack([db, vb]), channel_signs=(-1, 1), window=None)
+    assert centre == pytest.approx(23.5, abs=0.05)
+    with pytest.raises(RunoutError):
+        mirror_centre(np.stack([da, va]), np.stack([db, vb]), channel_signs=(-1, 1, 1))
+
+
+def test_reconstruction_total_variation_finds_a_centre_offset():
+    vol = _phantom(nz=4)
+    angles = np.arange(0.0, 180.0, 2.0)
+    proj = project_many(vol, angles)
+    shifted = shift_image(proj, (0.0, 1.5))  # axis now at 23.5 + 1.5
+    centre, _ = refine_centre(make_projector(angles, (48, 48)), shifted, start=23.5, search=3.0)
+    assert centre == pytest.approx(25.0, abs=0.3)
+
+
+def test_projector_matches_the_simulator_and_fbp_reconstructs():
+    vol = _phantom(nz=3)
+    angles = np.arange(0.0, 180.0, 3.0)
+    projector = make_projector(angles, (48, 48))
+    ours = projector.project(vol)
+    sim = project_many(vol, angles)
+    assert np.abs(ours - sim).mean() < 0.01 * np.abs(sim).mean()
+    rec = fbp(projector, sim)
+    mask = np.asarray(projector.mask)
+    assert np.abs(rec - vol)[:, mask].mean() < 0.1 * np.abs(vol[:, mask]).mean()
+    assert angle_weights(angles).sum() == pytest.approx(np.pi)
+    with pytest.raises(GeometryError):
+        make_projector([], (8, 8))
+
+
+def test_leave_one_out_reprojection_excludes_the_projection_itself():
+    vol = _phantom(nz=2)
+    angles = np.arange(0.0, 180.0, 2.0)
+    projector = make_projector(angles, (48, 48))
+    proj = project_many(vol, angles)
+    spoiled = proj.copy()
+    spoiled[10] = 0.0  # a blank frame: its own re-projection must not be blank
+    loo, _ = leave_one_out_reprojection(projector, spoiled)
+    assert np.corrcoef(loo[10].ravel(), proj[10].ravel())[0, 1] > 0.95
+
+
+def test_reprojection_refinement_corrects_jitter():
+    vol = _phantom(nz=12, seed=2)
+    angles = np.arange(0.0, 180.0, 2.0)
+    rng = np.random.default_rng(3)
+    jitter = rng.normal(0.0, 0.6, (angles.size, 2))
+    proj = np.stack([shift_image(p, d) for p, d in zip(project_many(vol, angles), jitter, strict=True)])
+    result = reprojection_refine(proj, angles, np.zeros((angles.size, 2)), iterations=6, band=(1.0, None))
+    e = result.shifts + jitter  # modulo the gauge: vertical offset, c + a cos + b sin horizontally
+    t = np.deg2rad(angles)
+    basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], 1)
+    e_h = e[:, 1] - basis @ np.linalg.lstsq(basis, e[:, 1], rcond=None)[0]
+    rms = np.sqrt(np.mean((e[:, 0] - e[:, 0].mean()) ** 2) + np.mean(e_h**2))
+    assert rms < 0.1  # from 0.88 px
+    assert result.updates_rms[-1] < 0.1 * result.updates_rms[0]
+    with pytest.raises(ReprojectionError):
+        reprojection_refine(proj, angles[:-1], np.zeros((angles.size, 2)))
+    with pytest.raises(ReprojectionError):
+        reprojection_refine(proj, angles, np.zeros((angles.size, 2)), region="slab")
