@@ -29,6 +29,16 @@ def _bench(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    import logging
+
+    from .server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = {"storage_directory": args.data} if args.data else None
+    return serve(args.config, overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livetomo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
+    serve = sub.add_parser("serve", help="run the acquisition daemon (Ctrl-C or SIGTERM stops it cleanly)")
+    serve.add_argument("--config", help="YAML configuration (default: loopback endpoints, see README)")
+    serve.add_argument("--data", help="storage directory (overrides the configuration)")
+    serve.set_defaults(func=_serve)
+
     bench = sub.add_parser("bench", help="benchmark livetomo against its peer in one run")
     bench.add_argument("name", help="benchmark name, e.g. orchestration")
     bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
@@ -48,14 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     from .client_cli import add_parsers
+    from .monitor_cli import add_parser as add_monitor
 
     add_parsers(sub)
+    add_monitor(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (
+        RuntimeError,
+        TimeoutError,
+        ValueError,
+    ) as exc:  # the daemon's or the input's reason, no traceback
+        print(f"livetomo {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

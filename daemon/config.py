@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -47,6 +48,7 @@ class Processing:
     reconstruct: bool = True
     align_channel: str = "dpc"  # what XRF-DPC scans align on: "dpc" or an element name
     preview_every: int = 1  # publish orthogonal slices every N frames
+    lamella_thickness_px: int | None = None  # enables the tilt series' re-projection refinement at run end
 
 
 @dataclass
@@ -55,8 +57,17 @@ class Beamline:
 
     kind: str = "simulated"
     seed: int = 0
-    microprobe_shape: tuple[int, int, int] = (24, 48, 48)
+    microprobe_shape: tuple[int, int, int] = (32, 64, 64)
     tem_shape: tuple[int, int, int] = (48, 16, 48)
+
+
+@dataclass
+class Web:
+    """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
 
 
 @dataclass
@@ -67,6 +78,7 @@ class DaemonConfig:
     processing: Processing = field(default_factory=Processing)
     beamline: Beamline = field(default_factory=Beamline)
     curve: Curve = field(default_factory=Curve)
+    web: Web = field(default_factory=Web)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +142,11 @@ def check_bind_policy(config: DaemonConfig) -> None:
         for name, value in asdict(config.endpoints).items()
         if value is not None and not is_loopback(value)
     ]
+    if config.web.enabled and not is_loopback(f"tcp://{config.web.host}:{config.web.port}"):
+        # the page is read-only and carries no control: exposing it is the operator's call, logged
+        logging.getLogger("livetomo.config").warning(
+            "monitoring page bound to %s (not loopback)", config.web.host
+        )
     if exposed and not config.curve.server_secret_key:
         raise ConfigError(
             f"endpoint(s) {', '.join(exposed)} bind beyond loopback; configure curve.server_secret_key "

@@ -50,7 +50,7 @@ class ControlAPI:
     def status(self) -> dict:
         current = self.runner.current
         return {
-            "re_state": self.runner.state,
+            "re_state": str(self.runner.state),  # bluesky gives a ProxyString
             "queue_running": self.runner.running_queue.is_set(),
             "queue_length": len(self.queue.items()),
             "current": current.as_dict() if current else None,

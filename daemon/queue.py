@@ -160,7 +160,7 @@ class PlanRunner:
 
     @property
     def state(self) -> str:
-        return self.RE.state
+        return str(self.RE.state)
 
     # -- the worker thread ---------------------------------------------------------------
     def _loop(self) -> None:

@@ -134,3 +134,66 @@ def test_page_follows_a_streamed_scan(live, page, artifacts):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert page.errors == []
     assert state.snapshot()["progress"]["frames_done"] == N_ANGLES
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    from livetomo.daemon.config import load_config
+    from livetomo.daemon.server import Daemon
+
+    endpoints = {k: f"ipc://{tmp_path}/{k}.sock" for k in ("frames", "documents", "results", "control")}
+    config = load_config(
+        overrides={
+            "endpoints": endpoints,
+            "storage_directory": str(tmp_path / "data"),
+            "beamline": {"microprobe_shape": [16, 40, 40]},
+            "web": {"port": 0},
+        }
+    )
+    daemon = Daemon(config).start()
+    yield daemon
+    daemon.close()
+
+
+def test_page_follows_a_scan_run_by_the_daemon(daemon, page, artifacts):
+    """The real chain: queue -> RunEngine -> simulated detectors -> ZeroMQ -> pipeline -> page."""
+    from livetomo.daemon.client import ControlClient
+
+    n_angles = 40
+    page.goto(daemon.web.url)
+    page.wait_for_function("document.getElementById('connection').textContent === 'live'")
+    client = ControlClient(daemon.config.endpoints.control)
+    client(
+        "queue_add",
+        plan="xrf_dpc_tomo",
+        kwargs={"start": 0, "stop": 180, "num": n_angles, "dwell_s": 0.003, "raster_shape": [16, 40]},
+    )
+    client("queue_start")
+    seen = []
+    t0 = time.monotonic()
+    while not daemon.pipeline.finished_runs and time.monotonic() - t0 < 120:
+        seen.append(_readings(page))
+        time.sleep(0.1)
+    summary = daemon.pipeline.finished_runs[-1]
+    page.wait_for_function(
+        "document.getElementById('run-end-text').textContent.includes('complete')", timeout=15000
+    )
+    final = _readings(page)
+    done = [int(r["frames"].split("/")[0]) for r in seen if r["frames"].strip()[:1].isdigit()]
+    assert len({d for d in done if 0 < d < n_angles}) >= 3 and done == sorted(done), seen
+    traces = [r["trace"] for r in seen]
+    assert len({t for t in traces if 0 < t < 2 * n_angles}) >= 3, seen
+    slices = [r["slices"] for r in seen]
+    assert len({s for s in slices if 0 < s < n_angles}) >= 3, seen
+    # the final counts on the page are the run's
+    assert summary["frames_received"] == n_angles and summary["complete"]
+    assert final == {"frames": f"{n_angles} / {n_angles}", "trace": 2 * n_angles, "slices": n_angles}
+    assert (
+        page.text_content("#run-end-text")
+        == f"exit status success; {n_angles} of {n_angles} frames received (complete)"
+    )
+    shot = artifacts / "monitor_page_daemon.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"monitor page screenshot (real daemon): {shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.errors == []

@@ -1,10 +1,34 @@
 """Benchmarks: each runs livetomo and its peer on the same work in one run.
 
-Every benchmark is a function ``run(*, quick=False, log=print) -> dict`` that prints its
-figures through ``log`` and returns all of them; ``livetomo bench NAME --json`` prints
-that dict as one JSON object.
+Every benchmark is a module of this package with a function
+``run(*, quick=False, log=print) -> dict`` that prints its figures through ``log`` and
+returns all of them; ``livetomo bench NAME --json`` prints that dict as one JSON object.
+Modules are imported only when their benchmark runs, so a missing peer (installed by the
+``bench`` extra) only affects the benchmark that needs it.
 """
 
-from .orchestration import run as orchestration
+from __future__ import annotations
 
-BENCHMARKS = {"orchestration": orchestration}
+import importlib
+import importlib.util
+
+BENCHMARKS = {
+    "orchestration": "livetomo.daemon.bench.orchestration",
+    "align": "livetomo.daemon.bench.align",
+    "recon": "livetomo.daemon.bench.recon",
+    "streaming": "livetomo.daemon.bench.streaming",
+    "correlate": "livetomo.daemon.bench.correlate",
+    "monitor": "livetomo.daemon.bench.monitor",
+}
+
+
+def available() -> list[str]:
+    """Names of the benchmarks whose module exists in this installation."""
+    return [name for name, module in BENCHMARKS.items() if importlib.util.find_spec(module) is not None]
+
+
+def load(name: str):
+    """The ``run`` function of benchmark ``name``; KeyError names the available ones."""
+    if name not in available():
+        raise KeyError(f"unknown benchmark {name!r}; available: {', '.join(available())}")
+    return importlib.import_module(BENCHMARKS[name]).run

@@ -1,0 +1,400 @@
+"""What the pipeline does with each method's frames (the daemon's use of ``processing``).
+
+A processor gets a run's frames (``frame``) and events (``event``) and returns results to
+publish as ``(topic, payload)`` pairs (docs/results-stream.md); ``finish`` writes the
+processed data beside the raw frames and the pictures. Each stage runs inside the
+pipeline's ``stage(name, latency)`` context, which times it and records a failure without
+stopping the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..processing.dpc import dpc_from_segments, integrate_gradients
+from ..processing.recon import IncrementalReconstructor
+from ..processing.register import shift_image
+from ..processing.streaming_align import StreamingProjectionAligner, StreamingTiltAligner
+from .config import Processing
+from .pictures import RunArrays, write_run_pictures
+from .results import encode_image
+from .storage import export_pyxrf_maps, export_tilt_series
+
+log = logging.getLogger("livetomo.processors")
+REFINE_EVERY = 20  # frames between global alignment refinements (moment consistency; ~10 ms at 48 px)
+
+
+class Processor:
+    """Stores only: the base of every method's processor."""
+
+    channels: tuple[str, ...] = ()
+
+    def __init__(self, start: dict, processing: Processing):
+        self.start = start
+        self.processing = processing
+        self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
+        self.n_columns: int | None = None
+
+    def descriptor(self, run, doc: dict) -> None:
+        pass
+
+    def event(self, run, doc: dict) -> list:
+        return []
+
+    def frame(self, run, frame, stage, latency: dict) -> list:
+        return []
+
+    def finish(self, run, directory: Path) -> list[Path]:
+        """Write processed data into the run file (still open); return the pictures written."""
+        return []
+
+    def export(self, run, directory: Path) -> list[Path]:
+        """Exports made from the closed run file (PyXRF, MRC); return their paths."""
+        return []
+
+    # shared helpers
+    def _frame_message(self, run, frame, record: dict, latency: dict) -> tuple[str, dict]:
+        quality = record.get("quality")
+        return (
+            "frame",
+            {
+                "run_uid": run.uid,
+                "stream": frame.stream,
+                "seq": frame.seq,
+                "angle": frame.angle_deg,
+                "time": frame.timestamp,
+                "frames_done": run.frames_done + 1,
+                "frames_planned": run.frames_planned,
+                "dose_so_far": run.dose_per_frame * (run.frames_done + 1) if run.dose_per_frame else None,
+                "shift": list(record["shift"]) if record.get("shift") is not None else None,
+                "quality": _quality_payload(quality),
+                "latency_ms": dict(latency),
+            },
+        )
+
+    def _slices(self, run, channel: str, recon: IncrementalReconstructor, index: int | None = None) -> tuple:
+        previews = recon.previews()
+        pick = (lambda a: a[index]) if index is not None else (lambda a: a)
+        return (
+            "slices",
+            {
+                "run_uid": run.uid,
+                "channel": channel,
+                "n_projections": previews.n_projections,
+                "point": list(previews.point),
+                "xy": encode_image(np.asarray(pick(previews.xy))),
+                "xz": encode_image(np.asarray(pick(previews.xz))),
+                "yz": encode_image(np.asarray(pick(previews.yz))),
+            },
+        )
+
+    def _run_arrays(self, aligner=None, slices: dict | None = None) -> RunArrays:
+        seqs = sorted(self.records)
+        recs = [self.records[s] for s in seqs]
+        quality = [r.get("quality") for r in recs]
+        data = {
+            "seq": np.asarray(seqs, float),
+            "angle": np.asarray([r["angle"] for r in recs], float),
+            "shift": np.asarray([r["shift"] for r in recs], float).reshape(-1, 2),
+            "fwhm": np.asarray([q.fwhm_px if q is not None else (np.nan, np.nan) for q in quality], float),
+            "psr": np.asarray([q.psr if q is not None else np.nan for q in quality], float),
+            "ok": np.asarray([q.ok if q is not None else True for q in quality], bool),
+            "slices": slices or {},
+        }
+        runout = getattr(aligner, "runout", None)
+        if runout is not None and len(data["angle"]):
+            fit_angles = np.linspace(np.min(data["angle"]), np.max(data["angle"]), 181)
+            data["fit_angles"], data["fit"] = (
+                fit_angles,
+                np.asarray(runout.evaluate(fit_angles)).reshape(-1, 2),
+            )
+        if aligner is not None and getattr(aligner, "centre_px", None) is not None:
+            columns = self.n_columns or 1
+            data["centre_px"] = aligner.centre_px - (columns - 1) / 2.0  # offset from the centre column
+        return RunArrays.from_mapping(data)
+
+    def _write_alignment(self, run) -> None:
+        if not self.records:
+            return
+        arrays = self._run_arrays()
+        writer = run.writer
+        writer.write_processed("alignment/seq", arrays.seq.astype(np.int64))
+        writer.write_processed("alignment/rotation_angle", arrays.angle, attrs={"units": "degree"})
+        writer.write_processed("alignment/shift", arrays.shift, attrs={"units": "pixel", "columns": "dy, dx"})
+        writer.write_processed("alignment/fwhm", arrays.fwhm, attrs={"units": "pixel"})
+        writer.write_processed("alignment/psr", arrays.psr)
+        writer.write_processed("alignment/ok", arrays.ok.astype(np.uint8))
+
+
+def _quality_payload(quality) -> dict | None:
+    if quality is None:
+        return None
+    return {
+        "fwhm_px": [float(quality.fwhm_px[0]), float(quality.fwhm_px[1])],
+        "psr": float(quality.psr),
+        "uncertainty_px": float(np.max(quality.uncertainty_px)),
+        "ok": bool(quality.ok),
+    }
+
+
+class XRFDPCProcessor(Processor):
+    """XRF nanotomography with DPC: align on DPC, apply the shifts to every element, reconstruct.
+
+    ``dpc_segments`` frames give DPC (difference over sum) and the Fourier-integrated phase;
+    the DPC is aligned as it arrives; ``xrf_roi`` frames (elements, rows, cols) take the
+    shift of the DPC frame of the same event. Phase and every element are reconstructed
+    incrementally; every ``REFINE_EVERY`` frames and at the end the alignment is refined
+    and the reconstructions follow the new shifts.
+    """
+
+    def __init__(self, start: dict, processing: Processing):
+        super().__init__(start, processing)
+        self.elements = list(start.get("xrf_elements", []))
+        self.channels = ("dpc", "phase", *self.elements)
+        self.angles_planned = start.get("rotation_angles")
+        self.aligner = StreamingProjectionAligner(kind="dpc") if processing.align else None
+        self.phase: IncrementalReconstructor | None = None
+        self.maps: IncrementalReconstructor | None = None
+        self.pending_roi: dict[int, object] = {}
+
+    def _recon(self, shape) -> IncrementalReconstructor:
+        return IncrementalReconstructor(shape, angles_deg=self.angles_planned, filter_name="hann")
+
+    def frame(self, run, frame, stage, latency):
+        if frame.stream.endswith("_segments"):
+            return self._dpc(run, frame, stage, latency)
+        if frame.stream.endswith("_roi"):
+            self.pending_roi[frame.seq] = frame
+            return self._maps_ready(run, stage, latency)
+        return []
+
+    def _dpc(self, run, frame, stage, latency):
+        out = []
+        record = {"angle": frame.angle_deg, "shift": (0.0, 0.0), "quality": None}
+        self.records[frame.seq] = record
+        self.n_columns = frame.data.shape[-1]
+        h = v = phase = None
+        with stage("preprocess", latency):
+            h, v, _ = dpc_from_segments(frame.data)
+            phase = integrate_gradients(v, h)
+        if h is None:
+            return out
+        with stage("align", latency):
+            if self.aligner is not None:
+                result = self.aligner.add({"dpc_h": h, "dpc_v": v}, frame.angle_deg)
+                record["shift"], record["quality"] = result.shift_px, result.quality
+                if self.aligner.n_frames % REFINE_EVERY == 0:
+                    self._apply_refinement()
+                if self.aligner.runout is not None or self.aligner.centre_px is not None:
+                    out.append(self._runout_message(run))
+        with stage("reconstruct", latency):
+            if self.processing.reconstruct:
+                self.phase = self.phase or self._recon(phase.shape)
+                self.phase.add(phase, frame.angle_deg, shift=record["shift"], key=frame.seq)
+        out.append(self._frame_message(run, frame, record, latency))
+        if frame.seq % max(self.processing.preview_every, 1) == 0:
+            shift = record["shift"]
+            out.append(_projection(run, "dpc", frame, h, shift))
+            out.append(_projection(run, "phase", frame, phase, shift))
+            if self.phase is not None:
+                out.append(self._slices(run, "phase", self.phase))
+        return out + self._maps_ready(run, stage, latency)
+
+    def _maps_ready(self, run, stage, latency):
+        out = []
+        for seq in sorted(s for s in self.pending_roi if s in self.records):
+            frame = self.pending_roi.pop(seq)
+            shift = self.records[seq]["shift"]
+            with stage("reconstruct", latency):
+                if self.processing.reconstruct:
+                    self.maps = self.maps or self._recon(frame.data.shape)
+                    self.maps.add(frame.data, frame.angle_deg, shift=shift, key=seq)
+            if seq % max(self.processing.preview_every, 1) == 0 and self.elements:
+                element = "Zn" if "Zn" in self.elements else self.elements[-1]
+                index = self.elements.index(element)
+                out.append(_projection(run, element, frame, frame.data[index], shift))
+                if self.maps is not None:
+                    out.append(self._slices(run, element, self.maps, index))
+        return out
+
+    def _apply_refinement(self) -> None:
+        shifts = self.aligner.refine()
+        seqs = sorted(self.records)[: len(shifts)]
+        for seq, shift in zip(seqs, shifts, strict=True):
+            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+        for recon in (self.phase, self.maps):
+            if recon is not None:
+                recon.update_shifts({s: self.records[s]["shift"] for s in seqs if s in recon.keys})
+
+    def _runout_message(self, run) -> tuple[str, dict]:
+        arrays = self._run_arrays(self.aligner)
+        return (
+            "runout",
+            {
+                "run_uid": run.uid,
+                "angles": arrays.angle.tolist(),
+                "shifts": arrays.shift.tolist(),
+                "fit_angles": arrays.fit_angles.tolist(),
+                "fit": arrays.fit.tolist(),
+                "centre_px": arrays.centre_px,
+            },
+        )
+
+    def finish(self, run, directory: Path) -> list[Path]:
+        if self.aligner is not None and self.aligner.n_frames >= 3:
+            self._apply_refinement()
+        self._write_alignment(run)
+        slices = {}
+        for name, recon in (("phase", self.phase), ("maps", self.maps)):
+            if recon is None:
+                continue
+            volume = np.asarray(recon.volume())
+            if name == "phase":
+                run.writer.write_processed("reconstruction/phase", volume)
+                slices["phase"] = _central(volume)
+            else:
+                for element, vol in zip(self.elements, volume, strict=True):
+                    run.writer.write_processed(f"reconstruction/{element}", vol)
+                    slices[element] = _central(vol)
+        run.writer.flush()
+        return write_run_pictures(self._run_arrays(self.aligner, slices), directory, run.uid)
+
+    def export(self, run, directory: Path) -> list[Path]:
+        return export_pyxrf_maps(run.writer.path, directory / f"pyxrf-{run.uid}")
+
+
+class TiltSeriesProcessor(Processor):
+    """Cryo-ET: align K3 tilts as they arrive (any order), reconstruct with tilt weights."""
+
+    channels = ("k3",)
+
+    def __init__(self, start: dict, processing: Processing):
+        super().__init__(start, processing)
+        self.angles_planned = start.get("tilt_angles")
+        self.aligner = (
+            StreamingTiltAligner(thickness_px=processing.lamella_thickness_px) if processing.align else None
+        )
+        self.recon: IncrementalReconstructor | None = None
+        self.pixel_size_nm: float | None = None
+
+    def descriptor(self, run, doc):
+        for device in doc.get("configuration", {}).values():
+            for key, value in device.get("data", {}).items():
+                if key.endswith("_pixel_size"):
+                    self.pixel_size_nm = float(value)
+
+    def frame(self, run, frame, stage, latency):
+        if not frame.stream.endswith("_image"):
+            return []
+        out = []
+        record = {"angle": frame.angle_deg, "shift": (0.0, 0.0), "quality": None}
+        self.records[frame.seq] = record
+        contrast = None
+        with stage("preprocess", latency):
+            contrast = frame.data / max(float(np.mean(frame.data)), 1e-12) - 1.0  # removes 1/cos transmission
+        with stage("align", latency):
+            if self.aligner is not None:
+                result = self.aligner.add(frame.data, frame.angle_deg)
+                record["shift"], record["quality"] = result.shift_px, result.quality
+        with stage("reconstruct", latency):
+            if self.processing.reconstruct and contrast is not None:
+                self.recon = self.recon or IncrementalReconstructor(
+                    contrast.shape, angles_deg=self.angles_planned, filter_name="hann"
+                )
+                self.recon.add(contrast, frame.angle_deg, shift=record["shift"], key=frame.seq)
+        out.append(self._frame_message(run, frame, record, latency))
+        if contrast is not None and frame.seq % max(self.processing.preview_every, 1) == 0:
+            out.append(_projection(run, "k3", frame, contrast, record["shift"]))
+            if self.recon is not None:
+                out.append(self._slices(run, "k3", self.recon))
+        return out
+
+    def finish(self, run, directory: Path) -> list[Path]:
+        if self.aligner is not None and self.aligner.n_frames >= 3 and self.aligner.thickness_px:
+            shifts = self.aligner.refine()
+            for seq, shift in zip(sorted(self.records), shifts, strict=True):
+                self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+            if self.recon is not None:
+                self.recon.update_shifts(
+                    {s: r["shift"] for s, r in self.records.items() if s in self.recon.keys}
+                )
+        self._write_alignment(run)
+        slices = {}
+        if self.recon is not None:
+            volume = np.asarray(self.recon.volume())
+            run.writer.write_processed("reconstruction/k3", volume)
+            slices["k3"] = _central(volume)
+        run.writer.flush()
+        return write_run_pictures(self._run_arrays(self.aligner, slices), directory, run.uid)
+
+    def export(self, run, directory: Path) -> list[Path]:
+        pixel_size_A = None if self.pixel_size_nm is None else self.pixel_size_nm * 10.0
+        return list(
+            export_tilt_series(run.writer.path, directory / f"tilt-{run.uid}.mrc", pixel_size_A=pixel_size_A)
+        )
+
+
+class MillingProcessor(Processor):
+    """Cryo-FIB: publish every EELS thickness reading against its stage's target."""
+
+    def __init__(self, start: dict, processing: Processing):
+        super().__init__(start, processing)
+        self.streams: dict[str, str] = {}  # descriptor uid -> stage name
+        self.targets = dict(zip(start.get("stages", []), start.get("targets_nm", []), strict=False))
+
+    def descriptor(self, run, doc):
+        self.streams[doc["uid"]] = doc["name"]
+
+    def event(self, run, doc):
+        stage = self.streams.get(doc["descriptor"])
+        data = doc["data"]
+        if stage is None or "fib_eels_thickness" not in data:
+            return []
+        return [
+            (
+                "milling",
+                {
+                    "run_uid": run.uid,
+                    "stage": stage,
+                    "target_nm": self.targets.get(stage),
+                    "thickness_nm": data["fib_eels_thickness"],
+                    "current_A": data.get("fib_current"),
+                    "elapsed_s": data.get("fib_pattern_time"),
+                },
+            )
+        ]
+
+
+def _projection(run, channel: str, frame, image, shift) -> tuple[str, dict]:
+    image = np.asarray(image, dtype=np.float32)
+    return (
+        "projection",
+        {
+            "run_uid": run.uid,
+            "channel": channel,
+            "seq": frame.seq,
+            "angle": frame.angle_deg,
+            "raw": encode_image(image),
+            "aligned": encode_image(shift_image(image, tuple(shift))),
+        },
+    )
+
+
+def _central(volume: np.ndarray) -> dict[str, np.ndarray]:
+    z, y, x = (n // 2 for n in volume.shape[-3:])
+    return {"xy": volume[z], "xz": volume[:, y], "yz": volume[:, :, x]}
+
+
+PROCESSORS = {
+    "xrf-dpc": XRFDPCProcessor,
+    "cryo-et": TiltSeriesProcessor,
+    "cryo-fib": MillingProcessor,
+}
+
+
+def make_processor(start: dict, processing: Processing) -> Processor:
+    """The processor of the run's method (``livetomo_method`` in its start document)."""
+    return PROCESSORS.get(start.get("livetomo_method"), Processor)(start, processing)
