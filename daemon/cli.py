@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_bench)
 
     from .client_cli import add_parsers
+    from .correlate_cli import add_parser as add_correlate
     from .monitor_cli import add_parser as add_monitor
 
     add_parsers(sub)
     add_monitor(sub)
+    add_correlate(sub)
     return parser
 
 

@@ -288,6 +288,8 @@ class Pipeline:
         pictures, error = [], reason
         try:
             pictures = run.processor.finish(run, self.directory)
+            for topic, payload in getattr(run.processor, "messages", ()):
+                self.publish(topic, payload)
         except Exception as exc:
             error = f"finishing failed: {type(exc).__name__}: {exc}"
             self._error("reconstruct", error)

@@ -37,6 +37,7 @@ class Processor:
         self.processing = processing
         self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
         self.n_columns: int | None = None
+        self.messages: list[tuple[str, dict]] = []  # published after finish()
 
     def descriptor(self, run, doc: dict) -> None:
         pass
@@ -337,6 +338,61 @@ class TiltSeriesProcessor(Processor):
         )
 
 
+class CorrelativeProcessor(Processor):
+    """Correlative SXT + FM: register the FM image onto the SXT image by its FluoSpheres at run end.
+
+    Writes the fused HSI picture, an overview (beads, residuals, TRE map) and an HDF5 file of
+    the registration beside the run file, and publishes σ_T with its parts and the overlay.
+    """
+
+    def __init__(self, start: dict, processing: Processing):
+        super().__init__(start, processing)
+        self.images: dict[str, np.ndarray] = {}
+        self.pixel_nm: dict[str, float] = {}
+
+    def descriptor(self, run, doc):
+        for device, config in doc.get("configuration", {}).items():
+            size = config.get("data", {}).get(f"{device}_pixel_size")
+            if size is not None:
+                self.pixel_nm[device] = float(size)
+
+    def frame(self, run, frame, stage, latency):
+        if frame.stream in ("sxt_image", "fm_image") and frame.stream not in self.images:
+            self.images[frame.stream] = np.array(frame.data, dtype=np.float32)
+        return []
+
+    def finish(self, run, directory: Path) -> list[Path]:
+        from ..processing.correlate import fuse_hsi, register_fiducial, warp_image
+        from .correlate_step import write_fiducial_result
+
+        if set(self.images) != {"sxt_image", "fm_image"}:
+            raise ValueError(
+                f"a correlative run needs sxt_image and fm_image frames; got {sorted(self.images)}"
+            )
+        sxt, fm = self.images["sxt_image"], self.images["fm_image"]
+        reg = register_fiducial(
+            sxt, fm, fixed_pixel_nm=self.pixel_nm["sxt"], moving_pixel_nm=self.pixel_nm["fm"]
+        )
+        fused_png, overview_png, h5 = write_fiducial_result(
+            directory, reg, sxt, fm, hue_deg=0.0, stem=f"correlation-{run.uid}", attrs={"run_uid": run.uid}
+        )
+        fused = fuse_hsi(sxt, np.asarray(warp_image(fm, reg.matrix_px, sxt.shape)), hue_deg=0.0)
+        summary = reg.summary()
+        self.messages.append(
+            (
+                "correlative",
+                {
+                    "run_uid": run.uid,
+                    **{k: summary[k] for k in ("sigma_t_nm", "sigma_x_nm", "sigma_f_nm", "sigma_a_nm")},
+                    "n_pairs": summary["n_pairs"],
+                    "fused": encode_image((np.clip(np.asarray(fused), 0.0, 1.0) * 255).astype(np.uint8)),
+                    "hdf5": str(h5),
+                },
+            )
+        )
+        return [fused_png, overview_png]
+
+
 class MillingProcessor(Processor):
     """Cryo-FIB: publish every EELS thickness reading against its stage's target."""
 
@@ -392,6 +448,7 @@ PROCESSORS = {
     "xrf-dpc": XRFDPCProcessor,
     "cryo-et": TiltSeriesProcessor,
     "cryo-fib": MillingProcessor,
+    "correlative-sxt-fm": CorrelativeProcessor,
 }
 
 

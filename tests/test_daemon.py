@@ -216,3 +216,31 @@ def test_cli_submits_watches_and_aborts_a_plan_on_a_running_daemon(tmp_path):
     assert "all received frames are on disk" in output
     files = [p for p in os.listdir(tmp_path / "data") if p.startswith("run-") and p.endswith(".h5")]
     assert len(files) == 2
+
+
+def test_correlative_run_is_registered_and_published(daemon):
+    client = ControlClient(daemon.config.endpoints.control)
+    client("queue_add", plan="correlative_acquire", kwargs={})
+    client("queue_start")
+    _wait(lambda: daemon.pipeline.finished_runs)
+    summary = daemon.pipeline.finished_runs[-1]
+    assert summary["complete"] and summary["error"] is None, summary
+    fused = [p for p in summary["pictures"] if "correlation" in p and p.endswith(".png")]
+    assert fused and all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in fused)
+    correlative = (
+        daemon.monitor.snapshot()["runs"][-1]["correlative"] if "runs" in daemon.monitor.snapshot() else None
+    )
+    state = correlative or daemon.monitor.snapshot().get("correlative")
+    assert (
+        state is not None and state["sigma_t_nm"] <= 60.0
+    )  # the target, against the simulator's truth below
+    scene = daemon.beamline.truth["correlative"]
+    with h5py.File(next(p for p in Path(summary["file"]).parent.glob("correlation-*.h5")), "r") as f:
+        matrix = f["entry/correlation/matrix_px"][()]
+    fm_points = scene.beads_fm_px[scene.pairs[:, 1]]
+    mapped = (matrix @ np.c_[fm_points, np.ones(len(fm_points))].T).T[:, :2]
+    error_nm = (
+        np.sqrt(np.mean(np.sum((mapped - scene.beads_sxt_px[scene.pairs[:, 0]]) ** 2, axis=1)))
+        * scene.sxt_pixel_nm
+    )
+    assert error_nm < 60.0

@@ -8,11 +8,10 @@ viewers (separate processes reading the server-sent events, as two browsers woul
 interleaved; the figures are medians of the per-frame times. Accuracy: each viewer must have
 received every frame of its scan (and the final run_end with the right count).
 
-The frame source is one function, ``frame_source`` (now ``simulated_frames``: a stand-in for the
-daemon's per-frame work — an FFT cross-correlation and a one-projection back-projection update
-on the simulated scan's images — that publishes the frame's results messages). For the real
-daemon, it runs a scan on ``livetomo serve`` and returns the daemon's per-frame times, and
-``measure``'s ``chain`` (now ``local_chain``) starts the daemon and yields its page URL.
+The benchmark runs the real daemon (``daemon_chain`` starts ``livetomo serve`` in-process and
+yields its page URL; ``daemon_frames`` runs an ``xrf_dpc_tomo`` scan through its queue and
+returns the pipeline's per-frame times). ``local_chain`` with ``simulated_frames`` measures the
+monitoring chain alone, with stand-in processing.
 
 ``SimulatedScan`` also feeds the monitor tests: a scan's messages per frame with the simulator's
 true stage runout as the shift trace.
@@ -422,17 +421,90 @@ def _children_cpu_s() -> float:
 
 
 def frame_source(n_frames: int, size: int) -> FrameSource:
-    """The frame source the benchmark times; re-point this (and ``measure``'s chain) at the daemon."""
+    """A simulated frame source (stand-in processing), for measuring the chain without the daemon."""
     return simulated_frames(SimulatedScan(n_angles=n_frames, size=size, seed=1))
 
 
-def run(*, quick: bool = False, log=print) -> dict:
-    n_frames = 30 if quick else 120
-    repeats = 2 if quick else 5
-    size = 64 if quick else 128
+@contextlib.contextmanager
+def daemon_chain(size: int = 64):
+    """``livetomo serve`` in this process (temporary ipc endpoints, page on a free port).
 
-    log(f"monitor: {n_frames} frames of {size // 2}x{size} px, 2 channels, {repeats} interleaved repeats")
-    result = measure(lambda: frame_source(n_frames, size), n_frames, repeats, log=log)
+    Yields ``(daemon, page_url)``; ``daemon_frames`` runs scans on it.
+    """
+    import tempfile
+
+    from ..config import load_config
+    from ..server import Daemon
+
+    with tempfile.TemporaryDirectory(prefix="livetomo-bench-monitor-") as tmp:
+        endpoints = {k: f"ipc://{tmp}/{k}.sock" for k in ("frames", "documents", "results", "control")}
+        config = load_config(
+            overrides={
+                "endpoints": endpoints,
+                "storage_directory": f"{tmp}/data",
+                "beamline": {"microprobe_shape": [size // 2, size, size]},
+                "web": {"port": 0},
+            }
+        )
+        daemon = Daemon(config).start()
+        try:
+            yield daemon, daemon.web.url
+        finally:
+            daemon.close()
+
+
+def daemon_frames(size: int) -> FrameSource:
+    """A scan of ``n_frames`` angles run by the daemon; per-frame time = the pipeline's time per frame.
+
+    The time of a frame is the sum of its stage latencies as the pipeline measured them (store,
+    preprocess, align, reconstruct, publish — publishing includes updating the page's state), so
+    whatever the page's server takes from the pipeline thread (CPU, the GIL) shows up in it.
+    """
+    from ..client import ControlClient
+
+    def source(daemon, n_frames: int) -> list[float]:
+        done = len(daemon.pipeline.finished_runs)
+        latencies: list[float] = []
+        original = daemon._publish
+
+        def tap(topic, payload):
+            if topic == "frame":
+                latencies.append(sum(payload["latency_ms"].values()) / 1e3)
+            original(topic, payload)
+
+        daemon.pipeline.publish = tap
+        try:
+            client = ControlClient(daemon.config.endpoints.control)
+            kwargs = {
+                "start": 0,
+                "stop": 180,
+                "num": n_frames,
+                "dwell_s": 0.003,
+                "raster_shape": [size // 2, size],
+            }
+            client("queue_add", plan="xrf_dpc_tomo", kwargs=kwargs)
+            client("queue_start")
+            while len(daemon.pipeline.finished_runs) == done:
+                time.sleep(0.05)
+        finally:
+            daemon.pipeline.publish = original
+        return latencies
+
+    return source
+
+
+def run(*, quick: bool = False, log=print) -> dict:
+    n_frames = 20 if quick else 60
+    repeats = 2 if quick else 5
+    size = 48 if quick else 64
+
+    log(
+        f"monitor: livetomo serve, xrf_dpc_tomo of {n_frames} angles, {size // 2}x{size} px rasters, "
+        f"{repeats} interleaved repeats without and with two page viewers"
+    )
+    result = measure(
+        lambda: daemon_frames(size), n_frames, repeats, chain=lambda: daemon_chain(size), log=log
+    )
     base = statistics.median(result["per_frame"]["no_viewers"])
     watched = statistics.median(result["per_frame"]["two_viewers"])
     counts = result["viewers"]
