@@ -94,7 +94,9 @@ def test_pause_then_resume_finishes_the_plan(api):
     assert seen.wait(30)
     api.runner.pause()
     _wait(lambda: api.runner.state == "paused")
-    _wait(lambda: api.status()["current"]["state"] == "paused")  # the worker notices right after the RunEngine
+    _wait(
+        lambda: api.status()["current"]["state"] == "paused"
+    )  # the worker notices right after the RunEngine
     api.runner.command("resume")
     _wait(lambda: api.queue.history)
     assert api.queue.history[0].state == "success"
