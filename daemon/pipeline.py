@@ -68,8 +68,18 @@ class RunContext:
     stop: dict | None = None
     stopped_at: float | None = None
     streams_open: set = field(default_factory=set)
+    streams_expected: set = field(default_factory=set)  # external data keys the descriptors announced
     streams_ended: set = field(default_factory=set)
     finished: bool = False
+
+    @property
+    def all_streams_ended(self) -> bool:
+        """Every stream that opened, or that a descriptor announced, has sent its end message.
+
+        The stop document can overtake frames still in flight on the frame socket, so the
+        descriptors (not the start messages received so far) say which streams to wait for.
+        """
+        return (self.streams_open | self.streams_expected) <= self.streams_ended
 
     @property
     def method(self) -> str:
@@ -186,6 +196,7 @@ class Pipeline:
     def _doc_descriptor(self, doc: dict) -> None:
         run = self.runs.get(doc.get("run_start"))
         if run is not None:
+            run.streams_expected |= {k for k, v in doc["data_keys"].items() if v.get("external") == "STREAM:"}
             run.processor.descriptor(run, doc)
 
     def _doc_stop(self, doc: dict) -> None:
@@ -194,7 +205,7 @@ class Pipeline:
             return
         run.stop = doc
         run.stopped_at = time.monotonic()
-        if run.streams_open <= run.streams_ended:
+        if run.all_streams_ended:
             self._finish(run)
 
     # -- the pipeline thread ---------------------------------------------------------------
@@ -237,7 +248,7 @@ class Pipeline:
             with self._stage("store"):
                 run.writer.write_message(item)
             run.streams_ended.add(item.stream)
-            if run.stop is not None and run.streams_open <= run.streams_ended:
+            if run.stop is not None and run.all_streams_ended:
                 self._finish(run)
 
     def _frame(self, run: RunContext, frame: Frame) -> None:
@@ -278,7 +289,7 @@ class Pipeline:
         with self._lock:
             for run in list(self.runs.values()):
                 if run.stopped_at is not None and time.monotonic() - run.stopped_at > END_GRACE_S:
-                    missing = sorted(run.streams_open - run.streams_ended)
+                    missing = sorted((run.streams_open | run.streams_expected) - run.streams_ended)
                     self._finish(run, reason=f"no end message for {', '.join(missing)}")
 
     def _finish(self, run: RunContext, reason: str | None = None) -> None:

@@ -5,7 +5,6 @@
 - ``NXtomoWriter``: the daemon's file per run, NeXus NXtomo layout, one dataset per frame
   stream appended frame by frame, readable while it is written (HDF5 SWMR), processed
   results (shifts, quality, reconstruction, any named array) beside the raw data.
-- ``write_nxtomo``: a whole NXtomo file from arrays in one call.
 - Exporters: tilt series to MRC + SerialEM ``.mdoc`` (``write_mrc_tilt_series``,
   ``export_tilt_series``), XRF maps in PyXRF's HDF5 layout (``write_pyxrf_map``,
   ``export_pyxrf_maps``). docs/storage.md describes the layouts.
@@ -108,52 +107,6 @@ def read_stream(stream_resource: dict, stream_datums: list[dict]) -> np.ndarray:
     with h5py.File(path, "r") as f:
         dataset = f[stream_resource["parameters"]["dataset"]]
         return np.stack([dataset[d["indices"]["start"] : d["indices"]["stop"]][0] for d in stream_datums])
-
-
-def write_nxtomo(
-    path: str | Path, *, data, rotation_angle, image_key=None, processed=None, attrs=None
-) -> Path:
-    """Write an NXtomo file.
-
-    Parameters
-    ----------
-    data : (n_frames, rows, cols) projections, stored at /entry/instrument/detector/data.
-    rotation_angle : (n_frames,) degrees, at /entry/sample/rotation_angle.
-    image_key : (n_frames,) NXtomo keys (0 projection, 1 flat, 2 dark); zeros by default.
-    processed : mapping of name -> array stored under /entry/processing (nested by '/').
-    attrs : extra attributes of /entry (run metadata).
-    """
-    path = Path(path)
-    data = np.asarray(data)
-    image_key = np.zeros(len(data), np.int32) if image_key is None else np.asarray(image_key, np.int32)
-    with h5py.File(path, "w") as f:
-        f.attrs["default"] = "entry"
-        entry = f.create_group("entry")
-        entry.attrs.update({"NX_class": "NXentry", "default": "data"})
-        entry["definition"] = "NXtomo"
-        for key, value in (attrs or {}).items():
-            entry.attrs[key] = value
-        instrument = entry.create_group("instrument")
-        instrument.attrs["NX_class"] = "NXinstrument"
-        detector = instrument.create_group("detector")
-        detector.attrs["NX_class"] = "NXdetector"
-        detector.create_dataset("data", data=data, chunks=(1, *data.shape[1:]))
-        detector["image_key"] = image_key
-        sample = entry.create_group("sample")
-        sample.attrs["NX_class"] = "NXsample"
-        sample["rotation_angle"] = np.asarray(rotation_angle, np.float64)
-        sample["rotation_angle"].attrs["units"] = "degree"
-        nxdata = entry.create_group("data")
-        nxdata.attrs.update({"NX_class": "NXdata", "signal": "data", "axes": ["rotation_angle", ".", "."]})
-        nxdata["data"] = h5py.SoftLink("/entry/instrument/detector/data")
-        nxdata["rotation_angle"] = h5py.SoftLink("/entry/sample/rotation_angle")
-        nxdata["image_key"] = h5py.SoftLink("/entry/instrument/detector/image_key")
-        if processed:
-            group = entry.create_group("processing")
-            group.attrs["NX_class"] = "NXprocess"
-            for name, value in processed.items():
-                group.create_dataset(name, data=np.asarray(value))
-    return path
 
 
 # ---------------------------------------------------------------------------- live NXtomo run file
