@@ -85,11 +85,17 @@ def _is_numpy(xp) -> bool:
     return xp is np
 
 
+# FFT threads when the caller gives none: every core. At 1024² this halves the three FFTs of a
+# registration on 2 cores (10.8 -> 5.7 ms; livetomo bench align, part d).
+DEFAULT_WORKERS = -1
+
+
 def rfft2(x, xp, workers=None):
     """Real 2-D FFT over the last two axes (scipy.fft with ``workers`` on the CPU)."""
     if _is_numpy(xp):
         import scipy.fft
 
+        workers = DEFAULT_WORKERS if workers is None else workers
         return scipy.fft.rfft2(x, workers=workers, overwrite_x=True)
     return xp.fft.rfft2(x)
 
@@ -99,6 +105,7 @@ def irfft2(x, shape, xp, workers=None):
     if _is_numpy(xp):
         import scipy.fft
 
+        workers = DEFAULT_WORKERS if workers is None else workers
         return scipy.fft.irfft2(x, s=shape, workers=workers, overwrite_x=True)
     return xp.fft.irfft2(x, s=shape)
 
@@ -375,7 +382,7 @@ def prepare_reference(
     normalization : None (plain cross-correlation) or 'phase' (phase correlation: the
         cross-power spectrum divided by its modulus; sharper peaks, more noise-sensitive;
         combine with ``band``).
-    workers : threads of scipy.fft (numpy only); None uses scipy's default.
+    workers : threads of scipy.fft (numpy only); None uses every core.
 
     Returns
     -------
