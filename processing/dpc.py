@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _xp(array):
-    """The array module (numpy or cupy) that ``array`` belongs to."""
-    try:
-        import cupy
-
-        return cupy.get_array_module(array)
-    except ImportError:
-        return np
+from .arrays import get_array_module
 
 
 def dpc_from_segments(segments, *, eps: float = 1e-6):
@@ -31,7 +23,7 @@ def dpc_from_segments(segments, *, eps: float = 1e-6):
         horizontal = (t2 − t3 − t4 + t5) / sum, vertical = (t2 + t3 − t4 − t5) / sum,
         total = t2 + t3 + t4 + t5. The input is not modified.
     """
-    xp = _xp(segments)
+    xp = get_array_module(segments)
     s = xp.asarray(segments, dtype=xp.float32)
     if s.ndim < 3 or s.shape[-3] != 4:
         raise ValueError(f"segments must have shape (..., 4, rows, cols), got {s.shape}")
@@ -60,7 +52,7 @@ def integrate_gradients(grad_y, grad_x, *, pad: int = 16):
     -------
     phase : array, shape (rows, cols), float32, zero mean.
     """
-    xp = _xp(grad_x)
+    xp = get_array_module(grad_x)
     gy = xp.pad(xp.asarray(grad_y, dtype=xp.float64), pad, mode="reflect")
     gx = xp.pad(xp.asarray(grad_x, dtype=xp.float64), pad, mode="reflect")
     rows, cols = gx.shape

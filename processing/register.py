@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .arrays import get_array_module, to_numpy
 from .quality import RegistrationQuality, assess_peak, failed_quality, half_max_width
 
 _REFINE_REACH = 0.1  # px each side of the parabolic estimate searched on the fine grid
@@ -43,21 +44,6 @@ class RegistrationError(ValueError):
 
 
 # --------------------------------------------------------------------------- array modules
-
-
-@lru_cache(maxsize=1)
-def _cupy():
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy
-
-
-def get_array_module(array):
-    """The array module (numpy or cupy) that ``array`` belongs to."""
-    cupy = _cupy()
-    return np if cupy is None else cupy.get_array_module(array)
 
 
 @lru_cache(maxsize=1)
@@ -108,11 +94,6 @@ def irfft2(x, shape, xp, workers=None):
         workers = DEFAULT_WORKERS if workers is None else workers
         return scipy.fft.irfft2(x, s=shape, workers=workers, overwrite_x=True)
     return xp.fft.irfft2(x, s=shape)
-
-
-def to_numpy(x):
-    """A numpy copy of ``x`` (cupy arrays are transferred)."""
-    return x.get() if hasattr(x, "get") else np.asarray(x)
 
 
 # --------------------------------------------------------------------------- windows, filters

@@ -12,35 +12,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..arrays import get_array_module, to_numpy  # noqa: F401  (re-exported)
 from .errors import ReconstructionError
 
 BACKENDS = ("auto", "numba", "xp")
 
 
-@lru_cache(maxsize=1)
-def _cupy():
-    try:
-        import cupy
-    except ImportError:
-        return None
-    return cupy
-
-
-def get_xp(*arrays):
-    """The array module (numpy or cupy) of the first cupy array among ``arrays``, else numpy."""
-    cupy = _cupy()
-    if cupy is None:
-        return np
-    for a in arrays:
-        if isinstance(a, cupy.ndarray):
-            return cupy
-    return np
-
-
-def to_numpy(array) -> np.ndarray:
-    """A host (numpy) copy or view of ``array``."""
-    get = getattr(array, "get", None)
-    return np.asarray(get() if get is not None else array)
+get_xp = get_array_module
 
 
 @lru_cache(maxsize=1)
