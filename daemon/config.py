@@ -49,6 +49,11 @@ class Processing:
     align_channel: str = "dpc"  # what XRF-DPC scans align on: "dpc" or an element name
     preview_every: int = 1  # publish orthogonal slices every N frames
     lamella_thickness_px: int | None = None  # enables the tilt series' re-projection refinement at run end
+    refine: str | None = (
+        "tv"  # iterative refinement at run end, warm-started from the FBP: "tv", "sirt" or None
+    )
+    refine_iterations: int = 30
+    refine_seconds: float = 10.0  # per channel; the pipeline takes the next run's frames after it
 
 
 @dataclass

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..processing.dpc import dpc_from_segments, integrate_gradients
-from ..processing.recon import IncrementalReconstructor
+from ..processing.dpc import dpc_from_segments
+from ..processing.recon import IncrementalReconstructor, phase_from_dpc
 from ..processing.register import shift_image
 from ..processing.streaming_align import StreamingProjectionAligner, StreamingTiltAligner
 from .config import Processing
@@ -117,6 +117,36 @@ class Processor:
             data["centre_px"] = aligner.centre_px - (columns - 1) / 2.0  # offset from the centre column
         return RunArrays.from_mapping(data)
 
+    def _refined(self, recon: IncrementalReconstructor, *, nonnegative: bool) -> np.ndarray | None:
+        """The configured iterative refinement of ``recon`` (warm-started), bounded in time.
+
+        ``nonnegative`` only for quantities that cannot be negative (element concentrations);
+        phase and K3 contrast are signed.
+        """
+        if self.processing.refine is None or recon.n_projections < 3:
+            return None
+        refiner = recon.refiner(self.processing.refine, nonnegative=nonnegative)
+        return np.asarray(
+            refiner.run(self.processing.refine_iterations, max_seconds=self.processing.refine_seconds)
+        )
+
+    def _write_volume(
+        self, run, name: str, volume: np.ndarray, refined: np.ndarray | None, slices: dict
+    ) -> None:
+        run.writer.write_processed(
+            f"reconstruction/{name}", volume, attrs={"method": "filtered back-projection"}
+        )
+        slices[name] = _central(volume)
+        if refined is not None:
+            method = self.processing.refine
+            run.writer.write_processed(
+                f"reconstruction/{name}_{method}",
+                refined,
+                attrs={"method": method, "iterations": self.processing.refine_iterations},
+            )
+            if name in ("phase", "Zn", "k3"):  # the pictures show the refined volume of the main channels
+                slices[f"{name} ({method})"] = _central(refined)
+
     def _write_alignment(self, run) -> None:
         if not self.records:
             return
@@ -180,7 +210,10 @@ class XRFDPCProcessor(Processor):
         h = v = phase = None
         with stage("preprocess", latency):
             h, v, _ = dpc_from_segments(frame.data)
-            phase = integrate_gradients(v, h)
+            # phase in units of the DPC sensitivity κ (unknown to the daemon: it only scales the
+            # volume); the field edges set one baseline for every angle so iterative methods see
+            # consistent projections
+            phase = phase_from_dpc(h, v, sensitivity=1.0, background="edge")
         if h is None:
             return out
         with stage("align", latency):
@@ -249,17 +282,14 @@ class XRFDPCProcessor(Processor):
             self._apply_refinement()
         self._write_alignment(run)
         slices = {}
-        for name, recon in (("phase", self.phase), ("maps", self.maps)):
-            if recon is None:
-                continue
-            volume = np.asarray(recon.volume())
-            if name == "phase":
-                run.writer.write_processed("reconstruction/phase", volume)
-                slices["phase"] = _central(volume)
-            else:
-                for element, vol in zip(self.elements, volume, strict=True):
-                    run.writer.write_processed(f"reconstruction/{element}", vol)
-                    slices[element] = _central(vol)
+        if self.phase is not None:
+            # phase stays FBP: from DPC its projections are not consistent enough for least squares
+            # (demo scan, correlation with the true δ: FBP 0.82, SIRT 0.77, TV 0.65, even at μ = 0)
+            self._write_volume(run, "phase", np.asarray(self.phase.volume()), None, slices)
+        if self.maps is not None:
+            volumes, refined = np.asarray(self.maps.volume()), self._refined(self.maps, nonnegative=True)
+            for i, element in enumerate(self.elements):
+                self._write_volume(run, element, volumes[i], None if refined is None else refined[i], slices)
         run.writer.flush()
         return write_run_pictures(self._run_arrays(self.aligner, slices), directory, run.uid)
 
@@ -325,9 +355,13 @@ class TiltSeriesProcessor(Processor):
         self._write_alignment(run)
         slices = {}
         if self.recon is not None:
-            volume = np.asarray(self.recon.volume())
-            run.writer.write_processed("reconstruction/k3", volume)
-            slices["k3"] = _central(volume)
+            self._write_volume(
+                run,
+                "k3",
+                np.asarray(self.recon.volume()),
+                self._refined(self.recon, nonnegative=False),
+                slices,
+            )
         run.writer.flush()
         return write_run_pictures(self._run_arrays(self.aligner, slices), directory, run.uid)
 
