@@ -141,10 +141,14 @@ function renderTrace() {
   const planned = ((model.run || {}).angles_planned) || [];
   const xr = planned.length ? Plot.finiteRange([planned, angles], 0.02) : undefined;
   const fitA = r.fit_angles || [], fit = r.fit || [];
+  // the runout message carries the whole current shift table: after a refinement earlier
+  // frames' shifts change, so prefer it over the shifts each frame had when it arrived
+  const table = r.shifts && r.shifts.length === frames.length ? r.shifts : null;
+  const shiftOf = (f, i, axis) => (table ? table[i][axis] : axis ? f.dx : f.dy);
   const panel = (axis, name, color) => ({
     ylabel: `${name} shift (px)`, xrange: xr, xlabel: axis === 0 ? "angle (°)" : "",  // y is the lower panel
     series: [
-      { label: `measured ${name}`, x: angles, y: frames.map((f) => (axis ? f.dx : f.dy)), color, marked },
+      { label: `measured ${name}`, x: angles, y: frames.map((f, i) => shiftOf(f, i, axis)), color, marked },
       { label: "fitted runout", x: fitA, y: fit.map((v) => v[axis]), color: "#f5b942", kind: "line" },
     ],
     hlines: axis === 1 && r.centre_px !== null && r.centre_px !== undefined
