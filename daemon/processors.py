@@ -36,6 +36,7 @@ class Processor:
         self.start = start
         self.processing = processing
         self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
+        self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
         self.n_columns: int | None = None
         self.messages: list[tuple[str, dict]] = []  # published after finish()
 
@@ -147,6 +148,15 @@ class Processor:
             if name in ("phase", "Zn", "k3"):  # the pictures show the refined volume of the main channels
                 slices[f"{name} ({method})"] = _central(refined)
 
+    def _take_shifts(self, shifts, reconstructions) -> None:
+        """Refined shifts (one per frame the aligner holds) into the records and the volumes."""
+        for seq, shift in zip(self.aligned_seqs, shifts, strict=True):
+            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+        for recon in reconstructions:
+            if recon is not None:
+                keys = set(recon.keys)
+                recon.update_shifts({s: self.records[s]["shift"] for s in self.aligned_seqs if s in keys})
+
     def _write_alignment(self, run) -> None:
         if not self.records:
             return
@@ -219,6 +229,7 @@ class XRFDPCProcessor(Processor):
         with stage("align", latency):
             if self.aligner is not None:
                 result = self.aligner.add({"dpc_h": h, "dpc_v": v}, frame.angle_deg)
+                self.aligned_seqs.append(frame.seq)
                 record["shift"], record["quality"] = result.shift_px, result.quality
                 if self.aligner.n_frames % REFINE_EVERY == 0:
                     self._apply_refinement()
@@ -255,13 +266,7 @@ class XRFDPCProcessor(Processor):
         return out
 
     def _apply_refinement(self) -> None:
-        shifts = self.aligner.refine()
-        seqs = sorted(self.records)[: len(shifts)]
-        for seq, shift in zip(seqs, shifts, strict=True):
-            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
-        for recon in (self.phase, self.maps):
-            if recon is not None:
-                recon.update_shifts({s: self.records[s]["shift"] for s in seqs if s in recon.keys})
+        self._take_shifts(self.aligner.refine(), (self.phase, self.maps))
 
     def _runout_message(self, run) -> tuple[str, dict]:
         arrays = self._run_arrays(self.aligner)
@@ -329,6 +334,7 @@ class TiltSeriesProcessor(Processor):
         with stage("align", latency):
             if self.aligner is not None:
                 result = self.aligner.add(frame.data, frame.angle_deg)
+                self.aligned_seqs.append(frame.seq)
                 record["shift"], record["quality"] = result.shift_px, result.quality
         with stage("reconstruct", latency):
             if self.processing.reconstruct and contrast is not None:
@@ -345,13 +351,7 @@ class TiltSeriesProcessor(Processor):
 
     def finish(self, run, directory: Path) -> list[Path]:
         if self.aligner is not None and self.aligner.n_frames >= 3 and self.aligner.thickness_px:
-            shifts = self.aligner.refine()
-            for seq, shift in zip(sorted(self.records), shifts, strict=True):
-                self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
-            if self.recon is not None:
-                self.recon.update_shifts(
-                    {s: r["shift"] for s, r in self.records.items() if s in self.recon.keys}
-                )
+            self._take_shifts(self.aligner.refine(), (self.recon,))
         self._write_alignment(run)
         slices = {}
         if self.recon is not None:
