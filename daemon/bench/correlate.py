@@ -105,6 +105,16 @@ def source_style(scene) -> np.ndarray:
     return np.diag([1 / scene.sxt_pixel_nm] * 2 + [1]) @ m_nm_to_f_nm @ np.diag([scene.fm_pixel_nm] * 2 + [1])
 
 
+def _budget(sx: float, sf: float, sa: float) -> dict:
+    """The error budget against the truth, nm: σ_T = √(σ_X² + σ_F² + σ_A²)."""
+    return {
+        "sigma_x_nm": sx,
+        "sigma_f_nm": sf,
+        "sigma_a_nm": sa,
+        "sigma_t_nm": float(np.sqrt(sx**2 + sf**2 + sa**2)),
+    }
+
+
 def _nearest_error(found_px, true_px, px_nm, limit_px):
     """RMS distance (nm) from each found bead to its true centre (those within ``limit_px``)."""
     if len(found_px) == 0:
@@ -153,12 +163,7 @@ def _fiducial_case(scene) -> dict:
         correct, wrong = _pairing(scene, reg)
         out["livetomo"] = {
             "seconds": time.perf_counter() - t0,
-            "true": {
-                "sigma_x_nm": sx,
-                "sigma_f_nm": sf,
-                "sigma_a_nm": sa,
-                "sigma_t_nm": float(np.sqrt(sx**2 + sf**2 + sa**2)),
-            },
+            "true": _budget(sx, sf, sa),
             "estimated": {
                 k: reg.summary()[k]
                 for k in ("sigma_x_nm", "sigma_f_nm", "sigma_a_nm", "sigma_t_nm", "tre_loo_rms_nm")
@@ -180,12 +185,7 @@ def _fiducial_case(scene) -> dict:
         sa = _field_error(scene, m)
         out["peer"] = {
             "seconds": time.perf_counter() - t0,
-            "true": {
-                "sigma_x_nm": sx,
-                "sigma_f_nm": sf,
-                "sigma_a_nm": sa,
-                "sigma_t_nm": float(np.sqrt(sx**2 + sf**2 + sa**2)),
-            },
+            "true": _budget(sx, sf, sa),
         }
     return out
 
