@@ -155,6 +155,59 @@ def test_fwhm_reflects_the_feature_size():
     assert all(w > 2.0 * s for w, s in zip(f_wide, f_sharp, strict=True))
 
 
+def _full_surface_result(monkeypatch, *args, **kwargs):
+    """register() with the whole correlation surface computed (the small-image way)."""
+    import livetomo.processing.register as module
+
+    with monkeypatch.context() as m:
+        m.setattr(module, "_COARSE_MIN", 10**9)
+        return register(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("d", "sigma", "options", "tolerance"),
+    [
+        ((3.4, -7.8), 1.0, {}, 0.03),  # sharp peak: exclusion box evaluated by DFT
+        ((-5.2, 2.7), 8.0, {}, 0.05),  # broad peak: FWHM from whole lines, then the whole surface
+        ((3.4, -7.8), 2.0, {"max_shift": (2, 9)}, 0.05),  # true y shift outside the window
+        # Phase correlation whitens the noise too: less precise here, the same either way.
+        ((-1.3, 6.6), 2.0, {"normalization": "phase", "band": (1.0, 30.0)}, 0.25),
+        ((250.4, -3.3), 2.0, {"window": None}, 0.03),  # near the half-size wrap of 512
+    ],
+)
+def test_coarse_peak_search_at_large_sizes_matches_the_whole_surface(
+    monkeypatch, d, sigma, options, tolerance
+):
+    """From 256 px the peak is searched on a quarter-band surface and refined by DFT; the
+    shift and quality must equal those found on the whole surface, and the true shift."""
+    big = _texture((512, 512), sigma=sigma, seed=5)
+    big /= big.std()
+    mov = shift_image(big, d, mode="wrap")
+    rng = np.random.default_rng(6)
+    ref = big + 0.1 * rng.standard_normal(big.shape).astype(np.float32)
+    mov = mov + 0.1 * rng.standard_normal(big.shape).astype(np.float32)
+    fast = register(ref, mov, **options)
+    full = _full_surface_result(monkeypatch, ref, mov, **options)
+    assert fast.shift == full.shift
+    assert fast.quality.psr == pytest.approx(full.quality.psr, rel=1e-3)
+    assert fast.quality.fwhm_px == pytest.approx(full.quality.fwhm_px, rel=1e-3)
+    assert fast.quality.ok and full.quality.ok
+    if "max_shift" in options:
+        assert abs(fast.shift[0]) <= options["max_shift"][0] + 1.0
+        assert fast.shift[1] == pytest.approx(-d[1], abs=tolerance)
+    else:
+        for axis in (0, 1):
+            assert (fast.shift[axis] + d[axis] + 256) % 512 - 256 == pytest.approx(0.0, abs=tolerance)
+
+
+def test_coarse_peak_search_flags_pure_noise(monkeypatch):
+    rng = np.random.default_rng(12)
+    for _ in range(4):
+        a, b = rng.standard_normal((2, 384, 320)).astype(np.float32)
+        assert not register(a, b).quality.ok
+        assert not _full_surface_result(monkeypatch, a, b).quality.ok
+
+
 def test_quality_as_dict_is_json():
     ref, mov = _scene((0.5, 0.5))
     r = register(ref, mov)
