@@ -399,7 +399,7 @@ def prepare_reference(
     terms = _window_terms(window, shape, xp)
     transfer = None if band is None else _cached_transfer(shape, band, xp)
     spec, featureless, energy = _spectrum(ref, terms, xp, workers)
-    spec = xp.conj(spec)
+    spec = xp.conjugate(spec, out=spec)  # in place: a fresh 4 MB array costs ~1 ms of page faults
     weights = transfer
     if normalization == "phase":
         spec = spec / (xp.abs(spec) + _tiny(spec, xp))
@@ -570,7 +570,7 @@ def register(
     # Parseval on the half spectrum: Σ_pixels x² ≈ 2 Σ_half |X|² / (rows·cols).
     norm = 2.0 * math.sqrt(max(energy * prepared.energy, 0.0)) / (n_rows * n_cols)
     noise = (norm, prepared.noise_samples)
-    cross = spec * prepared.spectrum
+    cross = xp.multiply(spec, prepared.spectrum, out=spec)  # spec is ours and not needed after
     cross = cross[0] if cross.shape[0] == 1 else cross.sum(axis=0)
     if prepared.normalization == "phase":
         cross /= xp.abs(cross) + _tiny(cross, xp)
@@ -681,13 +681,13 @@ class _Surface:
         """Surface at rows iy-hy..iy+hy and columns ix-hx..ix+hx (periodic), numpy."""
         n_rows, n_cols = self.shape
         if self._full is None and self.coarse:
-            key = (iy % n_rows, ix % n_cols)
-            cached = self._blocks.get(key)
-            if cached is not None and cached.shape[0] >= 2 * hy + 1 and cached.shape[1] >= 2 * hx + 1:
-                cy, cx = cached.shape[0] // 2, cached.shape[1] // 2
-                return cached[cy - hy : cy + hy + 1, cx - hx : cx + hx + 1].copy()
+            for (cy, cx), cached in self._blocks.items():  # a block already evaluated around it
+                ry, rx = cached.shape[0] // 2, cached.shape[1] // 2
+                oy, ox = int(_wrap_int(np.array(iy - cy), n_rows)), int(_wrap_int(np.array(ix - cx), n_cols))
+                if abs(oy) + hy <= ry and abs(ox) + hx <= rx:
+                    return cached[ry + oy - hy : ry + oy + hy + 1, rx + ox - hx : rx + ox + hx + 1].copy()
             block = self.kernel.integer_block(iy, ix, hy, hx)
-            self._blocks[key] = block
+            self._blocks[(iy % n_rows, ix % n_cols)] = block
             return block.copy()
         rows = self.xp.asarray(np.arange(iy - hy, iy + hy + 1) % n_rows)
         cols = self.xp.asarray(np.arange(ix - hx, ix + hx + 1) % n_cols)
@@ -710,12 +710,10 @@ class _Surface:
             return float(flat.sum()), float(xp.dot(flat, flat))
         n_rows, n_cols = self.shape
         q = self.cross
-        power = xp.sum(q.real**2 + q.imag**2, axis=0)  # per kx column
-        weights = np.full(q.shape[-1], 2.0)
-        weights[0] = 1.0
-        if n_cols % 2 == 0:
-            weights[-1] = 1.0
-        sumsq = float(to_numpy(power).astype(np.float64) @ weights) / (n_rows * n_cols)
+        # Columns kx = 1..C/2-1 stand for two of the full spectrum, kx = 0 (and C/2) for one.
+        once = [q[:, 0]] + ([q[:, -1]] if n_cols % 2 == 0 else [])
+        power = 2.0 * float(xp.vdot(q, q).real) - sum(float(xp.vdot(c, c).real) for c in once)
+        sumsq = power / (n_rows * n_cols)
         return float(q[0, 0].real), sumsq
 
     def integer_peak(self, max_shift) -> tuple[int, int]:
@@ -728,8 +726,9 @@ class _Surface:
             if min(limits) < 0:
                 raise RegistrationError(f"max_shift must be >= 0 pixels, got {max_shift}")
         best = None
-        for y0, x0 in self._coarse_candidates(limits):
-            iy, ix, value = self._climb(y0, x0, limits)
+        candidates, reach = self._coarse_candidates(limits)
+        for y0, x0 in candidates:
+            iy, ix, value = self._climb(y0, x0, limits, reach)
             if best is None or value > best[2]:
                 best = (iy, ix, value)
         n_rows, n_cols = self.shape
@@ -750,29 +749,51 @@ class _Surface:
             for axis, (lag, m) in enumerate(zip(lags, limits, strict=True)):
                 far = xp.asarray(np.abs(lag) > math.floor(m) + 1.0)
                 coarse[(far, slice(None)) if axis == 0 else (slice(None), far)] = -np.inf
-        top = float(coarse.max())
+        flat = coarse.ravel()
+        best = int(xp.argmax(flat))
+        top = float(flat[best])
         if not np.isfinite(top):
-            return [(0, 0)]
-        # Local maxima over the 4 neighbours that come near the highest: a single sharp
-        # peak gives one candidate; competing peaks (ambiguous data) up to n_candidates.
-        peak = coarse >= keep * top
-        for axis in (0, 1):
-            for step in (1, -1):
-                peak &= coarse >= xp.roll(coarse, step, axis=axis)
-        flat = xp.flatnonzero(peak.ravel())
-        order = xp.argsort(-coarse.ravel()[flat])[:n_candidates]
-        out = []
-        for k in to_numpy(flat[order]):
-            i, j = divmod(int(k), coarse.shape[1])
-            out.append((int(round(lags[0][i])), int(round(lags[1][j]))))
-        return out or [(0, 0)]
+            return [(0, 0)], 3
+        # Local maxima (over 4 neighbours) that come near the highest: a single sharp peak
+        # gives one candidate; competing peaks (ambiguous data) up to n_candidates.
+        n_r, n_c = coarse.shape
+        above = to_numpy(xp.flatnonzero(flat >= keep * top))
+        if above.size > 4096:  # noise: keep the highest few thousand
+            values = to_numpy(flat[xp.asarray(above)])
+            above = above[np.argsort(-values)[:4096]]
+        i, j = np.divmod(above, n_c)
+        values = to_numpy(flat[xp.asarray(above)])
+        local = np.ones(above.size, bool)
+        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            neighbour = ((i + di) % n_r) * n_c + (j + dj) % n_c
+            local &= values >= to_numpy(flat[xp.asarray(neighbour)])
+        order = np.argsort(-values[local])[:n_candidates]
+        out = [
+            (int(round(lags[0][a])), int(round(lags[1][b])))
+            for a, b in zip(i[local][order], j[local][order], strict=True)
+        ]
+        return out or [(0, 0)], self._coarse_reach(coarse, best // n_c, best % n_c, top, scale)
 
-    def _climb(self, y0: int, x0: int, limits, reach: int = 3, max_moves: int = 8):
+    @staticmethod
+    def _coarse_reach(coarse, i, j, top, scale) -> int:
+        """Half-width for the first exact block: the coarse peak's FWHM plus 2 px, so that
+        the block usually holds the exclusion box of the quality (half-width ceil(FWHM)) too."""
+        n_r, n_c = coarse.shape
+        widths = []
+        for line, centre, step in ((coarse[:, j], i, scale[0]), (coarse[i, :], j, scale[1])):
+            values = to_numpy(line[np.arange(centre - 16, centre + 17) % line.shape[0]])
+            below = np.flatnonzero(values < 0.5 * top)
+            left = 16 - below[below < 16].max() if np.any(below < 16) else 17
+            right = below[below > 16].min() - 16 if np.any(below > 16) else 17
+            widths.append((left + right - 1) * step)  # between the samples that cross half
+        return int(min(max(3, math.ceil(max(widths)) + 2), _COARSE_BOX + 2))
+
+    def _climb(self, y0: int, x0: int, limits, reach: int, max_moves: int = 8):
         """Integer-lag hill climb on exact DFT samples: (y, x, value) of a local maximum."""
         n_rows, n_cols = self.shape
         value = -np.inf
         for _ in range(max_moves):
-            block = self.block(y0, x0, reach, reach)  # 7 x 7: the peak's box and 3 x 3 too
+            block = self.block(y0, x0, reach, reach)  # also the peak's 3 x 3 and (usually) its box
             offsets = np.arange(-reach, reach + 1)
             if limits is not None:
                 ys, xs = (np.abs(_wrap_int(c + offsets, n)) > math.floor(m)
@@ -908,8 +929,12 @@ def _frequencies(n: int, n_half: int, half: bool) -> np.ndarray:
     return np.arange(n_half, dtype=float) if half else np.fft.fftfreq(n) * n
 
 
+@lru_cache(maxsize=64)
 def _ramp(n: int, n_half: int, centre: float, half: bool) -> np.ndarray:
-    """exp(2πi k centre / n) (times the rfft weights / n on a half axis), complex64."""
+    """exp(2πi k centre / n) (times the rfft weights / n on a half axis), complex64.
+
+    Cached: the refinement, the FWHM profiles and the box revisit the same centres.
+    """
     k = _frequencies(n, n_half, half)
     phase = 2.0 * np.pi * np.mod(k * centre, n) / n  # mod keeps float32 phases exact
     e = np.exp(1j * phase)
@@ -919,7 +944,9 @@ def _ramp(n: int, n_half: int, centre: float, half: bool) -> np.ndarray:
         if n % 2 == 0:
             w[-1] = 1.0
         e *= w
-    return (e / n).astype(np.complex64)
+    out = (e / n).astype(np.complex64)
+    out.flags.writeable = False  # shared by the cache
+    return out
 
 
 @lru_cache(maxsize=64)
