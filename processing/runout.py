@@ -17,10 +17,11 @@ Rotation centre:
 
 - :func:`mirror_centre`: the projection at θ + 180° is the mirror image (u → −u about the
   axis) of the one at θ; registering one on the flipped other gives the axis column.
-- :func:`refine_centre`: the column that gives the filtered back-projection of least total
-  variation (a wrong centre doubles every edge into arcs), found by golden-section search
-  around a starting value; reconstruction-based, needs no 180° pair, but is biased by a
-  container filling the field or by noise (see docs/alignment.md for the measured error).
+- :func:`refine_centre`: the column that makes the projections most consistent with one
+  reconstruction (least leave-one-out re-projection residual of the filtered
+  back-projection), sampled around a starting value, with trial shifts that move the axis
+  but not the reconstructed slice; reconstruction-based, needs no 180° pair (see
+  docs/alignment.md for the measured error).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .register import get_array_module, register, shift_image
+from .register import get_array_module, register
 
 _HUBER_K = 1.5  # Huber threshold in robust standard deviations (95 % efficiency)
 
@@ -200,8 +201,9 @@ def reconstruction_total_variation(projector, projections, *, kind: str = "ramp"
     """Total variation Σ|∇f| of the filtered back-projection inside a central disc.
 
     A wrong rotation centre turns every feature into a doubled arc whose extra edges raise
-    the total variation; it is smallest at the right centre (for a specimen that fills the
-    disc without strong features cut by the field edge).
+    the total variation; it is smallest at the right centre only for a specimen that lies
+    inside the field at every angle (a container cut by the field edge, an ice cylinder,
+    dominates it: see :func:`refine_centre`).
 
     Parameters
     ----------
@@ -221,35 +223,125 @@ def reconstruction_total_variation(projector, projections, *, kind: str = "ramp"
     return float(xp.sum(xp.sqrt(gx * gx + gy * gy)[:, xp.asarray(disc)]))
 
 
+def reprojection_residual(projector, projections, *, kind: str = "ramp",
+                          columns_fraction: float = 0.9) -> float:  # fmt: skip
+    """Leave-one-out re-projection residual of a projection stack: its inconsistency.
+
+    Every projection is compared with the re-projection, at its angle, of the filtered
+    back-projection of all the others
+    (:func:`~livetomo.processing.align_tomo.leave_one_out_reprojection`); the squared
+    difference is summed over the central columns. Data that are the projections of one
+    object about the assumed axis give the least residual; a wrong axis makes the
+    projections on either side of the 0°/180° seam disagree.
+
+    Parameters
+    ----------
+    projector : Projector for the projections' angles (axis at the centre column).
+    projections : (n_angles, nz, n_u) runout-corrected projections; horizontal DPC
+        (d p / du) with ``kind='hilbert'``, compared in that form (the re-projected p is
+        differentiated along u).
+    kind : 'ramp' or 'hilbert', see :func:`~livetomo.processing.align_tomo.ramp_filter`.
+    columns_fraction : the residual is summed over ``|u - (n_u - 1) / 2| <= columns_fraction
+        n_u / 2``; the outermost columns, where a field edge cuts the specimen or its
+        container and a runout-corrected stack holds padded values, are left out.
+
+    Returns
+    -------
+    residual : float, Σ (re-projection - projection)² in the projections' unit squared.
+    """
+    from .align_tomo import leave_one_out_reprojection
+
+    xp = projector.xp
+    p = xp.asarray(projections, dtype=xp.float32)
+    reprojected, _ = leave_one_out_reprojection(projector, p, kind=kind)
+    if kind == "hilbert":
+        reprojected = xp.gradient(reprojected, axis=-1)
+    n_u = p.shape[-1]
+    cols = np.abs(np.arange(n_u) - (n_u - 1) / 2.0) <= columns_fraction * n_u / 2.0
+    r = (reprojected - p)[..., xp.asarray(cols)]
+    return float(xp.sum(r * r))
+
+
+def _pure_centre_gain(angles_deg) -> np.ndarray:
+    """g(θ) = 1 - (a cos θ + b sin θ), least squares over the angles (angle-weighted).
+
+    Shifting projection θ by δ g(θ) moves the axis by δ but does not translate the
+    reconstructed slice (the translation part a cos θ + b sin θ of a constant is removed),
+    so the specimen stays where the evaluation region is.
+    """
+    from .align_tomo import angle_weights
+
+    t = np.deg2rad(np.asarray(angles_deg, dtype=float))
+    basis = np.stack([np.cos(t), np.sin(t)], axis=1)
+    w = np.sqrt(angle_weights(angles_deg))
+    coef, *_ = np.linalg.lstsq(basis * w[:, None], w, rcond=None)
+    return 1.0 - basis @ coef
+
+
+def _shift_columns(p, shifts, xp):
+    """Shift each projection p[k] (nz, n_u) along u by shifts[k] pixels (edge-padded, Fourier)."""
+    n_u = p.shape[-1]
+    pad = int(np.ceil(np.max(np.abs(shifts)))) + 8
+    a = xp.pad(p, [(0, 0), (0, 0), (pad, pad)], mode="edge")
+    n = a.shape[-1]
+    k = np.fft.rfftfreq(n)
+    ramp = np.exp(-2j * np.pi * np.asarray(shifts, dtype=float)[:, None] * k[None, :]).astype(np.complex64)
+    spec = xp.fft.rfft(a, axis=-1) * xp.asarray(ramp)[:, None, :]
+    return xp.fft.irfft(spec, n=n, axis=-1)[..., pad : pad + n_u].astype(xp.float32)
+
+
+_CRITERIA = {"reprojection": reprojection_residual, "total_variation": reconstruction_total_variation}
+
+
 def refine_centre(
     projector,
     projections,
     *,
     start: float | None = None,
     search: float = 2.0,
-    tolerance: float = 0.05,
+    tolerance: float = 0.25,
     kind: str = "ramp",
+    criterion: str = "reprojection",
+    columns_fraction: float = 0.9,
 ) -> tuple[float, float]:
-    """Axis column that gives the least total variation of the reconstruction.
+    """Axis column that makes the projections most consistent with one reconstruction.
 
-    The projections are shifted horizontally so that a trial axis column ``c`` moves to
-    the centre column ``(n_u - 1) / 2`` and :func:`reconstruction_total_variation` is
-    evaluated; its minimum is found by golden-section search in ``start ± search`` down
-    to ``tolerance`` pixels. It needs no 180° pair, but a specimen in a container that
-    fills the field (ice cylinder, capillary) or a noisy one biases it: the benchmark
-    reports it beside the mirror and moment estimates, which are the ones used.
+    For trial axis columns ``c`` every ``tolerance`` pixels in ``start ± search``, the
+    projection at angle θ is shifted along u by ``((n_u - 1) / 2 - c) g(θ)`` with
+    ``g = 1 - (a cos θ + b sin θ)`` (a, b the least-squares fit of a constant over the
+    angles): this moves the axis to the centre column without translating the
+    reconstructed slice, so the specimen does not slide across the evaluated region as
+    the trial centre changes (with a plain shift it does, and a container such as an ice
+    cylinder filling the field then sets the minimum, up to the edge of the search). The
+    cost, by default :func:`reprojection_residual` (leave-one-out re-projection of the
+    filtered back-projection), is evaluated at each trial; the minimum is located between
+    the samples by a parabola through the five samples around the lowest one.
+
+    Accuracy on ``livetomo bench align`` (horizontal DPC of a cell in an ice cylinder that
+    the field edge cuts, runout-corrected by the streaming aligner, 0-180° inclusive):
+    errors +0.07 px (181 angles, 128 columns) and +0.18 px (``--quick``: 61 angles, 64
+    columns); -0.13 to -0.22 px on five other such scans. The estimate still leans on the
+    container wall near the field edge (it moves by tenths of a pixel with
+    ``columns_fraction``); the 0°/180° mirror and moment estimates are more accurate where
+    they apply. ``criterion='total_variation'`` (least Σ|∇f|) is kept for comparison: on
+    the same data it errs by 0.8-2 px.
 
     Parameters
     ----------
-    projector : Projector for the projections' angles.
-    projections : (n_angles, nz, n_u) projections, runout-corrected (a few rows suffice).
-    start : first guess of the axis column; default the centre column.
-    search, tolerance : half-width of the search interval and final bracket, pixels.
-    kind : see :func:`reconstruction_total_variation`.
+    projector : Projector for the projections' angles (axis at the centre column).
+    projections : (n_angles, nz, n_u) projections, runout-corrected (a few rows suffice);
+        not modified.
+    start : first guess of the axis column, pixels; default the centre column.
+    search : half-width of the searched interval, pixels.
+    tolerance : spacing of the sampled trial columns, pixels.
+    kind : 'ramp', or 'hilbert' for horizontal DPC (derivative) projections.
+    criterion : 'reprojection' (:func:`reprojection_residual`) or 'total_variation'
+        (:func:`reconstruction_total_variation`).
+    columns_fraction : see :func:`reprojection_residual`.
 
     Returns
     -------
-    centre : axis column, pixels; total variation there.
+    centre : axis column, pixels (0 = first column); cost there.
     """
     xp = projector.xp
     p = xp.asarray(projections, dtype=xp.float32)
@@ -258,30 +350,27 @@ def refine_centre(
     start = mid if start is None else float(start)
     if search <= 0 or tolerance <= 0:
         raise RunoutError(f"search and tolerance must be > 0 pixels, got {search}, {tolerance}")
-    cache: dict[float, float] = {}
+    if criterion not in _CRITERIA:
+        raise RunoutError(f"criterion must be one of {sorted(_CRITERIA)}, got {criterion!r}")
+    gain = _pure_centre_gain(projector.angles_deg)
 
     def cost(c: float) -> float:
-        key = round(c, 6)
-        if key not in cache:
-            shifted = shift_image(p, (0.0, mid - c), mode="edge")
-            cache[key] = reconstruction_total_variation(projector, shifted, kind=kind)
-        return cache[key]
+        shifted = _shift_columns(p, (mid - c) * gain, xp)
+        if criterion == "reprojection":
+            return reprojection_residual(projector, shifted, kind=kind, columns_fraction=columns_fraction)
+        return reconstruction_total_variation(projector, shifted, kind=kind)
 
-    g = (np.sqrt(5.0) - 1.0) / 2.0
-    lo, hi = start - search, start + search
-    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
-    f1, f2 = cost(x1), cost(x2)
-    while hi - lo > tolerance:
-        if f1 <= f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - g * (hi - lo)
-            f1 = cost(x1)
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + g * (hi - lo)
-            f2 = cost(x2)
-    best = min(cache, key=cache.get)
-    return float(best), float(cache[best])
+    n_half = max(int(np.ceil(search / tolerance)), 2)
+    trials = start + tolerance * np.arange(-n_half, n_half + 1)
+    costs = np.array([cost(float(c)) for c in trials])
+    i = int(np.argmin(costs))
+    if 2 <= i <= trials.size - 3:
+        x = (trials[i - 2 : i + 3] - trials[i]) / tolerance
+        a2, a1, a0 = np.polyfit(x, costs[i - 2 : i + 3], 2)
+        if a2 > 0:
+            v = float(np.clip(-a1 / (2.0 * a2), -1.0, 1.0))
+            return float(trials[i] + v * tolerance), float(a0 + a1 * v + a2 * v * v)
+    return float(trials[i]), float(costs[i])
 
 
 def validate_pair(angle_0: float, angle_180: float, tolerance_deg: float = 0.5) -> None:

@@ -13,6 +13,7 @@ coordinate u of :mod:`livetomo.simulators.projector`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,11 +194,10 @@ class XRFMicroprobe:
             float(offset_um[0]) * 1e3 / self.pixel_size_nm,
             float(offset_um[1]) * 1e3 / self.pixel_size_nm,
         )
-        maps = self._probe_maps(angle_deg, shift, shape)
+        maps, grad = self._probe_maps(angle_deg, shift, shape)
         n_photons = self.flux_photons_per_s * float(dwell_s)
         optical_depth, phase = maps[0], maps[1]
         transmission = np.exp(-optical_depth)
-        grad = np.stack(np.gradient(phase))  # rad/pixel, (d/dy, d/dx)
         segments = self._segments(n_photons * transmission, grad)
         if nan_frame:
             segments[:] = np.nan
@@ -229,6 +229,11 @@ class XRFMicroprobe:
         Returns
         -------
         maps : (2 + n_elements, ny, nx) float64.
+        grad : (2, ny, nx) float64 phase gradient (d/dy, d/dx), rad/pixel, of the
+            probe-blurred phase: the projection filtered with the derivatives of the
+            Gaussian probe at voxel resolution, then sampled. (Central differences of
+            the sampled phase would add a [1, 0, -1]/2 filter that no detector applies:
+            it widened the DPC correlation peak from about 2.0 to 2.7 px along x.)
         """
         spec = self.specimen
         nz, ny, nx = spec.shape
@@ -241,8 +246,20 @@ class XRFMicroprobe:
         proj[2:] *= 1e-4  # µg/cm³ x µm -> µg/cm²
         # Probe convolution at voxel resolution, then sampling at the scan points.
         sigma_vox = [f / FWHM_PER_SIGMA / spec.voxel_size_nm for f in self.spot_fwhm_nm]
+        per_pixel = self.pixel_size_nm / spec.voxel_size_nm  # rad/voxel -> rad/pixel
+        # Beyond the field the projection continues its edge values (ice above and below):
+        # pad before blurring so that the phase there is flat and its gradient zero, as the
+        # phase and the gradient sampled there must agree (DPC integration relies on it).
+        reach = per_pixel * (max(abs(shift[0]), abs(shift[1])) + max(shape) / 2.0)
+        pad = int(math.ceil(max(reach - min(proj.shape[1:]) / 2.0, 0.0) + 4.0 * max(sigma_vox) + 2.0))
+        proj = np.pad(proj, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+        grad = [
+            per_pixel * ndimage.gaussian_filter(proj[1], sigma_vox, order=order, mode="nearest")
+            for order in ((1, 0), (0, 1))
+        ]
         proj = ndimage.gaussian_filter(proj, (0, *sigma_vox), mode="nearest")
-        return np.stack([self._sample(p, shift, shape) for p in proj])
+        maps = np.stack([self._sample(p, shift, shape) for p in proj])
+        return maps, np.stack([self._sample(g, shift, shape) for g in grad])
 
     def _sample(self, image, shift, shape) -> np.ndarray:
         """Resample a voxel-grid projection at the scan pixels, displaced by ``shift``.

@@ -10,13 +10,16 @@ from livetomo.simulators.specimen import make_cell
 
 
 def test_demo_runs_the_daemon_chain_and_aligns_against_the_true_runout(tmp_path):
-    result = run_demo(tmp_path / "demo", n_angles=19, size=32, quiet=True)
+    # 5-degree steps: at 10 degrees (19 angles) a 32-px map is too coarse for the moment fit to
+    # halve the runout reliably (0.32-0.36 px against 0.67 px unaligned, depending on details).
+    n = 37
+    result = run_demo(tmp_path / "demo", n_angles=n, size=32, quiet=True)
     with h5py.File(result.nxtomo, "r") as f:
         assert f["entry/definition"][()] == b"NXtomo"
-        np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], np.linspace(0, 180, 19))
-        assert f["entry/instrument/detector/data"].shape == (19, 4, 16, 32)  # DPC segments, primary stream
+        np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], np.linspace(0, 180, n))
+        assert f["entry/instrument/detector/data"].shape == (n, 4, 16, 32)  # DPC segments, primary stream
         assert (f["entry/instrument/detector/image_key"][()] == 0).all()
-        assert f["entry/instrument/xrf_roi/data"].shape[0] == 19
+        assert f["entry/instrument/xrf_roi/data"].shape[0] == n
         assert f["entry/processing/reconstruction/phase"].shape == (16, 32, 32)
         assert f["entry/processing/reconstruction/Zn"].shape == (16, 32, 32)
         zn_fbp = f["entry/processing/reconstruction/Zn"][()]
@@ -28,7 +31,7 @@ def test_demo_runs_the_daemon_chain_and_aligns_against_the_true_runout(tmp_path)
     assert result.alignment_rms_px < 0.5 * result.unaligned_rms_px
     assert abs(result.centre_error_px) < 0.5
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.pictures)
-    assert len(result.exports) == 19  # one PyXRF file per projection
+    assert len(result.exports) == n  # one PyXRF file per projection
 
 
 def test_cli_demo_prints_progress(tmp_path, capsys):
