@@ -14,10 +14,12 @@ d)``, which is how the simulators' ``true_shift_px`` is defined), the result is 
 
 Speed: real FFTs (``scipy.fft.rfft2`` with ``workers``), the reference spectrum prepared once
 and reused (:func:`prepare_reference`), mean removal done on a handful of spectral
-coefficients instead of the image, and a two-stage DFT refinement (a 1/10-pixel grid over
-±0.8 px, then the final 1/upsample grid over ±0.1 px: 38 DFT rows at upsample 100 instead of
-the 151 of a single 1.5-px stage). ``livetomo bench align`` measures it against
-scikit-image and against three real FFTs of the same size (figures in docs/alignment.md).
+coefficients instead of the image; from 256 px per axis the integer peak is found on the
+inverse FFT of the quarter band only and then exactly by DFT (:class:`_Surface`), and the
+sub-pixel refinement is two 7 x 7 DFT grids (1/20 px, then 1/upsample) instead of
+scikit-image's 151 x 151. ``livetomo bench align`` (part d) measures it against
+``skimage.registration.phase_cross_correlation`` and three float32 rfft2 of the same size
+(figures in docs/alignment.md).
 
 Everything works on numpy or cupy arrays; the array module is inferred from the input.
 """
