@@ -189,7 +189,9 @@ def test_coarse_peak_search_at_large_sizes_matches_the_whole_surface(
     fast = register(ref, mov, **options)
     full = _full_surface_result(monkeypatch, ref, mov, **options)
     assert fast.shift == full.shift
-    assert fast.quality.psr == pytest.approx(full.quality.psr, rel=1e-3)
+    # Exact for sharp peaks; a broad peak's exclusion box is summed on the coarse surface.
+    broad = max(full.quality.fwhm_px) > 8
+    assert fast.quality.psr == pytest.approx(full.quality.psr, rel=5e-3 if broad else 1e-4)
     assert fast.quality.fwhm_px == pytest.approx(full.quality.fwhm_px, rel=1e-3)
     assert fast.quality.ok and full.quality.ok
     if "max_shift" in options:
