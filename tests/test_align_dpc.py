@@ -185,3 +185,13 @@ def test_bad_input_is_rejected(scan):
         aligner.add({"dpc_h": scan["dpc_h"][1][:, :-2], "dpc_v": scan["dpc_v"][1][:, :-2]}, 3.0)
     with pytest.raises(MomentAlignmentError):
         fit_horizontal_moments([0, 1, 2, 3], [0.0, 0.1, 0.2, 0.3], 32)  # 3 degrees cannot separate the terms
+
+
+def test_reconstruction_based_centre_in_the_streaming_aligner(scan):
+    """``centre_search_px`` refines the axis by least re-projection residual at refine()."""
+    aligner, _ = _align(scan, "dpc", centre_search_px=2.0)
+    shifts = aligner.refine()
+    true_centre = (47 / 2) + gauge_error(np.zeros_like(scan["shift"]), scan["shift"], ANGLES)[1]
+    assert aligner.centre_px == pytest.approx(true_centre, abs=0.25)
+    err, centre = gauge_error(shifts, scan["shift"], ANGLES)
+    assert abs(centre) < 0.25 and err < 0.2
