@@ -672,6 +672,7 @@ class _Surface:
         self.coarse = min(self.shape) >= _COARSE_MIN
         self._full = None
         self._coarse = None  # (surface, lags per axis, px per sample, full-spectrum power)
+        self._sums = None  # (Σ, Σ²) of the whole surface, once computed
         self._blocks: dict[tuple[int, int], np.ndarray] = {}  # exact DFT blocks by centre
 
     @property
@@ -734,6 +735,11 @@ class _Surface:
 
     def sums(self) -> tuple[float, float]:
         """Σ and Σ² of the whole surface (Parseval on the half spectrum unless it is built)."""
+        if self._sums is None:
+            self._sums = self._compute_sums()
+        return self._sums
+
+    def _compute_sums(self) -> tuple[float, float]:
         xp = self.xp
         if self._full is not None or not self.coarse:
             flat = self.full.ravel()
