@@ -15,8 +15,8 @@ d)``, which is how the simulators' ``true_shift_px`` is defined), the result is 
 Speed: real FFTs (``scipy.fft.rfft2`` with ``workers``), the reference spectrum prepared once
 and reused (:func:`prepare_reference`), mean removal done on a handful of spectral
 coefficients instead of the image; from 256 px per axis the integer peak is found on the
-inverse FFT of the quarter band only and then exactly by DFT (:class:`_Surface`), and the
-sub-pixel refinement is two 7 x 7 DFT grids (1/20 px, then 1/upsample) instead of
+inverse FFT of the eighth or quarter band only and then exactly by DFT (:class:`_Surface`),
+and the sub-pixel refinement is two 7 x 7 DFT grids (1/20 px, then 1/upsample) instead of
 scikit-image's 151 x 151. ``livetomo bench align`` (part d) measures it against
 ``skimage.registration.phase_cross_correlation`` and three float32 rfft2 of the same size
 (figures in docs/alignment.md).
@@ -41,6 +41,8 @@ _STAGE_REACH = 3  # grid points each side searched per refinement stage (7 x 7 D
 _FWHM_STEP = 0.25  # px, sampling of the fine peak profiles
 _FWHM_REACH = 4.0  # px each side; wider peaks are measured on the integer surface
 _COARSE_MIN = 256  # px: from this size up the integer peak is found on a coarse surface
+_COARSE_BANDS = (8, 4)  # coarse surfaces tried: eighth band, then quarter band
+_EIGHTH_WIDTH = 8.0  # px: a peak at least this wide on the eighth band is searched there
 _EXACT_BOX = 8  # px: largest exclusion-box half-width summed exactly on the coarse path
 
 
@@ -656,9 +658,10 @@ class _Surface:
     cheap there. Above, the inverse FFT of the full spectrum is the largest single cost of
     a registration (at 1024², 4.7 ms against 2.9 ms for the forward rfft2 on one core: its
     column pass is strided), so the integer peak is found on a coarse surface, the inverse
-    FFT of the quarter band (|ky| < rows/4, kx <= cols/4: a quarter of the work, samples
-    every 2 px of the low-passed correlation), and then exactly by a hill climb on blocks
-    of DFT samples at integer lags around the best (up to 3) coarse maxima. The sums the
+    FFT of the eighth band (|ky| < rows/8, kx <= cols/8: a sixteenth of the work, samples
+    every 4 px of the low-passed correlation) when the peak is at least 8 px wide there,
+    else of the quarter band (samples every 2 px), and then exactly by a hill climb on
+    blocks of DFT samples at integer lags around the best (up to 3) coarse maxima. The sums the
     peak-to-sidelobe ratio needs come from Parseval's theorem and the exclusion box from
     the climb's block, so the full surface is never built. Shift, FWHM and PSR equal the
     whole-surface ones, except that a broad peak's box (half-width over ``_EXACT_BOX`` px)
@@ -711,11 +714,11 @@ class _Surface:
         """Σ, Σ² and number of the surface's samples in the box iy±hy, ix±hx.
 
         Exact (DFT block or the whole surface) up to ``_EXACT_BOX`` px half-width. A broader
-        box holds a smooth peak that the coarse surface resolves (2 px samples of the
-        quarter band): its sums are the coarse samples' times the density of integer lags,
-        plus, for Σ², the box's share of the power outside the quarter band (Parseval).
-        The PSR from these sums is within 0.1 % of the exact one on the benchmark's K3
-        pairs (FWHM 10 px) and within 0.2 % for 35-45 px peaks on 256-512 px images; it
+        box holds a smooth peak that the coarse surface resolves (2 or 4 px samples of the
+        band): its sums are the coarse samples' times the density of integer lags,
+        plus, for Σ², the box's share of the power outside the band (Parseval).
+        The PSR from these sums is within 0.11 % of the exact one on the benchmark's K3
+        pairs (FWHM 10 px) and within 0.3 % for 10-45 px peaks on 256-512 px images; it
         saves a DFT block of 2·FWHM rows.
         """
         n_box = (2 * hy + 1) * (2 * hx + 1)
@@ -772,10 +775,21 @@ class _Surface:
 
     def _coarse_candidates(self, limits, n_candidates: int = 3, keep: float = 0.5):
         """Lags (y, x) of the highest local maxima of the coarse surface (up to
-        ``n_candidates``, each at least ``keep`` of the highest)."""
+        ``n_candidates``, each at least ``keep`` of the highest), and the half-width of the
+        first exact block (see :meth:`_coarse_reach`).
+
+        The eighth band is tried first (a sixteenth of the full inverse FFT); a peak it
+        shows narrower than ``_EIGHTH_WIDTH`` px is searched again on the quarter band."""
+        for fraction in _COARSE_BANDS:
+            found = self._band_candidates(fraction, limits, n_candidates, keep)
+            if found[2] >= _EIGHTH_WIDTH or fraction == _COARSE_BANDS[-1]:
+                return found[0], found[1]
+        raise AssertionError("unreachable")
+
+    def _band_candidates(self, fraction, limits, n_candidates, keep):
         xp = self.xp
         n_rows, n_cols = self.shape
-        r4, c4 = n_rows // 4, n_cols // 4
+        r4, c4 = n_rows // fraction, n_cols // fraction
         q = self.cross
         crop = xp.concatenate([q[:r4, : c4 + 1], q[n_rows - r4 :, : c4 + 1]], axis=0)
         coarse = irfft2(crop, (2 * r4, 2 * c4), xp, self.workers)
@@ -785,13 +799,13 @@ class _Surface:
         self._coarse = (coarse.copy() if limits is not None else coarse, lags, scale, band_power)
         if limits is not None:  # the climb masks exactly; here only keep the window's reach
             for axis, (lag, m) in enumerate(zip(lags, limits, strict=True)):
-                far = xp.asarray(np.abs(lag) > math.floor(m) + 1.0)
+                far = xp.asarray(np.abs(lag) > math.floor(m) + scale[axis] / 2.0)
                 coarse[(far, slice(None)) if axis == 0 else (slice(None), far)] = -np.inf
         flat = coarse.ravel()
         best = int(xp.argmax(flat))
         top = float(flat[best])
         if not np.isfinite(top):
-            return [(0, 0)], 3
+            return [(0, 0)], 3, 0.0
         # Local maxima (over 4 neighbours) that come near the highest: a single sharp peak
         # gives one candidate; competing peaks (ambiguous data) up to n_candidates.
         n_r, n_c = coarse.shape
@@ -810,10 +824,11 @@ class _Surface:
             (int(round(lags[0][a])), int(round(lags[1][b])))
             for a, b in zip(i[local][order], j[local][order], strict=True)
         ]
-        return out or [(0, 0)], self._coarse_reach(coarse, best // n_c, best % n_c, top, scale)
+        reach, width = self._coarse_reach(coarse, best // n_c, best % n_c, top, scale)
+        return out or [(0, 0)], reach, width
 
     @staticmethod
-    def _coarse_reach(coarse, i, j, top, scale) -> int:
+    def _coarse_reach(coarse, i, j, top, scale) -> tuple[int, float]:
         """Half-width for the first exact block: the coarse peak's FWHM plus 2 px, so that
         the block usually holds the exclusion box of the quality (half-width ceil(FWHM)) too;
         3 for a broad peak, whose box is not evaluated exactly (see :meth:`box_sums`)."""
@@ -825,9 +840,10 @@ class _Surface:
             left = 16 - below[below < 16].max() if np.any(below < 16) else 17
             right = below[below > 16].min() - 16 if np.any(below > 16) else 17
             widths.append((left + right - 1) * step)  # between the samples that cross half
-        if max(widths) > _EXACT_BOX - 2:  # broad: its box will be summed on the coarse surface
-            return 3
-        return int(max(3, math.ceil(max(widths)) + 2))
+        width = max(widths)
+        if width > _EXACT_BOX - 2:  # broad: its box will be summed on the coarse surface
+            return 3, width
+        return int(max(3, math.ceil(width) + 2)), width
 
     def _climb(self, y0: int, x0: int, limits, reach: int, max_moves: int = 8):
         """Integer-lag hill climb on exact DFT samples: (y, x, value) of a local maximum."""
