@@ -1,18 +1,36 @@
-"""Daemon configuration: a YAML file over sane defaults (every endpoint on loopback)."""
+"""Daemon configuration: a YAML file over defaults, typed and checked when it is loaded.
+
+Every section is a dataclass whose annotations are the schema: a value of the wrong type,
+outside its range or not among the allowed ones, and a key that no section knows, each
+fail at start-up with a message naming the key (``processing.refine = 'tvv' is not allowed;
+allowed: 'tv', 'sirt', null``). ``beamline.kind`` picks a beamline module
+(``livetomo.devices.beamlines``); the module's own settings dataclass checks the other
+``beamline`` keys. The effective configuration (``DaemonConfig.as_dict``) is written into
+every run file.
+"""
 
 from __future__ import annotations
 
-import ipaddress
-import logging
+import difflib
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any, Literal
 
 import yaml
+
+from ..devices.beamlines import BEAMLINES, beamline_module
+from .transport import is_loopback
 
 
 class ConfigError(ValueError):
     """The configuration names something impossible; the message says what and where."""
+
+
+def _range(low=None, high=None) -> dict:
+    return {"range": (low, high)}
 
 
 @dataclass
@@ -37,33 +55,27 @@ class Curve:
 
 @dataclass
 class Limits:
-    max_message_bytes: int = 512 * 1024**2
-    ingest_queue: int = 64
-    process_queue: int = 64
+    """Bounds of the data path. ``ingest_queue`` frames wait between the socket and the writer,
+    ``process_queue`` frames (with their pixels) between the writer and processing; beyond it
+    processing re-reads frames from the run file, so the writer never waits for processing."""
+
+    max_message_bytes: int = field(default=512 * 1024**2, metadata=_range(1))
+    ingest_queue: int = field(default=64, metadata=_range(1))
+    process_queue: int = field(default=64, metadata=_range(1))
+    hold_unknown_run_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
 
 
 @dataclass
 class Processing:
+    """What the pipeline does with frames besides storing them."""
+
     align: bool = True
     reconstruct: bool = True
-    align_channel: str = "dpc"  # what XRF-DPC scans align on: "dpc" or an element name
-    preview_every: int = 1  # publish orthogonal slices every N frames
-    lamella_thickness_px: int | None = None  # enables the tilt series' re-projection refinement at run end
-    refine: str | None = (
-        "tv"  # iterative refinement at run end, warm-started from the FBP: "tv", "sirt" or None
-    )
-    refine_iterations: int = 30
-    refine_seconds: float = 10.0  # per channel; the pipeline takes the next run's frames after it
-
-
-@dataclass
-class Beamline:
-    """Which devices the daemon's RunEngine drives. ``simulated`` builds every simulated instrument."""
-
-    kind: str = "simulated"
-    seed: int = 0
-    microprobe_shape: tuple[int, int, int] = (32, 64, 64)
-    tem_shape: tuple[int, int, int] = (48, 16, 48)
+    preview_every: int = field(default=1, metadata=_range(1))  # publish previews every N frames
+    lamella_thickness_px: int | None = field(default=None, metadata=_range(1))  # tilt-series slab refinement
+    refine: Literal["tv", "sirt"] | None = "tv"  # run-end refinement, warm-started from the FBP
+    refine_iterations: int = field(default=30, metadata=_range(1, 10_000))
+    refine_seconds: float = field(default=10.0, metadata=_range(0.0))  # per volume (all elements together)
 
 
 @dataclass
@@ -72,7 +84,19 @@ class Web:
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = field(default=8080, metadata=_range(0, 65535))
+
+
+@dataclass
+class Beamline:
+    """Which devices the daemon's RunEngine drives: ``kind`` names a beamline module, ``settings``
+    are that module's own (in YAML they sit beside ``kind``)."""
+
+    kind: str = "simulated"
+    settings: Any = None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self.settings)}
 
 
 @dataclass
@@ -85,77 +109,186 @@ class DaemonConfig:
     curve: Curve = field(default_factory=Curve)
     web: Web = field(default_factory=Web)
 
+    def __post_init__(self):
+        if self.beamline.settings is None:
+            self.beamline.settings = beamline_module(self.beamline.kind).Settings()
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["beamline"] = self.beamline.as_dict()
+        return out
 
 
-def _build(cls, data, where: str):
+# ----------------------------------------------------------------------------------- checking
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join("null" if a is None else repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        return f"a list of {len(args)} {_describe(args[0])}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _check_value(value, tp, where: str):
+    """``value`` converted to ``tp`` (int, float, bool, str, Literal, Optional, tuple[int, ...])."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool) or (value is None and None in args):
+            return value
+        allowed = ", ".join("null" if a is None else repr(a) for a in args)
+        raise ConfigError(f"{where} = {value!r} is not allowed; allowed: {allowed}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and typing.get_origin(options[0]) is Literal and type(None) in args:
+            if value in typing.get_args(options[0]) and not isinstance(value, bool):
+                return value
+            allowed = ", ".join([*map(repr, typing.get_args(options[0])), "null"])
+            raise ConfigError(f"{where} = {value!r} is not allowed; allowed: {allowed}")
+        if len(options) == 1:
+            return _check_value(value, options[0], where)
+        for option in options:
+            try:
+                return _check_value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+        return tuple(
+            _check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{where} = {value!r} must be a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} = {value!r} must be a string")
+        return value
+    raise ConfigError(f"{where}: cannot check values of type {tp}")  # a schema bug, not the user's
+
+
+def _check_range(value, spec, where: str) -> None:
+    low, high = spec
+    if value is None or isinstance(value, tuple):
+        values = [] if value is None else list(value)
+    else:
+        values = [value]
+    for v in values:
+        if (low is not None and v < low) or (high is not None and v > high):
+            bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            raise ConfigError(f"{where} = {value!r} is outside the allowed range {bounds}")
+
+
+def _unknown(keys, known, where: str) -> ConfigError:
+    parts = []
+    for key in sorted(map(str, keys)):
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{where}.{key}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    noun = "key" if len(parts) == 1 else "keys"
+    return ConfigError(f"unknown {noun} {', '.join(parts)}; allowed in {where}: {', '.join(sorted(known))}")
+
+
+def build_section(cls, data, where: str):
+    """An instance of dataclass ``cls`` from a mapping, every value checked against its annotation."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
+        raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls) if f.init}
     unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        raise _unknown(unknown, known, where)
     values = {}
     for name, value in data.items():
-        default = getattr(cls(), name)
+        f, key = known[name], f"{where}.{name}"
+        default = f.default_factory() if callable(f.default_factory) else f.default
         if is_dataclass(default):
-            values[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            values[name] = tuple(value)
-        else:
-            values[name] = value
-    return cls(**values)
+            values[name] = build_section(type(default), value, key)
+            continue
+        values[name] = _check_value(value, hints[name], key)
+        if "range" in f.metadata:
+            _check_range(values[name], f.metadata["range"], key)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # the section's own cross-checks (__post_init__)
+        raise ConfigError(str(exc)) from None
+
+
+def _beamline(data, where: str) -> Beamline:
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    kind = data.pop("kind", "simulated")
+    if kind not in BEAMLINES:
+        raise ConfigError(
+            f"{where}.kind = {kind!r} is not a known beamline; known: {', '.join(sorted(BEAMLINES))}"
+        )
+    return Beamline(kind=kind, settings=build_section(beamline_module(kind).Settings, data, where))
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DaemonConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; checked."""
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; every value checked."""
     data: dict = {}
+    where = "config"
     if path is not None:
-        text = Path(path).read_text()
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the configuration {path}: {exc.strerror}") from exc
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the configuration must be a mapping of sections, got {type(data).__name__}"
+            )
     for key, value in (overrides or {}).items():
         data[key] = {**(data.get(key) or {}), **value} if isinstance(value, dict) else value
-    config = _build(DaemonConfig, data, str(path or "config"))
+    beamline = data.pop("beamline", None)
+    try:
+        config = build_section(DaemonConfig, data, "config")
+        config.beamline = _beamline(beamline, "beamline")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if path is not None else str(exc)) from None
     check_bind_policy(config)
     return config
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
-    url = urlparse(endpoint)
-    if url.scheme in ("ipc", "inproc"):
-        return True
-    host = url.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', interface names and DNS names are all non-loopback
 
 
 def check_bind_policy(config: DaemonConfig) -> None:
     """Refuse a non-loopback bind unless CURVE keys are configured."""
     exposed = [
-        f"{name}={value}"
+        f"endpoints.{name} = {value}"
         for name, value in asdict(config.endpoints).items()
         if value is not None and not is_loopback(value)
     ]
-    if config.web.enabled and not is_loopback(f"tcp://{config.web.host}:{config.web.port}"):
-        # the page is read-only and carries no control: exposing it is the operator's call, logged
-        logging.getLogger("livetomo.config").warning(
-            "monitoring page bound to %s (not loopback)", config.web.host
-        )
     if exposed and not config.curve.server_secret_key:
         raise ConfigError(
-            f"endpoint(s) {', '.join(exposed)} bind beyond loopback; configure curve.server_secret_key "
+            f"{', '.join(exposed)} bind beyond loopback; configure curve.server_secret_key "
             "(make keys with 'livetomo keys DIR') or bind to 127.0.0.1"
         )
     if config.curve.server_secret_key and not Path(config.curve.server_secret_key).is_file():
         raise ConfigError(f"curve.server_secret_key: file {config.curve.server_secret_key} does not exist")
+    if config.curve.authorized_clients and not Path(config.curve.authorized_clients).is_dir():
+        raise ConfigError(
+            f"curve.authorized_clients: directory {config.curve.authorized_clients} does not exist"
+        )

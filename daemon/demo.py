@@ -17,10 +17,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from bluesky import RunEngine
 
 from ..processing.dpc import dpc_from_segments
-from .runs import ProgressPrinter
+from ..processing.runout import gauge_errors
+from .monitoring import ProgressPrinter
 
 
 @dataclass
@@ -33,27 +33,6 @@ class DemoResult:
     alignment_rms_px: float
     centre_error_px: float
     unaligned_rms_px: float
-
-
-def make_run_engine() -> RunEngine:
-    """A RunEngine that runs in any thread and leaves signal handling to the caller."""
-    return RunEngine({}, call_returns_result=True, context_managers=[])
-
-
-def alignment_errors(shifts, true_shift_px, angles_deg) -> tuple[np.ndarray, np.ndarray, float]:
-    """Alignment errors per projection against the simulator's truth, pixels.
-
-    A shift ``s`` aligns a projection whose specimen was displaced by ``d`` when ``s + d`` is
-    the same for every projection, up to what no tomographic alignment can observe: a common
-    vertical offset, and a horizontal ``a·cos θ + b·sin θ`` (the specimen's own position
-    about the axis). Those are removed; the horizontal constant is the rotation-centre error,
-    returned on its own. Returns (vertical errors, horizontal errors, centre error).
-    """
-    e = np.asarray(shifts, float) + np.asarray(true_shift_px, float)
-    t = np.deg2rad(np.asarray(angles_deg, float))
-    basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], axis=1)
-    coef, *_ = np.linalg.lstsq(basis, e[:, 1], rcond=None)
-    return e[:, 0] - e[:, 0].mean(), e[:, 1] - basis @ coef, float(coef[0])
 
 
 def _rms(v, h) -> float:
@@ -70,8 +49,8 @@ def run_demo(
     quiet: bool = False,
 ) -> DemoResult:
     """Scan ``n_angles`` angles over 0–180° of a ``size``-pixel-wide cell at ``dwell_ms`` per pixel."""
+    from .app import Daemon
     from .config import load_config
-    from .server import Daemon
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,8 +82,9 @@ def run_demo(
             )
             daemon.runner.start_queue()
             while not daemon.pipeline.finished_runs:
-                if daemon.queue.history and daemon.queue.history[-1].state != "success":
-                    raise RuntimeError(f"the scan failed: {daemon.queue.history[-1].error}")
+                history = daemon.queue.history
+                if history and history[-1].state != "completed":
+                    raise RuntimeError(f"the scan failed: {history[-1].error}")
                 time.sleep(0.05)
             summary = daemon.pipeline.finished_runs[-1]
             world = daemon.beamline.truth["microprobe"]
@@ -124,8 +104,8 @@ def _report(out: Path, summary: dict, world, quiet: bool) -> DemoResult:
         phase = f["entry/processing/reconstruction/phase"][()]
     horizontal, _, _ = dpc_from_segments(segments)
     truth = np.array([r.true_shift_px for r in world.history])
-    err_v, err_h, centre = alignment_errors(shifts, truth, angles)
-    raw_v, raw_h, _ = alignment_errors(np.zeros_like(shifts), truth, angles)
+    err_v, err_h, centre = gauge_errors(shifts, truth, angles, keep_centre=False)
+    raw_v, raw_h, _ = gauge_errors(np.zeros_like(shifts), truth, angles, keep_centre=False)
     # the truth as an aligner can know it: plus the unobservable parts it is free to choose
     expected = -truth + (shifts + truth) - np.stack([err_v, err_h], axis=1)
     picture = _picture(out / f"{summary['run_uid']}_demo.png", angles, horizontal, shifts, expected, phase)

@@ -12,11 +12,14 @@ import os
 
 from bluesky import RunEngine
 
-from livetomo.daemon.beamline import simulated_beamline
 from livetomo.daemon.storage import HDF5FrameSink
+from livetomo.devices.beamlines import beamline_module
 from livetomo.plans import correlative_acquire, mill_lamella, tilt_series, tomo_scan, xrf_dpc_tomo  # noqa: F401
 
-_beamline = simulated_beamline(HDF5FrameSink(os.environ.get("LIVETOMO_DATA", "livetomo_data")))
+_simulated = beamline_module("simulated")
+_beamline = _simulated.build(
+    _simulated.Settings(), sink=HDF5FrameSink(os.environ.get("LIVETOMO_DATA", "livetomo_data"))
+)
 globals().update(_beamline.devices)  # rotation, scan, dpc, xrf, tilt, k3, fib, sxt, fm
 
 RE = RunEngine({})

@@ -2,7 +2,7 @@
 
 from .correlative import correlative_acquire
 from .milling import MillingError, mill_lamella
-from .recipes import MillingRecipe, MillingStage, RecipeError, load_recipe
+from .recipes import MillingRecipe, MillingStage, RecipeError, bundled_recipes, load_recipe, recipe_names
 from .tilt import tilt_series
 from .tilt_order import tilt_order
 from .tomo import tomo_scan, xray_dose_gy, xrf_dpc_tomo
@@ -21,9 +21,11 @@ __all__ = [
     "MillingRecipe",
     "MillingStage",
     "RecipeError",
+    "bundled_recipes",
     "correlative_acquire",
     "load_recipe",
     "mill_lamella",
+    "recipe_names",
     "tilt_order",
     "tilt_series",
     "tomo_scan",

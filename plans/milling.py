@@ -58,7 +58,7 @@ def _mill_stage(fib, stage: MillingStage):
         thickness = new_thickness
 
 
-def mill_lamella(fib, recipe, *, md=None):
+def mill_lamella(fib, recipe: str | dict, *, md: dict | None = None):
     """Thin a lamella through the recipe's stages (rough → fine → polish).
 
     ``recipe`` is a bundled recipe's name (``"standard_lamella"``), a YAML path or string,

@@ -14,6 +14,7 @@ from ..devices.base import ParameterError
 
 _CURRENT = re.compile(r"^\s*([0-9.eE+-]+)\s*(pA|nA|uA|µA|A)\s*$")
 _SCALE = {"pA": 1e-12, "nA": 1e-9, "uA": 1e-6, "µA": 1e-6, "A": 1.0}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a recipe name, never a path
 _STAGE_KEYS = {"name", "current", "target_thickness_nm", "angle_deg", "max_time_s", "tolerance_nm"}
 
 
@@ -97,23 +98,66 @@ def parse_recipe(data) -> MillingRecipe:
     return MillingRecipe(name=str(data.get("name", "recipe")), stages=stages)
 
 
-def load_recipe(source) -> MillingRecipe:
-    """A recipe from a mapping, a YAML file path, a YAML string, or a bundled recipe's name."""
+def bundled_recipes() -> list[str]:
+    """Names of the recipes shipped with livetomo (``plans/recipes/*.yaml``)."""
+    folder = resources.files("livetomo.plans") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_recipe(name: str, directories=()) -> Path | None:
+    """The file of recipe ``name`` in ``directories`` (searched first) or among the bundled ones."""
+    if not _NAME.fullmatch(name):
+        return None
+    for directory in directories:
+        path = Path(directory) / f"{name}.yaml"
+        if path.is_file():
+            return path
+    bundled = resources.files("livetomo.plans") / "recipes" / f"{name}.yaml"
+    return Path(str(bundled)) if bundled.is_file() else None
+
+
+def recipe_names(directories=()) -> list[str]:
+    """Every recipe name ``load_recipe`` finds in ``directories`` and among the bundled ones."""
+    names = set(bundled_recipes())
+    for directory in directories:
+        names |= {p.stem for p in Path(directory).glob("*.yaml") if _NAME.fullmatch(p.stem)}
+    return sorted(names)
+
+
+def load_recipe(source, *, directories=(), allow_paths: bool = True) -> MillingRecipe:
+    """A recipe from a mapping, a recipe name (searched in ``directories``, then the bundled
+    recipes), or, when ``allow_paths``, a YAML file path or YAML text.
+
+    The daemon passes ``allow_paths=False``: a submission names a recipe or gives its
+    stages, and never makes the daemon read another file. Errors never echo file contents.
+    """
     if isinstance(source, MillingRecipe):
         return source
     if isinstance(source, Mapping):
         return parse_recipe(source)
-    text = str(source)
-    bundled = resources.files("livetomo.plans") / "recipes" / f"{text}.yaml"
-    if bundled.is_file():
-        text = bundled.read_text()
-    elif "\n" not in text and Path(text).suffix in (".yaml", ".yml"):
-        path = Path(text)
-        if not path.is_file():
-            raise RecipeError(f"recipe file {path} does not exist")
+    if not isinstance(source, str):
+        raise RecipeError(f"recipe must be a recipe name or a mapping of stages, got {type(source).__name__}")
+    text = source.strip()
+    path = find_recipe(text, directories)
+    if path is not None:
         text = path.read_text()
+    elif (_NAME.fullmatch(text) and Path(text).suffix not in (".yaml", ".yml")) or not allow_paths:
+        raise RecipeError(
+            f"unknown recipe {source!r}; known recipes: {', '.join(recipe_names(directories)) or 'none'}"
+            + (
+                " (or give a YAML file path or the recipe's stages)"
+                if allow_paths
+                else " (or give its stages)"
+            )
+        )
+    elif "\n" not in text and Path(text).suffix in (".yaml", ".yml"):
+        file = Path(text)
+        if not file.is_file():
+            raise RecipeError(f"recipe file {file} does not exist")
+        text = file.read_text()
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe is not valid YAML: {exc}") from exc
+        where = getattr(exc, "problem_mark", None)
+        raise RecipeError(f"recipe is not valid YAML{f' (line {where.line + 1})' if where else ''}") from None
     return parse_recipe(data)

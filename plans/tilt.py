@@ -26,7 +26,7 @@ def tilt_series(
     dose_per_tilt: float = 3.0,
     dose_budget: float = 150.0,
     on_tilt: Callable | None = None,
-    md=None,
+    md: dict | None = None,
 ):
     """Acquire a tilt series; one event per tilt in acquisition order.
 

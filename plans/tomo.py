@@ -42,7 +42,16 @@ def _metadata(md, **extra) -> dict:
     return {**extra, **(md or {})}
 
 
-def tomo_scan(detectors, rotation, angles=None, *, start=None, stop=None, num=None, md=None):
+def tomo_scan(
+    detectors,
+    rotation,
+    angles: Sequence[float] | None = None,
+    *,
+    start: float | None = None,
+    stop: float | None = None,
+    num: int | None = None,
+    md: dict | None = None,
+):
     """Step scan of ``rotation`` over angles (degrees), reading ``detectors`` at each.
 
     Give ``angles`` (any order, non-uniform allowed) or ``start``, ``stop``, ``num``.
@@ -65,11 +74,11 @@ def xrf_dpc_tomo(
     xrf,
     rotation,
     scan,
-    angles=None,
+    angles: Sequence[float] | None = None,
     *,
-    start=None,
-    stop=None,
-    num=None,
+    start: float | None = None,
+    stop: float | None = None,
+    num: int | None = None,
     raster_shape: tuple[int, int] = (48, 48),
     pixel_size_um: float = 0.3,
     dwell_s: float | None = None,
@@ -77,7 +86,7 @@ def xrf_dpc_tomo(
     flux_photons_per_s: float = 5e9,
     energy_kev: float = 10.2,
     dose_budget_gy: float = 1e8,
-    md=None,
+    md: dict | None = None,
 ):
     """XRF nanotomography with DPC: a fly-scan raster of DPC + XRF at every angle.
 

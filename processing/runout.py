@@ -373,6 +373,34 @@ def refine_centre(
     return float(trials[i]), float(costs[i])
 
 
+def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True):
+    """Alignment errors against known displacements, with what no alignment can observe removed.
+
+    A shift ``s`` aligns a projection whose specimen was displaced by ``d`` when ``s + d`` is
+    the same for every projection, up to a common vertical offset and a horizontal
+    ``c + a cos θ + b sin θ`` (the specimen's own position about the axis; ``c`` is the
+    rotation-centre error).
+
+    Parameters
+    ----------
+    shifts : (n, 2) measured (dy, dx) shifts, pixels.
+    true_shift : (n, 2) true displacements, pixels (the simulator's truth).
+    angles_deg : (n,) rotation angles, degrees.
+    keep_centre : add the centre error ``c`` back into the horizontal errors.
+
+    Returns
+    -------
+    err_v, err_h : (n,) vertical and horizontal errors, pixels.
+    centre : the centre error ``c``, pixels.
+    """
+    e = np.asarray(shifts, float) + np.asarray(true_shift, float)
+    t = np.deg2rad(np.asarray(angles_deg, float))
+    basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], axis=1)
+    coef, *_ = np.linalg.lstsq(basis, e[:, 1], rcond=None)
+    err_h = e[:, 1] - basis @ coef
+    return e[:, 0] - e[:, 0].mean(), err_h + (coef[0] if keep_centre else 0.0), float(coef[0])
+
+
 def validate_pair(angle_0: float, angle_180: float, tolerance_deg: float = 0.5) -> None:
     """Raise RunoutError unless the two angles are 180° apart (mod 360) within tolerance."""
     d = abs(((angle_180 - angle_0) % 360.0) - 180.0)

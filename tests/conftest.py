@@ -1,7 +1,7 @@
 import pytest
 
-from livetomo.daemon.demo import make_run_engine
-from livetomo.daemon.runs import RunCollector
+from livetomo.daemon.pipeline import RunCollector
+from livetomo.daemon.testing import make_run_engine
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from ...plans.tilt_order import tilt_order
 from ...processing.dpc import dpc_from_segments
 from ...processing.dpc_align import shift_maps
 from ...processing.register import prepare_reference, register
+from ...processing.runout import gauge_errors
 from ...processing.streaming_align import StreamingProjectionAligner, StreamingTiltAligner
 from ...simulators.k3 import K3Camera, make_lamella
 from ...simulators.microprobe import XRFMicroprobe
@@ -51,21 +52,6 @@ ELEMENTS = ("Zn", "Fe", "Ca", "K")
 
 
 # ----------------------------------------------------------------------------- scoring
-
-
-def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True):
-    """Errors s + d per projection with the unobservable gauge removed.
-
-    Returns (err_v, err_h, centre): vertical error minus its mean; horizontal error minus
-    its least-squares ``c + a cos θ + b sin θ`` fit (the constant ``c``, the centre error,
-    is returned separately and added back when ``keep_centre``).
-    """
-    e = np.asarray(shifts, float) + np.asarray(true_shift, float)
-    t = np.deg2rad(np.asarray(angles_deg, float))
-    basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], axis=1)
-    coef, *_ = np.linalg.lstsq(basis, e[:, 1], rcond=None)
-    err_h = e[:, 1] - basis @ coef
-    return e[:, 0] - e[:, 0].mean(), err_h + (coef[0] if keep_centre else 0.0), float(coef[0])
 
 
 def _rms(*parts) -> float:

@@ -13,8 +13,8 @@ yields its page URL; ``daemon_frames`` runs an ``xrf_dpc_tomo`` scan through its
 returns the pipeline's per-frame times). ``local_chain`` with ``simulated_frames`` measures the
 monitoring chain alone, with stand-in processing.
 
-``SimulatedScan`` also feeds the monitor tests: a scan's messages per frame with the simulator's
-true stage runout as the shift trace.
+``SimulatedScan`` (``livetomo.daemon.testing``) is a scan's messages per frame with the
+simulator's true stage runout as the shift trace.
 """
 
 from __future__ import annotations
@@ -28,239 +28,17 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
-from scipy import ndimage
 
-from ...simulators.projector import project
-from ...simulators.specimen import make_cell
-from ...simulators.stages import RotationStageModel
-from ..monitor_state import MonitorState
-from ..results import ResultsPublisher, encode_image
+from ..monitoring import MonitorState
+from ..testing import SimulatedScan
+from ..transport import ResultsPublisher
 
 Sink = Callable[[str, dict], None]
 FrameSource = Callable[[Sink, int], list[float]]  # (publish, n_frames) -> per-frame seconds
-
-
-def _runout_basis(angles_deg: np.ndarray, harmonics: int) -> np.ndarray:
-    t = np.deg2rad(angles_deg)
-    columns = [np.ones_like(t)]
-    for k in range(1, harmonics + 1):
-        columns += [np.sin(k * t), np.cos(k * t)]
-    return np.stack(columns, axis=1)
-
-
-def fit_runout(angles_deg, shifts_px, *, harmonics: int = 2) -> np.ndarray:
-    """Least-squares sinusoidal runout model of measured shifts.
-
-    Parameters
-    ----------
-    angles_deg : (n,) angles, degrees.
-    shifts_px : (n, 2) measured (dy, dx) shifts, px.
-    harmonics : number of harmonics of the rotation frequency in the model.
-
-    Returns
-    -------
-    coefficients : (1 + 2·harmonics, 2): constant, then (sin kθ, cos kθ) pairs, per axis (dy, dx);
-        the constant of dx is the rotation-centre offset.
-    """
-    basis = _runout_basis(np.asarray(angles_deg, float), harmonics)
-    coefficients, *_ = np.linalg.lstsq(basis, np.asarray(shifts_px, float), rcond=None)
-    return coefficients
-
-
-@dataclass
-class SimulatedScan:
-    """A simulated XRF-DPC rotation scan as the results stream would carry it.
-
-    The shifts are the simulated rotation stage's true specimen displacement (runout, axis
-    offset and jitter, ``RotationStageModel``) in pixels; the "measured" shift is that plus a
-    small estimation error, except on ``low_quality`` frames, where the measurement failed
-    (broad peak, low PSR, ``ok: false``) and is off by several pixels.
-
-    Parameters
-    ----------
-    n_angles : number of angles over [0, 180) degrees.
-    size : projection width, px (the phantom is (size/2, size, size) voxels).
-    pixel_nm : projection pixel size, nm.
-    low_quality : 0-based indices of frames whose alignment fails.
-    channels : channels with projection and slice previews.
-    seed : seed of the phantom, the stage jitter and the estimation error.
-    """
-
-    n_angles: int = 60
-    size: int = 32
-    pixel_nm: float = 300.0
-    low_quality: tuple[int, ...] = ()
-    channels: tuple[str, ...] = ("dpc", "Zn")
-    seed: int = 0
-    run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    t0: float = 1.7e9
-
-    def __post_init__(self):
-        rng = np.random.default_rng(self.seed)
-        self.angles = np.linspace(0.0, 180.0, self.n_angles, endpoint=False)
-        stage = RotationStageModel(seed=self.seed)
-        offsets_um = []
-        for angle in self.angles:
-            stage.move(float(angle))
-            offsets_um.append(stage.true_offset_um)
-        self.true_shifts = np.asarray(offsets_um) * 1e3 / self.pixel_nm  # (n, 2) px, (dy, dx)
-        self.ok = np.ones(self.n_angles, bool)
-        self.ok[list(self.low_quality)] = False
-        error = rng.normal(0.0, 0.05, (self.n_angles, 2))
-        error[~self.ok] = rng.normal(0.0, 4.0, (int((~self.ok).sum()), 2))
-        self.measured_shifts = self.true_shifts + error
-        specimen = make_cell((self.size // 2, self.size, self.size), seed=self.seed)
-        self.volumes = {"dpc": specimen.delta, **specimen.elements}
-        self.dose_per_frame = 0.5  # MGy per angle at the low dwell of dose fractionation
-        self.fit_angles = np.linspace(0.0, 180.0, 61)
-
-    def time_of(self, i: int) -> float:
-        return self.t0 + 2.0 * (i + 1)  # one angle every 2 s
-
-    def run_start(self) -> dict:
-        return {
-            "run_uid": self.run_uid,
-            "plan_name": "xrf_dpc_tomo",
-            "method": "xrf-dpc",
-            "frames_planned": self.n_angles,
-            "angles_planned": self.angles.tolist(),
-            "channels": list(self.channels),
-            "dose_per_frame": self.dose_per_frame,
-            "dose_units": "MGy",
-            "time": self.t0,
-        }
-
-    def frame(self, i: int, latency_ms: dict | None = None) -> dict:
-        ok = bool(self.ok[i])
-        return {
-            "run_uid": self.run_uid,
-            "stream": "dpc_segments",
-            "seq": i + 1,
-            "angle": float(self.angles[i]),
-            "time": self.time_of(i),
-            "frames_done": i + 1,
-            "frames_planned": self.n_angles,
-            "dose_so_far": self.dose_per_frame * (i + 1),
-            "shift": self.measured_shifts[i].tolist(),
-            "quality": {
-                "fwhm_px": [1.5, 1.6] if ok else [24.0, 26.0],
-                "psr": 40.0 if ok else 2.5,
-                "uncertainty_px": 0.05 if ok else 4.0,
-                "ok": ok,
-            },
-            "latency_ms": latency_ms or {"ingest": 0.4, "preprocess": 2.0, "align": 5.0, "reconstruct": 12.0},
-        }
-
-    def projection_image(self, channel: str, i: int, *, shifted: bool) -> np.ndarray:
-        """(nz, size) line integrals of ``channel`` at angle i, displaced by the true shift if ``shifted``."""
-        image = project(self.volumes[channel], float(self.angles[i])).astype(np.float32)
-        return ndimage.shift(image, self.true_shifts[i], order=1, mode="nearest") if shifted else image
-
-    def projection(self, channel: str, i: int) -> dict:
-        return {
-            "run_uid": self.run_uid,
-            "channel": channel,
-            "seq": i + 1,
-            "angle": float(self.angles[i]),
-            "raw": encode_image(self.projection_image(channel, i, shifted=True)),
-            "aligned": encode_image(self.projection_image(channel, i, shifted=False)),
-        }
-
-    def runout(self, i: int) -> dict:
-        """The fitted runout after frames 0..i (good frames only, as the pipeline would fit)."""
-        good = self.ok[: i + 1]
-        angles, shifts = self.angles[: i + 1], self.measured_shifts[: i + 1]
-        fit, centre = [], None
-        if good.sum() >= 5:
-            coefficients = fit_runout(angles[good], shifts[good])
-            fit = (_runout_basis(self.fit_angles, 2) @ coefficients).tolist()
-            centre = float(coefficients[0, 1])
-        return {
-            "run_uid": self.run_uid,
-            "angles": angles.tolist(),
-            "shifts": shifts.tolist(),
-            "fit_angles": self.fit_angles.tolist() if fit else [],
-            "fit": fit,
-            "centre_px": centre,
-        }
-
-    def slice_images(self, channel: str, i: int) -> dict[str, np.ndarray]:
-        """Stand-in reconstruction after i+1 projections: the true volume's central slices plus
-        noise that falls as more projections arrive (the pipeline sends its real ones)."""
-        volume = np.asarray(self.volumes[channel], np.float32)
-        noise = np.random.default_rng(i).normal(0, 1, volume.shape).astype(np.float32)
-        volume = volume + noise * float(volume.std()) * 2.0 / np.sqrt(i + 1)
-        z, y, x = (n // 2 for n in volume.shape)
-        return {"xy": volume[z], "xz": volume[:, y, :], "yz": volume[:, :, x]}
-
-    def slices(self, channel: str, i: int) -> dict:
-        images = self.slice_images(channel, i)
-        z, y, x = (n // 2 for n in self.volumes[channel].shape)
-        return {
-            "run_uid": self.run_uid,
-            "channel": channel,
-            "n_projections": i + 1,
-            "point": [z, y, x],
-            **{plane: encode_image(image) for plane, image in images.items()},
-        }
-
-    def status(self, i: int, *, rejected: int = 0, errors: tuple[str, ...] = ()) -> dict:
-        done = i + 1
-        elapsed = self.time_of(i) - self.t0
-        return {
-            "re_state": "running",
-            "queue_length": 0,
-            "current": {"plan": "xrf_dpc_tomo", "uid": "queue-item-1"},
-            "frames_received": done + rejected,
-            "frames_rejected": rejected,
-            "rejected_by_reason": {"non-finite values": rejected} if rejected else {},
-            "stages": {
-                name: {"count": done, "mean_latency_ms": ms, "queue_depth": q, "last_error": None}
-                for name, ms, q in (("ingest", 0.4, 0), ("align", 5.0, 1), ("reconstruct", 12.0, 2))
-            },
-            "last_errors": list(errors),
-            "run": {
-                "uid": self.run_uid,
-                "frames_done": done,
-                "frames_planned": self.n_angles,
-                "elapsed_s": elapsed,
-                "eta_s": elapsed / done * (self.n_angles - done),
-                "dose_so_far": self.dose_per_frame * done,
-            },
-        }
-
-    def frame_messages(self, i: int, *, previews: bool = True) -> list[tuple[str, dict]]:
-        """Everything the pipeline publishes after frame i, in order."""
-        out = [("frame", self.frame(i)), ("runout", self.runout(i))]
-        if previews:
-            out += [("projection", self.projection(c, i)) for c in self.channels]
-            out += [("slices", self.slices(c, i)) for c in self.channels]
-        return out
-
-    def run_end(self, file: str | None = None, pictures: list[str] | None = None) -> dict:
-        return {
-            "run_uid": self.run_uid,
-            "exit_status": "success",
-            "frames_received": self.n_angles,
-            "frames_expected": self.n_angles,
-            "complete": True,
-            "file": file,
-            "pictures": pictures or [],
-        }
-
-    def messages(self, *, previews: bool = True):
-        """The whole run's messages: run_start, each frame's results and a status, run_end."""
-        yield "run_start", self.run_start()
-        for i in range(self.n_angles):
-            yield from self.frame_messages(i, previews=previews)
-            yield "status", self.status(i)
-        yield "run_end", self.run_end()
 
 
 # -- the benchmark ---------------------------------------------------------------------------
@@ -362,7 +140,7 @@ def local_chain():
     Yields ``(publish, page_url)``. For the real daemon, a chain that starts ``livetomo serve``
     and yields ``(None, its page URL)`` takes its place.
     """
-    from ..web import follow_results, start_web_server
+    from ..monitoring import follow_results, start_web_server
 
     context = zmq.Context()
     publisher = ResultsPublisher("tcp://127.0.0.1:*", context)
@@ -433,8 +211,8 @@ def daemon_chain(size: int = 64):
     """
     import tempfile
 
+    from ..app import Daemon
     from ..config import load_config
-    from ..server import Daemon
 
     with tempfile.TemporaryDirectory(prefix="livetomo-bench-monitor-") as tmp:
         endpoints = {k: f"ipc://{tmp}/{k}.sock" for k in ("frames", "documents", "results", "control")}
@@ -460,7 +238,7 @@ def daemon_frames(size: int) -> FrameSource:
     preprocess, align, reconstruct, publish — publishing includes updating the page's state), so
     whatever the page's server takes from the pipeline thread (CPU, the GIL) shows up in it.
     """
-    from ..client import ControlClient
+    from ..control import ControlClient
 
     def source(daemon, n_frames: int) -> list[float]:
         done = len(daemon.pipeline.finished_runs)

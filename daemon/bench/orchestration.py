@@ -17,8 +17,8 @@ from ...devices.cameras import FluorescenceCamera
 from ...devices.sim import make_rotation_stage
 from ...devices.sinks import MemorySink
 from ...plans import tomo_scan
-from ..demo import make_run_engine
-from ..runs import RunCollector
+from ..pipeline import RunCollector
+from ..testing import make_run_engine
 from .timing import interleaved_medians
 
 

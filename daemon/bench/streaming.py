@@ -41,9 +41,8 @@ import h5py
 import numpy as np
 import zmq
 
-from ..ingest import FrameReceiver
-from ..protocol import End, Limits, encode_end, encode_frame, encode_start
 from ..storage import NXtomoWriter
+from ..transport import End, FrameReceiver, Limits, encode_end, encode_frame, encode_start
 
 FRAME_SHAPE = (1024, 2048)  # float32: 8 MiB
 N_DISTINCT = 4

@@ -1,0 +1,288 @@
+// The monitor page: follows the daemon's server-sent events (a snapshot, then deltas; the protocol
+// is livetomo.daemon.monitor_state.apply_delta) and redraws at most once per animation frame.
+"use strict";
+
+let model = null;
+let pending = false;
+const $ = (id) => document.getElementById(id);
+
+function applyDelta(delta) {
+  if (delta.reset) {
+    if (!model || model.version < delta.reset.version) model = delta.reset;
+    return;
+  }
+  if (!model || delta.version <= model.version) return;
+  for (const [k, v] of Object.entries(delta.set || {})) model[k] = v;
+  for (const [k, v] of Object.entries(delta.merge || {})) model[k] = Object.assign({}, model[k] || {}, v);
+  // a coalesced delta may hold frames the snapshot already had: keep only newer ones
+  const append = delta.append || {}, frames = append.frames || [];
+  const versions = append.frame_versions || frames.map(() => delta.version);
+  const fresh = frames.filter((f, i) => versions[i] > model.version);
+  if (fresh.length) model.frames = model.frames.concat(fresh).slice(-model.max_frames);
+  model.version = delta.version;
+}
+
+function scheduleRender() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => { pending = false; render(); });
+}
+
+function connect() {
+  const source = new EventSource("events");
+  source.addEventListener("snapshot", (e) => { model = JSON.parse(e.data); scheduleRender(); });
+  source.addEventListener("delta", (e) => { applyDelta(JSON.parse(e.data)); scheduleRender(); });
+  source.onopen = () => { setText("connection", "live"); $("connection").className = "tag on"; };
+  source.onerror = () => { setText("connection", "reconnecting…"); $("connection").className = "tag off"; };
+}
+
+// --- formatting ---------------------------------------------------------------------------
+
+function setText(id, text) { const el = $(id); if (el.textContent !== text) el.textContent = text; }
+function num(v, digits) { return v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits); }
+function duration(s) {
+  if (s === null || s === undefined || !Number.isFinite(s)) return "–";
+  s = Math.max(0, Math.round(s));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  return `${h}:${String(m).padStart(2, "0")}:${String(sec).padStart(2, "0")}`;
+}
+function bar(id, done, planned) {
+  const f = planned ? Math.min(1, Math.max(0, done / planned)) : 0;
+  $(id).style.width = `${(100 * f).toFixed(1)}%`;
+}
+
+// --- channel ------------------------------------------------------------------------------
+
+function channels() {
+  const names = new Set(((model.run || {}).channels) || []);
+  for (const c of Object.keys(model.projections || {})) names.add(c);
+  for (const c of Object.keys(model.slices || {})) names.add(c);
+  return Array.from(names);
+}
+
+function chosenChannel() {
+  const select = $("channel"), names = channels();
+  const have = Array.from(select.options).map((o) => o.value);
+  if (have.join("\u0000") !== names.join("\u0000")) {
+    const keep = select.value || decodeURIComponent((location.hash.match(/channel=([^&]+)/) || [])[1] || "");
+    select.replaceChildren(...names.map((n) => new Option(n, n)));
+    if (names.includes(keep)) select.value = keep;
+  }
+  return select.value;
+}
+
+// --- sections -----------------------------------------------------------------------------
+
+function renderHeader() {
+  const run = model.run;
+  setText("run-plan", run ? run.plan_name || "run (joined mid-run)" : "no run yet");
+  setText("run-method", run && run.method ? run.method : "");
+  setText("run-uid", run && run.uid ? run.uid.slice(0, 8) : "");
+  const [state, kind] = runState(model);
+  setText("run-state", state); $("run-state").className = `tag ${kind}`;
+}
+
+// The run's state in words; the twin of livetomo.daemon.monitoring.run_state (same rules).
+function runState(m) {
+  const run = m.run;
+  if (!run) return ["", "live"];
+  if (run.ended) {
+    const word = { success: "completed", abort: "aborted", fail: "failed" }[run.exit_status] || String(run.exit_status);
+    if (run.error) return [`ended: ${word}, ${run.error}`, "bad"];
+    if (run.complete) return [`ended: ${word}`, "ok"];
+    return [`ended incomplete: ${word}`, run.exit_status === "fail" ? "bad" : "warn"];
+  }
+  const f = run.finishing;
+  if (f) {
+    const count = f.step !== null && f.total && f.total > 1 ? ` ${f.step}/${f.total}` : "";
+    return [`finishing: ${f.text}${count}`, "live"];
+  }
+  if ((m.health || {}).re_state === "paused") return ["paused", "warn"];
+  return ["running", "live"];
+}
+
+function renderProgress() {
+  const p = model.progress || {};
+  bar("bar-frames", p.frames_done, p.frames_planned);
+  bar("bar-angles", p.angles_done, p.angles_planned);
+  bar("bar-dose", p.dose_so_far, p.dose_planned);
+  const unit = (model.run || {}).progress_unit || "frames";
+  setText("progress-frames-label", unit);
+  setText("progress-frames", `${p.frames_done ?? 0} / ${p.frames_planned ?? "?"}`);
+  setText("progress-angles", `${p.angles_done ?? 0} / ${p.angles_planned ?? "?"}`);
+  const units = p.dose_units || "";
+  setText("progress-dose", p.dose_so_far === null || p.dose_so_far === undefined ? "–"
+    : `${num(p.dose_so_far, 2)} / ${p.dose_planned ? num(p.dose_planned, 2) : "?"} ${units}`);
+  setText("progress-elapsed", duration(p.elapsed_s));
+  setText("progress-eta", duration(p.eta_s));
+  setText("progress-angle", p.last_angle === null || p.last_angle === undefined ? "–" : `${num(p.last_angle, 2)}°`);
+  setText("progress-low", String(p.low_quality || 0));
+  $("progress-low").classList.toggle("low", (p.low_quality || 0) > 0);
+  const last = model.frames.length ? model.frames[model.frames.length - 1] : null;
+  setText("progress-shift", last && last.dy !== null ? `${num(last.dy, 2)}, ${num(last.dx, 2)} px` : "–");
+  const q = last ? `FWHM ${num(last.fwhm_y, 1)}×${num(last.fwhm_x, 1)} px, PSR ${num(last.psr, 1)}` : "–";
+  setText("progress-quality", last && last.ok === false ? `${q}  LOW` : q);
+  $("progress-quality").classList.toggle("low", !!last && last.ok === false);
+}
+
+// The chosen channel, or else the first one that has this kind of preview (the pipeline may
+// reconstruct fewer channels than it previews), so a panel is never blank without a reason.
+function previewChannel(section, channel) {
+  const have = model[section] || {};
+  if (have[channel]) return channel;
+  return Object.keys(have)[0] || channel;
+}
+
+function renderProjection(chosen) {
+  const channel = previewChannel("projections", chosen), p = (model.projections || {})[channel];
+  const note = channel !== chosen ? ` (no ${chosen} preview)` : "";
+  setText("projection-caption", p ? `${channel}, frame ${p.seq}, ${num(p.angle, 2)}°${note}` : "");
+  if (!p) return;
+  Plot.image($("projection-raw"), p.raw);
+  Plot.image($("projection-aligned"), p.aligned);
+}
+
+function renderSlices(chosen) {
+  const channel = previewChannel("slices", chosen), s = (model.slices || {})[channel];
+  const note = channel !== chosen ? ` (${chosen} is not reconstructed)` : "";
+  setText("slices-caption", s ? `${channel}, ${s.n_projections} projections, point ${JSON.stringify(s.point)}${note}` : "");
+  for (const plane of ["xy", "xz", "yz"]) {
+    const canvas = $(`slice-${plane}`);
+    if (s && Plot.image(canvas, s[plane])) canvas.dataset.nprojections = String(s.n_projections);
+  }
+}
+
+function renderTrace() {
+  const frames = model.frames, r = model.runout || {};
+  const angles = frames.map((f) => f.angle), marked = frames.map((f) => f.ok === false);
+  const planned = ((model.run || {}).angles_planned) || [];
+  const xr = planned.length ? Plot.finiteRange([planned, angles], 0.02) : undefined;
+  const fitA = r.fit_angles || [], fit = r.fit || [];
+  // the runout message carries the whole current shift table: after a refinement earlier
+  // frames' shifts change, so prefer it over the shifts each frame had when it arrived
+  const table = r.shifts && r.shifts.length === frames.length ? r.shifts : null;
+  const shiftOf = (f, i, axis) => (table ? table[i][axis] : axis ? f.dx : f.dy);
+  const panel = (axis, name, color) => ({
+    ylabel: `${name} shift (px)`, xrange: xr, xlabel: axis === 0 ? "angle (°)" : "",  // y is the lower panel
+    series: [
+      { label: `measured ${name}`, x: angles, y: frames.map((f, i) => shiftOf(f, i, axis)), color, marked },
+      { label: "fitted runout", x: fitA, y: fit.map((v) => v[axis]), color: "#f5b942", kind: "line" },
+    ],
+    hlines: axis === 1 && r.centre_px !== null && r.centre_px !== undefined
+      ? [{ y: r.centre_px, color: "#3ecf8e", label: `rotation centre ${num(r.centre_px, 2)} px` }] : [],
+  });
+  const canvas = $("trace");
+  canvas.dataset.points = String(Plot.draw(canvas, [panel(1, "x", "#4fa3ff"), panel(0, "y", "#c58bff")]));
+  canvas.dataset.fitPoints = String(fit.length);
+  setText("trace-caption", frames.length ? `${frames.length} frames, ${marked.filter(Boolean).length} low quality (red ×)` : "");
+}
+
+function renderQuality() {
+  const frames = model.frames, seq = frames.map((f) => f.seq), marked = frames.map((f) => f.ok === false);
+  const canvas = $("quality");
+  canvas.dataset.points = String(Plot.draw(canvas, [
+    { ylabel: "peak FWHM (px)", series: [
+      { label: "FWHM y", x: seq, y: frames.map((f) => f.fwhm_y), color: "#c58bff", marked },
+      { label: "FWHM x", x: seq, y: frames.map((f) => f.fwhm_x), color: "#4fa3ff", marked }] },
+    { ylabel: "peak / sidelobe", xlabel: "frame", series: [
+      { label: "PSR", x: seq, y: frames.map((f) => f.psr), color: "#3ecf8e", marked }] },
+  ]));
+  const low = frames.filter((f) => f.ok === false).map((f) => f.seq);
+  setText("quality-caption", low.length ? `low quality: frames ${low.slice(-12).join(", ")}` : "");
+}
+
+function renderHealth() {
+  const h = model.health || {};
+  setText("health-re", h.re_state || "–");
+  setText("health-queue", h.queue_length === null || h.queue_length === undefined ? "–" : String(h.queue_length));
+  setText("health-received", String(h.frames_received ?? "–"));
+  setText("health-rejected", String(h.frames_rejected ?? "–"));
+  $("health-rejected").classList.toggle("low", (h.frames_rejected || 0) > 0);
+  setText("health-reasons", Object.entries(h.rejected_by_reason || {}).map(([k, v]) => `${k}: ${v}`).join(", "));
+  const stages = h.stages || {}, latest = h.latency_ms || {};
+  const names = Array.from(new Set([...Object.keys(stages), ...Object.keys(latest)]));
+  $("health-stages").tBodies[0].replaceChildren(...names.map((name) => {
+    const s = stages[name] || {}, tr = document.createElement("tr");
+    for (const [text, cls] of [[name, ""], [String(s.count ?? "–"), "num"],
+      [s.mean_latency_ms === undefined ? "–" : `${num(s.mean_latency_ms, 1)} ms`, "num"],
+      [latest[name] === undefined ? "–" : `${num(latest[name], 1)} ms`, "num"],
+      [String(s.queue_depth ?? "–"), "num"], [s.last_error || "", ""]]) {
+      const td = document.createElement("td"); td.textContent = text; td.className = cls; tr.append(td);
+    }
+    return tr;
+  }));
+  const errors = (h.last_errors || []).concat((h.monitor_errors || []).map((e) => `monitor: ${e}`));
+  $("health-errors").replaceChildren(...errors.slice().reverse().map((e) => {
+    const li = document.createElement("li"); li.textContent = e; return li;
+  }));
+}
+
+function renderMilling() {
+  const m = model.milling;
+  $("milling").hidden = !m;
+  if (!m) return;
+  const colors = ["#4fa3ff", "#f5b942", "#3ecf8e", "#c58bff", "#ff8a5d"];
+  const series = m.stages.map((s, i) => ({
+    label: s.stage, x: s.readings.map((r) => r[0]), y: s.readings.map((r) => r[1]), color: colors[i % colors.length],
+  }));
+  const hlines = m.stages.map((s, i) => ({ y: s.target_nm, color: colors[i % colors.length], label: `${s.stage} target` }));
+  Plot.draw($("milling-plot"), [{ ylabel: "thickness (nm)", xlabel: "elapsed (s)", series, hlines }]);
+  $("milling-table").tBodies[0].replaceChildren(...m.stages.map((s) => {
+    const last = s.readings.length ? s.readings[s.readings.length - 1][1] : null;
+    const tr = document.createElement("tr");
+    for (const text of [s.stage, `${num(s.target_nm, 0)} nm`, `${num(last, 0)} nm`,
+      s.current_A === null ? "–" : `${num(s.current_A * 1e9, 3)} nA`, String(s.readings.length)]) {
+      const td = document.createElement("td"); td.textContent = text; tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+function renderCorrelative() {
+  const c = model.correlative;
+  $("correlative").hidden = !c;
+  if (!c) return;
+  Plot.image($("correlative-fused"), c.fused);
+  setText("correlative-sigma-t", `${num(c.sigma_t_nm, 0)} nm`);
+  setText("correlative-sigma-x", `${num(c.sigma_x_nm, 0)} nm`);
+  setText("correlative-sigma-f", `${num(c.sigma_f_nm, 0)} nm`);
+  setText("correlative-sigma-a", `${num(c.sigma_a_nm, 0)} nm`);
+}
+
+function renderRunEnd() {
+  const run = model.run;
+  $("run-end").hidden = !(run && run.ended);
+  if (!run || !run.ended) return;
+  const unit = run.progress_unit || "frames";
+  setText("run-end-text", `${runState(model)[0]}; ${run.frames_received ?? 0} of ${run.frames_expected ?? "?"} ${unit} `
+    + `${unit === "frames" ? "received" : "done"}${run.complete ? " (complete)" : " (INCOMPLETE)"}`);
+  const pictures = (run.pictures || []).filter((p) => p.endsWith(".png"));
+  const others = (run.pictures || []).length - pictures.length;
+  const items = [run.file, ...pictures].filter(Boolean);
+  if (others > 0) items.push(`and ${others} more files beside them`);
+  $("run-end-files").replaceChildren(...items.map((path) => {
+    const li = document.createElement("li"); li.textContent = path; return li;
+  }));
+}
+
+function render() {
+  if (!model) return;
+  const channel = chosenChannel();
+  renderHeader();
+  renderProgress();
+  renderProjection(channel);
+  renderSlices(channel);
+  renderTrace();
+  renderQuality();
+  renderHealth();
+  renderMilling();
+  renderCorrelative();
+  renderRunEnd();
+  document.body.dataset.version = String(model.version);
+}
+
+$("channel").addEventListener("change", () => {
+  history.replaceState(null, "", `#channel=${encodeURIComponent($("channel").value)}`);
+  scheduleRender();
+});
+connect();

@@ -1,0 +1,395 @@
+"""The daemon's pipeline: frames and documents in; stored, aligned, reconstructed and published.
+
+```
+frames, documents ─▶ writer ─▶ ProcessingInbox ─▶ processing ─▶ finishing queue ─▶ finisher
+                     (store)     (bounded;          (preprocess,   (one run at a     (refine, volumes,
+                                  never blocks)      align, recon,  time)             pictures, exports,
+                                                     publish)                         run_end)
+```
+
+Three threads, none sharing a lock with the control plane (``status`` only copies counters):
+
+- **writer**: takes protocol messages (from the frame receiver's bounded queue) and the
+  RunEngine's documents (queued into the same queue, so a run's start document comes before
+  its first frame), creates each run's NXtomo file, stores every frame and hands it on. It
+  never waits for processing: it keeps the detector's pace.
+- **processing**: runs each method's processor on documents and frames in order. When it
+  falls behind, frames arrive without their pixels (re-read from the file) and previews are
+  made only for the newest frame of a backlog; no frame is skipped.
+- **finisher**: run-end work (refinement, volumes, pictures, exports), reported as it goes
+  ("finishing: refining Zn (tv) 10/30"), then the ``run_end`` summary. The next run is
+  stored and processed meanwhile.
+
+A stage that fails on a frame records the error (status and log) and the pipeline goes on;
+the raw frame is stored first, so a processing error never loses data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Processing
+from ..storage import NXtomoWriter, run_file
+from ..transport import End, Frame, Start
+from . import _messages as messages
+from ._inbox import ProcessingInbox
+from ._methods import method_of
+from ._processor import FrameContext
+from ._runs import RunContext
+
+log = logging.getLogger("livetomo.pipeline")
+
+STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
+END_GRACE_S = 30.0  # after the stop document, how long to wait for missing end messages
+FINISHING_PUBLISH_S = 0.25  # finishing progress goes out at most this often (and at every new step)
+
+
+@dataclass
+class StageStats:
+    count: int = 0
+    total_s: float = 0.0
+    errors: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict:
+        mean = self.total_s / self.count * 1e3 if self.count else 0.0
+        return {
+            "count": self.count,
+            "mean_latency_ms": mean,
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+
+class Pipeline:
+    """Bookkeeping and the writer, processing and finisher threads.
+
+    inbox : the frame receiver's queue; documents are added to it by ``on_document``.
+    publish : ``publish(topic, payload)`` sends a results message (thread-safe).
+    config : the daemon's effective configuration, written into every run file.
+    process_queue : frames that wait for processing with their pixels (``ProcessingInbox``).
+    """
+
+    def __init__(
+        self,
+        inbox: queue.Queue,
+        *,
+        storage_directory: str | Path,
+        processing: Processing,
+        publish: Callable[[str, dict], None],
+        config: dict | None = None,
+        process_queue: int = 64,
+        end_grace_s: float = END_GRACE_S,
+        on_run_end: Callable[[RunContext, dict], None] | None = None,
+    ):
+        self.inbox = inbox
+        self.directory = Path(storage_directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.processing = processing
+        self.publish = publish
+        self.config = config
+        self.end_grace_s = float(end_grace_s)
+        self.on_run_end = on_run_end
+        self.work = ProcessingInbox(process_queue)
+        self.finishing: queue.Queue = queue.Queue()
+        self.stats = {name: StageStats() for name in STAGES}
+        self.last_errors: deque[str] = deque(maxlen=20)
+        self.runs: dict[str, RunContext] = {}  # runs not yet finished (writer's view)
+        self.current: RunContext | None = None  # the newest run
+        self._active: dict[str, RunContext] = {}  # every run not yet ended, in start order
+        self.finished_runs: deque[dict] = deque(maxlen=50)
+        self.previews_skipped = 0
+        self._stats_lock = threading.Lock()  # counters only: held for microseconds
+        self._closing = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._write_loop, name="livetomo-writer", daemon=True),
+            threading.Thread(target=self._process_loop, name="livetomo-processing", daemon=True),
+            threading.Thread(target=self._finish_loop, name="livetomo-finisher", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Store and process what is queued, finish open runs (flush, close files), stop the threads."""
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.1))
+
+    # -- documents ------------------------------------------------------------------------
+    def on_document(self, name: str, doc: dict) -> None:
+        """RunEngine callback: queue the document behind the frames already received."""
+        if name in ("start", "descriptor", "event", "stop"):
+            self.inbox.put(("document", name, doc))
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                item = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                self._check_overdue()
+                if self._closing.is_set():
+                    break
+                continue
+            try:
+                self._store(item)
+            except Exception as exc:  # the thread must survive anything one message does
+                self._error("store", f"{type(exc).__name__}: {exc}")
+                log.exception("writer error")
+        for run in list(self.runs.values()):  # shutting down: finish what is open
+            self._run_stored(run, reason=run.end_reason or "daemon shut down")
+
+    def _store(self, item) -> None:
+        if isinstance(item, tuple):
+            _, name, doc = item
+            getattr(self, f"_doc_{name}")(doc)
+            return
+        run = self.runs.get(item.run)
+        if run is None or run.forwarded_end:
+            why = "unknown run" if run is None else "run already finished"
+            self._error("store", f"{item.kind} of {item.stream!r} for {why} {item.run}")
+            return
+        with self._stage("store"):
+            run.writer.write_message(item)
+        if isinstance(item, Start):
+            run.streams_open.add(item.stream)
+        elif isinstance(item, Frame):
+            run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
+            self.work.put("frame", run, item)
+        elif isinstance(item, End):
+            run.ends[item.stream] = item.count
+            if run.stop is not None and run.all_streams_ended:
+                self._run_stored(run)
+
+    def _doc_start(self, doc: dict) -> None:
+        method = method_of(doc)
+        writer = NXtomoWriter(
+            run_file(self.directory, doc["uid"]),
+            run_uid=doc["uid"],
+            primary_stream=method.primary_stream,
+            title=doc.get("plan_name"),
+            probe=method.probe,
+            attrs={"plan_name": doc.get("plan_name", ""), "livetomo_method": method.name},
+            config=self.config,
+        )
+        run = RunContext(doc["uid"], doc, method, writer, method.processor(doc, self.processing))
+        self.runs[run.uid] = run
+        self.current = run
+        with self._stats_lock:
+            self._active[run.uid] = run
+        self._publish(*run.start_message())
+
+    def _doc_descriptor(self, doc: dict) -> None:
+        run = self.runs.get(doc.get("run_start"))
+        if run is not None:
+            run.streams_expected |= {k for k, v in doc["data_keys"].items() if v.get("external") == "STREAM:"}
+            self.work.put("descriptor", run, doc)
+
+    def _doc_event(self, doc: dict) -> None:
+        run = self.current
+        if run is not None and not run.forwarded_end:
+            self.work.put("event", run, doc)
+
+    def _doc_stop(self, doc: dict) -> None:
+        run = self.runs.get(doc["run_start"])
+        if run is None:
+            return
+        run.stop = doc
+        run.stopped_at = time.monotonic()
+        if run.all_streams_ended:
+            self._run_stored(run)
+
+    def _check_overdue(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if run.stopped_at is not None and now - run.stopped_at > self.end_grace_s:
+                missing = sorted((run.streams_open | run.streams_expected) - set(run.ends))
+                self._run_stored(run, reason=f"no end message for {', '.join(missing)}")
+
+    def _run_stored(self, run: RunContext, reason: str | None = None) -> None:
+        """Everything of ``run`` is stored (or will never come): processing may finish it."""
+        if run.forwarded_end:
+            return
+        run.forwarded_end, run.end_reason = True, reason
+        run.state = "processing"
+        run.writer.flush()
+        self.runs.pop(run.uid, None)
+        self.work.put("end", run)
+
+    # -- processing thread -----------------------------------------------------------------
+    def _process_loop(self) -> None:
+        while True:
+            item = self.work.get(timeout=0.2)
+            if item is None:
+                if (
+                    self._closing.is_set()
+                    and not any(t.is_alive() for t in self._threads[:1])
+                    and not len(self.work)
+                ):
+                    self.finishing.put(None)
+                    return
+                continue
+            kind, run, payload = item
+            try:
+                self._process(kind, run, payload)
+            except Exception as exc:
+                self._error("processing", f"{kind}: {type(exc).__name__}: {exc}")
+                log.exception("processing %s of run %s", kind, run.uid)
+
+    def _process(self, kind: str, run: RunContext, payload) -> None:
+        processor = run.processor
+        if kind == "descriptor":
+            processor.descriptor(run, payload)
+        elif kind == "event":
+            for message in processor.event(run, payload):
+                self._publish(*message)
+        elif kind == "frame":
+            self._frame(run, payload)
+        elif kind == "end":
+            run.state = "finishing"
+            self.finishing.put(run)
+
+    def _frame(self, run: RunContext, frame: Frame) -> None:
+        if frame.data is None:  # deferred while processing was behind: the file has it
+            with self._stage("store"):
+                frame = dataclasses.replace(frame, data=run.writer.read_frame(frame.stream, frame.seq))
+        previews = self.work.frames_waiting(run) == 0
+        if not previews:
+            with self._stats_lock:
+                self.previews_skipped += 1
+        ctx = FrameContext(stage=lambda name: self._stage(name, ctx.latency), previews=previews)
+        results = run.processor.frame(run, frame, ctx)
+        with self._stage("publish", ctx.latency):
+            for topic, payload in results:
+                self._publish(topic, payload)
+
+    # -- finisher thread --------------------------------------------------------------------
+    def _finish_loop(self) -> None:
+        while True:
+            run = self.finishing.get()
+            if run is None:
+                return
+            try:
+                self._finish(run)
+            except Exception as exc:
+                self._error("finish", f"{type(exc).__name__}: {exc}")
+                log.exception("finishing run %s", run.uid)
+
+    def _finish(self, run: RunContext) -> None:
+        last = {"t": 0.0, "text": None}
+
+        def report(text: str, step: int, total: int) -> None:
+            run.finishing = {"text": text, "step": int(step), "total": int(total)}
+            now = time.monotonic()
+            if text != last["text"] or now - last["t"] >= FINISHING_PUBLISH_S:
+                last.update(t=now, text=text)
+                self._publish(*messages.finishing(run.uid, **run.finishing))
+
+        error, pictures, exports, end_messages = run.end_reason, [], [], []
+        with self._stage("finish"):
+            try:
+                result = run.processor.finish(run, self.directory, report)
+                pictures, end_messages = result.pictures, result.messages
+            except Exception as exc:
+                error = f"finishing failed: {type(exc).__name__}: {exc}"
+                self._error("finish", error)
+                log.exception("finishing run %s", run.uid)
+            finally:
+                run.writer.close()
+            try:
+                exports = run.processor.export(run, self.directory, report)
+            except Exception as exc:
+                self._error("finish", f"export failed: {type(exc).__name__}: {exc}")
+                log.exception("exporting run %s", run.uid)
+        for message in end_messages:
+            self._publish(*message)
+        run.state = "ended"
+        with self._stats_lock:
+            self._active.pop(run.uid, None)
+        done, planned = run.processor.progress()
+        topic, summary = messages.run_end(
+            run.uid,
+            exit_status=(run.stop or {}).get("exit_status", "unknown"),
+            frames_received=done,  # units of progress: frames, or stages for milling
+            frames_expected=planned,
+            complete=error is None and run.processor.complete(run),
+            file=str(run.writer.path),
+            pictures=pictures,
+            exports=exports,
+            error=error,
+            plan_name=run.start.get("plan_name"),
+            method=run.method.name,
+            reason=(run.stop or {}).get("reason") or None,
+            progress_unit=run.method.unit,
+            frames_stored=sum(run.stored.values()),
+        )
+        self._publish(topic, summary)
+        self.finished_runs.append(summary)
+        if self.on_run_end is not None:
+            self.on_run_end(run, summary)
+
+    # -- shared ----------------------------------------------------------------------------
+    def _publish(self, topic: str, payload: dict) -> None:
+        try:
+            self.publish(topic, payload)
+        except Exception as exc:  # a results problem must never stop the pipeline
+            self._error("publish", f"{topic}: {type(exc).__name__}: {exc}")
+
+    @contextmanager
+    def _stage(self, name: str, latency: dict | None = None):
+        t0 = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self._error(name, f"{type(exc).__name__}: {exc}")
+            log.warning("stage %s failed: %s", name, exc, exc_info=True)
+        finally:
+            dt = time.perf_counter() - t0
+            with self._stats_lock:
+                stats = self.stats[name]
+                stats.count += 1
+                stats.total_s += dt
+            if latency is not None:
+                latency[name] = latency.get(name, 0.0) + dt * 1e3
+
+    def _error(self, stage: str, text: str) -> None:
+        message = f"{time.strftime('%H:%M:%S')} {stage}: {text}"
+        with self._stats_lock:
+            self.last_errors.append(message)
+            if stage in self.stats:
+                self.stats[stage].errors += 1
+                self.stats[stage].last_error = text
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Counters and the runs in flight; never waits for the pipeline's threads."""
+        with self._stats_lock:
+            stages = {name: s.as_dict() for name, s in self.stats.items()}
+            errors = list(self.last_errors)
+            skipped = self.previews_skipped
+            active = list(self._active.values())
+        shown = [r for r in active if r.state == "acquiring"][-1:] or active[-1:]  # the run to show
+        return {
+            "stages": stages,
+            "pipeline_queue_depth": self.inbox.qsize(),
+            "processing_queue_depth": len(self.work),
+            "finishing_queue_depth": self.finishing.qsize(),
+            "frames_deferred": self.work.deferred,
+            "previews_skipped": skipped,
+            "last_errors": errors,
+            "run": shown[0].status() if shown else None,
+            "runs_finishing": [r.status() for r in active if r.state in ("processing", "finishing")],
+            "finished_runs": list(self.finished_runs)[-5:],
+        }

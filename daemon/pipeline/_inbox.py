@@ -1,0 +1,64 @@
+"""``ProcessingInbox``: the hand-off from the writer to processing, which never blocks the writer.
+
+Up to ``maxsize`` frames wait with their pixels. Beyond that a frame waits without them
+(``deferred``) and processing reads it back from the run file, where the writer has just
+stored it: the writer keeps the detector's pace, memory stays bounded, and processing sees
+every frame, late. Documents and run-end markers are small and always queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter, deque
+
+from ..transport import Frame
+
+
+class ProcessingInbox:
+    def __init__(self, maxsize: int = 64):
+        if maxsize < 1:
+            raise ValueError(f"maxsize = {maxsize}; at least one frame must fit")
+        self.maxsize = int(maxsize)
+        self._items: deque = deque()
+        self._with_pixels = 0
+        self._frames: Counter[int] = Counter()  # id(run) -> frames queued
+        self._cond = threading.Condition()
+        self.deferred = 0  # frames that travelled without their pixels
+
+    def put(self, kind: str, run, payload=None) -> None:
+        """Queue ``(kind, run, payload)``; never blocks (a frame beyond the bound loses its pixels here)."""
+        with self._cond:
+            if isinstance(payload, Frame):
+                self._frames[id(run)] += 1
+                if self._with_pixels >= self.maxsize:
+                    payload = dataclasses.replace(payload, data=None)
+                    self.deferred += 1
+                else:
+                    self._with_pixels += 1
+            self._items.append((kind, run, payload))
+            self._cond.notify()
+
+    def get(self, timeout: float):
+        """The next item, or None after ``timeout`` seconds."""
+        with self._cond:
+            if not self._items and not self._cond.wait_for(lambda: self._items, timeout):
+                return None
+            item = self._items.popleft()
+            if isinstance(item[2], Frame):
+                key = id(item[1])
+                self._frames[key] -= 1
+                if not self._frames[key]:
+                    del self._frames[key]
+                if item[2].data is not None:
+                    self._with_pixels -= 1
+            return item
+
+    def frames_waiting(self, run) -> int:
+        """Frames of ``run`` queued behind the one being processed (previews wait for the last)."""
+        with self._cond:
+            return self._frames[id(run)]
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)

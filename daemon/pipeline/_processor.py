@@ -1,0 +1,254 @@
+"""The ``Processor`` protocol (what the pipeline asks of each method) and what processors share.
+
+The processing thread calls ``descriptor``, ``event`` and ``frame`` in document and frame
+order; ``frame`` returns results messages to publish and runs its stages inside
+``ctx.stage(name)``, which times them and records a failure without stopping the run.
+``progress`` is read from other threads and must return plain numbers. At run end the
+finishing thread calls ``finish`` (write processed data into the still-open run file, make
+pictures) and, once the file is closed, ``export``; both report each step through
+``report(text, step, total)`` so the page can show "finishing: refining Zn, 3/8".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ...processing.recon import IncrementalReconstructor
+from ..config import Processing
+from ..monitoring import RunArrays, write_run_pictures
+from . import _messages as messages
+
+Report = Callable[[str, int, int], None]
+REFINE_BLOCK = 5  # iterations between progress reports of a run-end refinement
+
+
+@dataclass
+class FrameContext:
+    """What ``Processor.frame`` gets besides the frame.
+
+    stage : ``with ctx.stage("align"):`` times the block into the pipeline's stage statistics
+        and the frame's ``latency``; an exception inside is recorded, not raised.
+    previews : whether to make preview images for this frame (False when processing is behind:
+        previews are coalesced, the frame's shift and reconstruction are not).
+    """
+
+    stage: Callable[[str], AbstractContextManager]
+    previews: bool = True
+    latency: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunEnd:
+    """What ``finish`` produced: pictures written and messages to publish."""
+
+    pictures: list[Path] = field(default_factory=list)
+    messages: list[tuple[str, dict]] = field(default_factory=list)
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """What the pipeline needs from a method's processor (one instance per run)."""
+
+    channels: tuple[str, ...]
+
+    def descriptor(self, run, doc: dict) -> None: ...
+
+    def event(self, run, doc: dict) -> list[tuple[str, dict]]: ...
+
+    def frame(self, run, frame, ctx: FrameContext) -> list[tuple[str, dict]]: ...
+
+    def progress(self) -> tuple[int, int | None]: ...
+
+    def complete(self, run) -> bool: ...
+
+    def finish(self, run, directory: Path, report: Report) -> RunEnd: ...
+
+    def export(self, run, directory: Path, report: Report) -> list[Path]: ...
+
+
+class BaseProcessor:
+    """Defaults for every method (store only) and the helpers the processing methods share.
+
+    Progress counts the frames of the primary stream (the method's, or the first stream that
+    arrives) against the start document's ``num_points``.
+    """
+
+    channels: tuple[str, ...] = ()
+    primary_stream: str | None = None
+
+    def __init__(self, start: dict, processing: Processing):
+        self.start = start
+        self.processing = processing
+        self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
+        self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
+        self.n_columns: int | None = None
+        self.done = 0
+        self._first_stream: str | None = None
+
+    # -- the protocol's defaults
+    def descriptor(self, run, doc: dict) -> None:
+        pass
+
+    def event(self, run, doc: dict) -> list:
+        return []
+
+    def frame(self, run, frame, ctx: FrameContext) -> list:
+        self.count(frame)
+        return []
+
+    def progress(self) -> tuple[int, int | None]:
+        return self.done, self.start.get("num_points")
+
+    def complete(self, run) -> bool:
+        done, planned = self.progress()
+        return run.streams_complete and planned is not None and done >= planned
+
+    def finish(self, run, directory: Path, report: Report) -> RunEnd:
+        return RunEnd()
+
+    def export(self, run, directory: Path, report: Report) -> list[Path]:
+        return []
+
+    # -- shared helpers
+    def count(self, frame) -> bool:
+        """Count ``frame`` if it belongs to the primary stream; True if it does."""
+        primary = self.primary_stream or self._first_stream or frame.stream
+        self._first_stream = primary
+        if frame.stream == primary:
+            self.done += 1
+            return True
+        return False
+
+    def run_arrays(self, aligner=None, slices: dict | None = None) -> RunArrays:
+        """Angles, shifts and quality of every frame so far (and the runout fit), for pictures."""
+        seqs = sorted(self.records)
+        recs = [self.records[s] for s in seqs]
+        quality = [r.get("quality") for r in recs]
+        data = {
+            "seq": np.asarray(seqs, float),
+            "angle": np.asarray([r["angle"] for r in recs], float),
+            "shift": np.asarray([r["shift"] for r in recs], float).reshape(-1, 2),
+            "fwhm": np.asarray([q.fwhm_px if q is not None else (np.nan, np.nan) for q in quality], float),
+            "psr": np.asarray([q.psr if q is not None else np.nan for q in quality], float),
+            "ok": np.asarray([q.ok if q is not None else True for q in quality], bool),
+            "slices": slices or {},
+        }
+        runout = getattr(aligner, "runout", None)
+        if runout is not None and len(data["angle"]):
+            fit_angles = np.linspace(np.min(data["angle"]), np.max(data["angle"]), 181)
+            data["fit_angles"] = fit_angles
+            data["fit"] = np.asarray(runout.evaluate(fit_angles)).reshape(-1, 2)
+        if aligner is not None and getattr(aligner, "centre_px", None) is not None:
+            columns = self.n_columns or 1
+            data["centre_px"] = aligner.centre_px - (columns - 1) / 2.0  # offset from the centre column
+        return RunArrays.from_mapping(data)
+
+    def take_shifts(self, shifts, reconstructions) -> None:
+        """Refined shifts (one per frame the aligner holds) into the records and the volumes."""
+        for seq, shift in zip(self.aligned_seqs, shifts, strict=True):
+            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+        for recon in reconstructions:
+            if recon is not None:
+                keys = set(recon.keys)
+                recon.update_shifts({s: self.records[s]["shift"] for s in self.aligned_seqs if s in keys})
+
+    def refined(
+        self, recon: IncrementalReconstructor, *, nonnegative: bool, report: Report, what: str
+    ) -> np.ndarray | None:
+        """The configured iterative refinement of ``recon`` (warm-started), bounded in time.
+
+        Runs in blocks of iterations, reporting "refining <what> (tv)" with the iterations done,
+        until ``refine_iterations`` or ``refine_seconds`` (for the whole volume, every channel of
+        it together) is reached. ``nonnegative`` only for quantities that cannot be negative
+        (element concentrations); phase and K3 contrast are signed.
+        """
+        if self.processing.refine is None or recon.n_projections < 3:
+            return None
+        total, budget = self.processing.refine_iterations, self.processing.refine_seconds
+        refiner = recon.refiner(self.processing.refine, nonnegative=nonnegative)
+        text = f"refining {what} ({self.processing.refine})"
+        t0 = time.perf_counter()
+        report(text, 0, total)
+        while refiner.iterations < total:
+            left = budget - (time.perf_counter() - t0)
+            refiner.run(min(REFINE_BLOCK, total - refiner.iterations), max_seconds=max(left, 0.0))
+            report(text, refiner.iterations, total)
+            if time.perf_counter() - t0 >= budget:
+                break
+        return np.asarray(refiner.volume)
+
+    def write_volume(self, run, name: str, volume, refined, slices: dict) -> None:
+        """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
+        run.writer.write_processed(
+            f"reconstruction/{name}", volume, attrs={"method": "filtered back-projection"}
+        )
+        slices[name] = central_slices(volume)
+        if refined is not None:
+            method = self.processing.refine
+            run.writer.write_processed(
+                f"reconstruction/{name}_{method}",
+                refined,
+                attrs={"method": method, "iterations": self.processing.refine_iterations},
+            )
+            if name in ("phase", "Zn", "k3", "image"):  # the pictures show the main channels refined
+                slices[f"{name} ({method})"] = central_slices(refined)
+
+    def write_alignment(self, run) -> None:
+        if not self.records:
+            return
+        arrays = self.run_arrays()
+        writer = run.writer
+        writer.write_processed("alignment/seq", arrays.seq.astype(np.int64))
+        writer.write_processed("alignment/rotation_angle", arrays.angle, attrs={"units": "degree"})
+        writer.write_processed("alignment/shift", arrays.shift, attrs={"units": "pixel", "columns": "dy, dx"})
+        writer.write_processed("alignment/fwhm", arrays.fwhm, attrs={"units": "pixel"})
+        writer.write_processed("alignment/psr", arrays.psr)
+        writer.write_processed("alignment/ok", arrays.ok.astype(np.uint8))
+
+    def pictures(self, run, directory: Path, aligner, slices: dict) -> list[Path]:
+        return write_run_pictures(self.run_arrays(aligner, slices), directory, run.uid)
+
+    def frame_message(self, run, frame, record: dict, ctx: FrameContext):
+        p = run.progress()
+        return messages.frame(
+            run.uid,
+            stream=frame.stream,
+            seq=frame.seq,
+            angle=frame.angle_deg,
+            time=frame.timestamp,
+            done=p["done"],
+            planned=p["planned"],
+            dose_so_far=p["dose_so_far"],
+            shift=record.get("shift"),
+            quality=record.get("quality"),
+            latency_ms=ctx.latency,
+        )
+
+    def runout_message(self, run, aligner):
+        arrays = self.run_arrays(aligner)
+        return messages.runout(
+            run.uid,
+            angles=arrays.angle,
+            shifts=arrays.shift,
+            fit_angles=arrays.fit_angles,
+            fit=arrays.fit,
+            centre_px=arrays.centre_px,
+        )
+
+
+class StoreOnly(BaseProcessor):
+    """Runs of plans livetomo does not know: frames are stored and counted, nothing else."""
+
+
+def central_slices(volume) -> dict[str, np.ndarray]:
+    """The XY, XZ and YZ planes through the centre of a (z, y, x) volume (or (c, z, y, x) stack)."""
+    volume = np.asarray(volume)
+    z, y, x = (n // 2 for n in volume.shape[-3:])
+    return {"xy": volume[..., z, :, :], "xz": volume[..., :, y, :], "yz": volume[..., :, :, x]}

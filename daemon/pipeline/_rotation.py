@@ -1,0 +1,199 @@
+"""Rotation tomography: ``tomo_scan`` of any image detector, and XRF-DPC nanotomography.
+
+Each projection is aligned as it arrives (``StreamingProjectionAligner``) and added to an
+incremental reconstruction; every ``REFINE_EVERY`` frames and at the end the alignment is
+refined and the reconstruction follows the new shifts.
+
+- A segmented DPC detector's frames (``*_segments``, (4, rows, cols)) give DPC (difference
+  over sum) and the Fourier-integrated phase: DPC is aligned, phase reconstructed.
+- A camera's frames ((rows, cols) transmitted intensity) give the projected attenuation
+  ``-ln(I / I0)`` (``I0`` from the frame's brightest percentile): aligned and reconstructed.
+- XRF-DPC adds the element maps (``xrf_roi`` frames, (elements, rows, cols)): each takes the
+  shift of the DPC frame of the same event, and every element is reconstructed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ...processing.dpc import dpc_from_segments
+from ...processing.recon import IncrementalReconstructor, phase_from_dpc
+from ...processing.streaming_align import StreamingProjectionAligner
+from ..storage import export_pyxrf_maps
+from . import _messages as messages
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd
+
+REFINE_EVERY = 20  # frames between global alignment refinements (moment consistency; ~10 ms at 48 px)
+I0_PERCENTILE = 99.5  # the flat-field level of a camera frame: its brightest pixels see no specimen
+
+
+class RotationProcessor(BaseProcessor):
+    """Any rotation scan: align each projection as it arrives, reconstruct it incrementally."""
+
+    def __init__(self, start: dict, processing):
+        super().__init__(start, processing)
+        self.angles_planned = start.get("rotation_angles")
+        self.aligner: StreamingProjectionAligner | None = None
+        self.recon: IncrementalReconstructor | None = None
+        self.recon_channel: str | None = None  # "phase" (DPC) or "image"
+        detectors = start.get("detectors") or []
+        self.channels = ("dpc", "phase") if "dpc" in detectors else ("image",)
+
+    # -- what a frame gives
+    def _views(self, frame, ctx: FrameContext):
+        """(channels to align on, image to reconstruct, images to preview) of one frame, or None."""
+        data = frame.data
+        if frame.stream.endswith("_segments") and data.ndim == 3 and data.shape[0] == 4:
+            h = v = phase = None
+            with ctx.stage("preprocess"):
+                h, v, _ = dpc_from_segments(data)
+                # phase in units of the DPC sensitivity (unknown to the daemon: it only scales the volume);
+                # the field edges set one baseline for every angle so iterative methods see consistent data
+                phase = phase_from_dpc(h, v, sensitivity=1.0, background="edge")
+            if phase is None:
+                return None
+            return "dpc", {"dpc_h": h, "dpc_v": v}, ("phase", phase), {"dpc": h, "phase": phase}
+        if data.ndim == 2:
+            attenuation = None
+            with ctx.stage("preprocess"):
+                image = np.asarray(data, dtype=np.float32)
+                i0 = max(float(np.percentile(image, I0_PERCENTILE)), 1e-6)
+                attenuation = -np.log(np.clip(image / i0, 1e-6, None))
+            if attenuation is None:
+                return None
+            return "map", {"image": attenuation}, ("image", attenuation), {"image": attenuation}
+        return None
+
+    def _aligner(self, kind: str) -> StreamingProjectionAligner | None:
+        if self.aligner is None and self.processing.align:
+            self.aligner = StreamingProjectionAligner(kind=kind, key=None if kind == "dpc" else "image")
+        return self.aligner
+
+    def frame(self, run, frame, ctx: FrameContext) -> list:
+        if not self.count(frame):
+            return []
+        views = self._views(frame, ctx)
+        if views is None:
+            return []
+        kind, align_on, (channel, recon_image), previews = views
+        self.channels = tuple(previews)
+        out = []
+        record = {"angle": frame.angle_deg, "shift": (0.0, 0.0), "quality": None}
+        self.records[frame.seq] = record
+        self.n_columns = frame.data.shape[-1]
+        with ctx.stage("align"):
+            aligner = self._aligner(kind)
+            if aligner is not None:
+                result = aligner.add(align_on, frame.angle_deg)
+                self.aligned_seqs.append(frame.seq)
+                record["shift"], record["quality"] = result.shift_px, result.quality
+                if aligner.n_frames % REFINE_EVERY == 0:
+                    self._apply_refinement()
+                if aligner.runout is not None or aligner.centre_px is not None:
+                    out.append(self.runout_message(run, aligner))
+        with ctx.stage("reconstruct"):
+            if self.processing.reconstruct:
+                self.recon_channel = channel
+                self.recon = self.recon or self._recon(recon_image.shape)
+                self.recon.add(recon_image, frame.angle_deg, shift=record["shift"], key=frame.seq)
+        out.append(self.frame_message(run, frame, record, ctx))
+        if self._preview(frame, ctx):
+            for name, image in previews.items():
+                out.append(messages.aligned_projection(run.uid, name, frame, image, record["shift"]))
+            if self.recon is not None:
+                out.append(messages.reconstruction_slices(run.uid, channel, self.recon))
+        return out
+
+    def _preview(self, frame, ctx: FrameContext) -> bool:
+        return ctx.previews and frame.seq % self.processing.preview_every == 0
+
+    def _recon(self, shape) -> IncrementalReconstructor:
+        return IncrementalReconstructor(shape, angles_deg=self.angles_planned, filter_name="hann")
+
+    def _reconstructions(self) -> tuple:
+        return (self.recon,)
+
+    def _apply_refinement(self) -> None:
+        self.take_shifts(self.aligner.refine(), self._reconstructions())
+
+    def finish(self, run, directory: Path, report: Report) -> RunEnd:
+        slices: dict = {}
+        self._finish_volumes(run, report, slices)
+        report("pictures", 1, 1)
+        run.writer.flush()
+        return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices))
+
+    def _finish_volumes(self, run, report: Report, slices: dict) -> None:
+        if self.aligner is not None and self.aligner.n_frames >= 3:
+            report("refining the alignment", 1, 1)
+            self._apply_refinement()
+        self.write_alignment(run)
+        if self.recon is None:
+            return
+        report(f"writing the {self.recon_channel} volume", 1, 1)
+        volume = np.asarray(self.recon.volume())
+        # phase stays FBP: from DPC its projections are not consistent enough for least squares
+        # (demo scan, correlation with the true δ: FBP 0.82, SIRT 0.77, TV 0.65, even at μ = 0)
+        refined = None
+        if self.recon_channel != "phase":
+            refined = self.refined(self.recon, nonnegative=True, report=report, what=self.recon_channel)
+        self.write_volume(run, self.recon_channel, volume, refined, slices)
+
+
+class XRFDPCProcessor(RotationProcessor):
+    """XRF nanotomography with DPC: align on DPC, apply the shifts to every element, reconstruct."""
+
+    primary_stream = "dpc_segments"
+
+    def __init__(self, start: dict, processing):
+        super().__init__(start, processing)
+        self.elements = list(start.get("xrf_elements", []))
+        self.channels = ("dpc", "phase", *self.elements)
+        self.maps: IncrementalReconstructor | None = None
+        self.pending_roi: dict[int, object] = {}
+
+    def frame(self, run, frame, ctx: FrameContext) -> list:
+        if frame.stream.endswith("_roi"):
+            self.pending_roi[frame.seq] = frame
+            return self._maps_ready(run, ctx)
+        out = super().frame(run, frame, ctx)
+        self.channels = ("dpc", "phase", *self.elements)
+        return out + self._maps_ready(run, ctx)
+
+    def _maps_ready(self, run, ctx: FrameContext) -> list:
+        """Element maps whose DPC frame (hence shift) is known: reconstruct and preview them."""
+        out = []
+        for seq in sorted(s for s in self.pending_roi if s in self.records):
+            frame = self.pending_roi.pop(seq)
+            shift = self.records[seq]["shift"]
+            with ctx.stage("reconstruct"):
+                if self.processing.reconstruct:
+                    self.maps = self.maps or self._recon(frame.data.shape)
+                    self.maps.add(frame.data, frame.angle_deg, shift=shift, key=seq)
+            if self._preview(frame, ctx) and self.elements:
+                element = "Zn" if "Zn" in self.elements else self.elements[-1]
+                index = self.elements.index(element)
+                out.append(messages.aligned_projection(run.uid, element, frame, frame.data[index], shift))
+                if self.maps is not None:
+                    out.append(messages.reconstruction_slices(run.uid, element, self.maps, index))
+        return out
+
+    def _reconstructions(self) -> tuple:
+        return (self.recon, self.maps)
+
+    def _finish_volumes(self, run, report: Report, slices: dict) -> None:
+        super()._finish_volumes(run, report, slices)
+        if self.maps is None:
+            return
+        report("element volumes (FBP)", 1, 1)
+        volumes = np.asarray(self.maps.volume())
+        what = ", ".join(self.elements)
+        refined = self.refined(self.maps, nonnegative=True, report=report, what=what)
+        for i, element in enumerate(self.elements):
+            self.write_volume(run, element, volumes[i], None if refined is None else refined[i], slices)
+
+    def export(self, run, directory: Path, report: Report) -> list[Path]:
+        report("PyXRF maps", 1, 1)
+        return export_pyxrf_maps(run.writer.path, directory / f"pyxrf-{run.uid}")

@@ -1,0 +1,546 @@
+"""The daemon's live NXtomo run file: one HDF5 file per run, appended frame by frame, readable
+while it is written (SWMR), processed results beside the raw data. docs/storage.md describes
+the layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..transport import End, Frame, Message, Start
+from ._names import check_name, now_iso
+
+logger = logging.getLogger(__name__)
+
+PER_FRAME = {
+    "image_key": (np.int32, 3, None),
+    "rotation_angle": (np.float64, np.nan, "degree"),
+    "exposure": (np.float64, np.nan, None),
+    "timestamp": (np.float64, np.nan, "s"),
+}
+
+
+class _PerFrame:
+    """One stream's per-frame metadata, kept in memory and written in slices at each flush.
+
+    Writing four tiny values per frame into four SWMR datasets costs more than the 8 MiB
+    frame itself (measured here, 8 MiB float32 frames: 970 MiB/s with them, 1874 without);
+    readers only see new metadata at a flush anyway, so the values wait here until then.
+    """
+
+    def __init__(self):
+        self.values = {k: np.full(64, fill, dt) for k, (dt, fill, _) in PER_FRAME.items()}
+        self.n = 0  # frames in the file's data dataset (max index + 1)
+        self.dirty_from = 0
+
+    def set(self, index: int, **values) -> None:
+        size = len(self.values["image_key"])
+        if index >= size:
+            grow = max(2 * size, index + 1)
+            for k, (dt, fill, _) in PER_FRAME.items():
+                self.values[k] = np.concatenate([self.values[k], np.full(grow - size, fill, dt)])
+        for k, v in values.items():
+            if v is not None:
+                self.values[k][index] = v
+        self.dirty_from = min(self.dirty_from, index)
+
+    def write(self, group: h5py.Group) -> None:
+        if self.dirty_from >= self.n:
+            return
+        for k in PER_FRAME:
+            ds = group[k]
+            if ds.shape[0] != self.n:
+                ds.resize(self.n, axis=0)
+            ds[self.dirty_from : self.n] = self.values[k][self.dirty_from : self.n]
+        self.dirty_from = self.n
+
+
+def _locked(method):
+    """Run ``method`` under the writer's lock: the writer thread appends while another thread
+    may read a frame back or, at run end, write processed results."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def run_file(directory: str | Path, uid: str) -> Path:
+    """The daemon's HDF5 file for run ``uid`` under ``directory`` (what ZMQFrameSink points at)."""
+    return Path(directory) / f"run-{uid}.h5"
+
+
+def stream_location(directory: str | Path):
+    """``locate(run_uid, data_key) -> (file, dataset)`` for the daemon's run files under ``directory``.
+
+    What a detector's ``ZMQFrameSink`` puts into its stream_resource documents.
+    """
+    return lambda uid, data_key: (run_file(directory, uid), stream_dataset(data_key))
+
+
+def stream_group(stream: str) -> str:
+    """HDF5 group of a frame stream in the run file: an NXdetector named after the stream."""
+    return f"/entry/instrument/{stream}"
+
+
+def stream_dataset(stream: str) -> str:
+    """HDF5 dataset holding a stream's frames, (n_frames, *frame_shape); index = sequence number."""
+    return f"{stream_group(stream)}/data"
+
+
+def _fill(dtype: np.dtype):
+    return np.nan if dtype.kind == "f" else 0
+
+
+class NXtomoWriter:
+    """One HDF5 file per run in NeXus NXtomo layout, appended frame by frame, readable live (SWMR).
+
+    Layout (docs/storage.md): each frame stream ``s`` is an NXdetector ``/entry/instrument/s``
+    with ``data`` (n_frames, *frame_shape), chunked one frame per chunk, and per-frame
+    ``image_key``, ``rotation_angle`` (degree), ``exposure`` and ``timestamp``. The primary
+    stream (``primary_stream``, else the first one added) is what NXtomo readers see:
+    ``/entry/instrument/detector`` and ``/entry/sample/rotation_angle`` are soft links to
+    it and ``/entry/data`` (NXdata) links its data, angles and keys. Processed results
+    live under ``/entry/processing`` (NXprocess), every dataset resizable.
+
+    A frame's index is its sequence number; slots of frames that never came keep the fill
+    value (NaN for floats, 0 for integers) and image_key 3 ("invalid").
+
+    SWMR: ``swmr="auto"`` (default) switches the file to SWMR mode at the first frame with
+    index >= 1, by when every stream a detector opens at its first trigger exists;
+    ``swmr=True`` switches at once, ``False`` never. HDF5 cannot create objects in SWMR mode,
+    so a stream or processed dataset that appears later makes the writer close the file
+    and reopen it to add it (a few ms, logged); live readers keep reading existing datasets
+    (call ``dataset.refresh()``) and must reopen the file to see the new ones. The file is
+    opened without HDF5 file locks so this works while readers are attached; there must be
+    only one writer per file. Readers open it with ``h5py.File(path, "r", swmr=True)``.
+
+    Metadata is flushed every ``flush_interval_s`` seconds (and at every stream end,
+    ``flush`` and ``close``), which is when SWMR readers see new frames. Its methods take
+    the writer's lock, so one thread may append while another reads a frame back
+    (``read_frame``) or writes processed results.
+
+    ``config`` (a JSON-able mapping, e.g. the daemon's effective configuration) is stored as
+    the NXnote ``/entry/processing/configuration``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        run_uid: str | None = None,
+        primary_stream: str | None = None,
+        sample_name: str = "unnamed sample",
+        title: str | None = None,
+        probe: str | None = None,
+        attrs: dict | None = None,
+        swmr: bool | str = "auto",
+        flush_interval_s: float = 1.0,
+        compression: str | None = None,
+        config: dict | None = None,
+    ):
+        if swmr not in (True, False, "auto"):
+            raise ValueError(f"swmr = {swmr!r}; allowed: True, False, 'auto'")
+        if probe not in (None, "x-ray", "electron", "neutron"):
+            raise ValueError(f"probe = {probe!r}; allowed: 'x-ray', 'electron', 'neutron' or None")
+        self.path = Path(path)
+        self.run_uid = run_uid
+        self.swmr = swmr
+        self.flush_interval_s = flush_interval_s
+        self.compression = compression
+        self.primary = check_name(primary_stream, "stream name") if primary_stream else None
+        self.streams: dict[str, dict] = {}
+        self.frames_written: dict[str, int] = {}
+        self.reopens = 0
+        self._meta: dict[str, _PerFrame] = {}
+        self._early_angles: dict[str, dict[int, float]] = {}  # angles of streams not started yet
+        self._cache: dict[str, h5py.Dataset] = {}
+        self._swmr_on = False
+        self._last_flush = time.monotonic()
+        self._lock = threading.RLock()
+        self._file = h5py.File(self.path, "w", libver="latest", locking=False)
+        self._skeleton(sample_name, title, probe, attrs or {})
+        if config is not None:
+            note = self._file["/entry/processing"].create_group("configuration")
+            note.attrs["NX_class"] = "NXnote"
+            note["type"] = "application/json"
+            note["description"] = "the effective configuration of the daemon that wrote this file"
+            note["data"] = json.dumps(config, default=str)
+        if self.primary:
+            self._link_primary(self.primary)
+        if swmr is True:
+            self.start_swmr()
+
+    # -- structure
+    def _skeleton(self, sample_name, title, probe, attrs) -> None:
+        f = self._file
+        f.attrs.update({"default": "entry", "creator": "livetomo", "HDF5_Version": h5py.version.hdf5_version})
+        entry = f.create_group("entry")
+        entry.attrs.update({"NX_class": "NXentry", "default": "data"})
+        entry["definition"] = "NXtomo"
+        entry["title"] = title or (f"livetomo run {self.run_uid}" if self.run_uid else "livetomo run")
+        entry["start_time"] = now_iso()
+        if self.run_uid:
+            entry.attrs["run_uid"] = self.run_uid
+        for key, value in attrs.items():
+            entry.attrs[key] = value
+        instrument = entry.create_group("instrument")
+        instrument.attrs["NX_class"] = "NXinstrument"
+        if probe:
+            source = instrument.create_group("source")
+            source.attrs["NX_class"] = "NXsource"
+            source["probe"] = probe
+        sample = entry.create_group("sample")
+        sample.attrs["NX_class"] = "NXsample"
+        sample["name"] = sample_name
+        entry.create_group("data").attrs["NX_class"] = "NXdata"
+        processing = entry.create_group("processing")
+        processing.attrs["NX_class"] = "NXprocess"
+        processing["program"] = "livetomo"
+
+    @contextmanager
+    def _structure(self) -> Iterator[h5py.File]:
+        """Allow creating objects: outside SWMR at once, in SWMR by closing and reopening the file."""
+        if not self._swmr_on:
+            yield self._file
+            return
+        t0 = time.perf_counter()
+        self._file.close()
+        self._cache.clear()
+        self._file = h5py.File(self.path, "r+", libver="latest", locking=False)
+        self.reopens += 1
+        try:
+            yield self._file
+        finally:
+            self._file.swmr_mode = True
+            logger.info(
+                "%s: reopened to add objects in SWMR mode (%.1f ms); live readers must reopen to see them",
+                self.path.name,
+                (time.perf_counter() - t0) * 1e3,
+            )
+
+    def _link_primary(self, stream: str) -> None:
+        group = stream_group(stream)
+        with self._structure() as f:
+            if stream != "detector":
+                f["/entry/instrument/detector"] = h5py.SoftLink(group)
+            f["/entry/sample/rotation_angle"] = h5py.SoftLink(f"{group}/rotation_angle")
+            nxdata = f["/entry/data"]
+            nxdata["data"] = h5py.SoftLink(f"{group}/data")
+            nxdata["rotation_angle"] = h5py.SoftLink(f"{group}/rotation_angle")
+            nxdata["image_key"] = h5py.SoftLink(f"{group}/image_key")
+            nxdata.attrs["signal"] = "data"
+
+    @_locked
+    def add_stream(
+        self,
+        stream: str,
+        dtype,
+        shape,
+        *,
+        device: str | None = None,
+        channels=None,
+        exposure_units: str | None = None,
+        pixel_size: float | None = None,
+        pixel_units: str = "nm",
+    ) -> str:
+        """Create the datasets of stream ``stream`` (frames of ``shape``, ``dtype``); return the data path.
+
+        ``channels`` name the entries of the first frame axis (e.g. XRF elements, DPC segments).
+        """
+        check_name(stream, "stream name")
+        if "/" in stream:
+            raise ValueError(f"stream name {stream!r} must not contain '/'")
+        if stream in self.streams:
+            raise ValueError(f"stream {stream!r} already exists in {self.path.name}")
+        if self._file.get(stream_group(stream), getlink=True) is not None:
+            raise ValueError(f"stream name {stream!r} is taken by the NXtomo layout; rename the stream")
+        dtype, shape = np.dtype(dtype).newbyteorder("<"), tuple(int(n) for n in shape)
+        with self._structure() as f:
+            g = f.create_group(stream_group(stream))
+            g.attrs["NX_class"] = "NXdetector"
+            if device:
+                g.attrs["device"] = device
+            g.create_dataset(
+                "data",
+                shape=(0, *shape),
+                maxshape=(None, *shape),
+                chunks=(1, *shape),
+                dtype=dtype,
+                fillvalue=_fill(dtype),
+                compression=self.compression,
+            )
+            for name, (dt, fill, units) in PER_FRAME.items():
+                d = g.create_dataset(
+                    name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt, fillvalue=fill
+                )
+                units = exposure_units if name == "exposure" else units
+                if units:
+                    d.attrs["units"] = units
+            if channels is not None:
+                g["channel_names"] = np.array([str(c).encode() for c in channels])
+            if pixel_size is not None:
+                for axis in ("x_pixel_size", "y_pixel_size"):
+                    g[axis] = float(pixel_size)
+                    g[axis].attrs["units"] = pixel_units
+            if self.primary is None:
+                self.primary = stream
+            if stream == self.primary:
+                f["/entry/data"].attrs["axes"] = ["rotation_angle"] + ["."] * len(shape)
+        if stream == self.primary and self._file["/entry/data"].get("data", getlink=True) is None:
+            self._link_primary(stream)
+        self.streams[stream] = {
+            "dtype": dtype,
+            "shape": shape,
+            "device": device,
+            "exposure_units": exposure_units,
+        }
+        self.frames_written[stream] = 0
+        meta = self._meta[stream] = _PerFrame()
+        for index, angle in self._early_angles.pop(stream, {}).items():
+            meta.set(index, rotation_angle=angle)
+        return stream_dataset(stream)
+
+    def _ds(self, path: str) -> h5py.Dataset:
+        ds = self._cache.get(path)
+        if ds is None:
+            ds = self._cache[path] = self._file[path]
+        return ds
+
+    # -- frames
+    @_locked
+    def append(
+        self,
+        stream: str,
+        frame: np.ndarray,
+        *,
+        index: int | None = None,
+        angle_deg: float | None = None,
+        image_key: int = 0,
+        exposure: float | None = None,
+        exposure_units: str | None = None,
+        timestamp: float | None = None,
+    ) -> int:
+        """Store one frame of ``stream`` at ``index`` (default: after the last); return the index.
+
+        ``angle_deg`` None keeps an angle given by ``set_angle`` (or NaN). ``exposure_units``
+        fills in the stream's units if ``add_stream`` did not give them (written at close:
+        HDF5 cannot add attributes in SWMR mode).
+        """
+        layout = self.streams.get(stream)
+        if layout is None:
+            raise KeyError(f"stream {stream!r} was not added; streams: {', '.join(self.streams) or 'none'}")
+        if np.shape(frame) != layout["shape"]:
+            raise ValueError(
+                f"frame of shape {np.shape(frame)} for stream {stream!r} of shape {layout['shape']}"
+            )
+        data = self._ds(stream_dataset(stream))
+        meta = self._meta[stream]
+        index = meta.n if index is None else int(index)
+        if index >= data.shape[0]:
+            data.resize(index + 1, axis=0)
+        if self.compression is None:
+            # One chunk is exactly one frame and the array's bytes are the file's bytes, so
+            # the chunk goes to the file as it is, skipping HDF5's selection and conversion:
+            # 3329 against 1964 MiB/s for data[index] = frame (8 MiB float32 frames, measured
+            # here on a quiet moment; `livetomo bench streaming` compares both).
+            chunk = np.ascontiguousarray(frame, dtype=layout["dtype"])
+            data.id.write_direct_chunk((index,) + (0,) * chunk.ndim, chunk)
+        else:
+            data[index] = frame
+        meta.set(
+            index,
+            image_key=image_key,
+            rotation_angle=angle_deg,
+            exposure=exposure,
+            timestamp=time.time() if timestamp is None else timestamp,
+        )
+        meta.n = max(meta.n, index + 1)
+        if exposure_units and not layout.get("exposure_units"):
+            layout["exposure_units"] = exposure_units
+            layout["units_pending"] = True
+        self.frames_written[stream] += 1
+        if self.swmr == "auto" and not self._swmr_on and index >= 1:
+            self.start_swmr()
+        self._maybe_flush()
+        return index
+
+    @_locked
+    def read_frame(self, stream: str, index: int) -> np.ndarray:
+        """Frame ``index`` of ``stream`` as stored (for a reader in another thread of this process)."""
+        return self._ds(stream_dataset(stream))[int(index)]
+
+    @_locked
+    def set_angle(self, stream: str, index: int, angle_deg: float) -> None:
+        """The rotation angle of frame ``index`` (e.g. from the event documents), before or after it."""
+        meta = self._meta.get(stream)
+        if meta is None:
+            self._early_angles.setdefault(stream, {})[int(index)] = float(angle_deg)
+        else:
+            meta.set(int(index), rotation_angle=float(angle_deg))
+
+    @_locked
+    def write_message(self, msg: Message) -> int | None:
+        """Store one accepted protocol message: start adds the stream, frame appends at its seq."""
+        if isinstance(msg, Start):
+            md = msg.md or {}
+            self.add_stream(
+                msg.stream,
+                msg.dtype,
+                msg.shape,
+                device=msg.device,
+                channels=msg.channels,
+                exposure_units=msg.exposure_units,
+                pixel_size=md.get("pixel_size_nm"),
+            )
+            return None
+        if isinstance(msg, Frame):
+            return self.append(
+                msg.stream,
+                msg.data,
+                index=msg.seq,
+                angle_deg=msg.angle_deg,
+                image_key=msg.image_key,
+                exposure=msg.exposure,
+                exposure_units=msg.exposure_units,
+                timestamp=msg.timestamp or None,
+            )
+        if isinstance(msg, End):
+            self.flush()
+            return None
+        raise TypeError(f"not a protocol message: {type(msg).__name__}")
+
+    # -- processed results
+    def _processed_path(self, name: str) -> str:
+        return f"/entry/processing/{check_name(name, 'processed dataset name')}"
+
+    @_locked
+    def declare_processed(
+        self, name: str, dtype=np.float64, item_shape=(), *, units: str | None = None
+    ) -> str:
+        """Create a per-frame result ``name`` ((n, *item_shape), resizable), e.g. shifts (n, 2).
+
+        Declare before frames flow so SWMR readers see it without reopening.
+        """
+        path = self._processed_path(name)
+        dtype, item_shape = np.dtype(dtype), tuple(int(n) for n in item_shape)
+        rows = max(1, (64 << 10) // max(1, dtype.itemsize * int(np.prod(item_shape, dtype=np.int64))))
+        with self._structure() as f:
+            d = f.create_dataset(
+                path,
+                shape=(0, *item_shape),
+                maxshape=(None, *item_shape),
+                chunks=(rows, *item_shape),
+                dtype=dtype,
+                fillvalue=_fill(dtype),
+            )
+            if units:
+                d.attrs["units"] = units
+        return path
+
+    @_locked
+    def append_processed(self, name: str, value, *, index: int | None = None) -> int:
+        """Store a per-frame result (e.g. the shift of frame ``index``); declares ``name`` if needed."""
+        value = np.asarray(value)
+        path = self._processed_path(name)
+        if path not in self._file:
+            self.declare_processed(
+                name, value.dtype if value.dtype.kind in "fiu" else np.float64, value.shape
+            )
+        ds = self._ds(path)
+        n = ds.shape[0]
+        index = n if index is None else int(index)
+        if index >= n:
+            ds.resize(index + 1, axis=0)
+        ds[index] = value
+        self._maybe_flush()
+        return index
+
+    @_locked
+    def write_processed(self, name: str, array, *, attrs: dict | None = None) -> str:
+        """Store a whole array (e.g. a reconstruction volume) at ``/entry/processing/name``, replacing it.
+
+        The dataset is resizable along every axis, so later versions of any size fit.
+        """
+        array = np.asarray(array)
+        path = self._processed_path(name)
+        existing = self._file.get(path)
+        if existing is None or existing.ndim != array.ndim or existing.dtype != array.dtype:
+            with self._structure() as f:
+                if path in f:
+                    del f[path]
+                d = f.create_dataset(
+                    path, shape=array.shape, maxshape=(None,) * array.ndim, chunks=True, dtype=array.dtype
+                )
+                for key, value in (attrs or {}).items():
+                    d.attrs[key] = value
+            self._cache.pop(path, None)
+        ds = self._ds(path)
+        if ds.shape != array.shape:
+            ds.resize(array.shape)
+        ds[...] = array
+        self._maybe_flush()
+        return path
+
+    # -- SWMR, flushing, closing
+    @_locked
+    def start_swmr(self) -> None:
+        """Switch to SWMR mode: from now on readers can follow the file."""
+        if not self._swmr_on:
+            self._file.swmr_mode = True
+            self._swmr_on = True
+            self.flush()
+
+    @property
+    def swmr_mode(self) -> bool:
+        return self._swmr_on
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    @_locked
+    def flush(self) -> None:
+        """Make everything written so far visible to readers and durable in the OS."""
+        for stream, meta in self._meta.items():
+            meta.write(self._file[stream_group(stream)])
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    @_locked
+    def close(self) -> None:
+        """Flush, record end_time and the frame counts, and close the file."""
+        if not self._file:
+            return
+        self.flush()
+        if self._swmr_on:  # closing SWMR and reopening plainly lets us add the closing metadata
+            self._file.close()
+            self._file = h5py.File(self.path, "r+", libver="latest", locking=False)
+            self._swmr_on = False
+        entry = self._file["entry"]
+        entry["end_time"] = now_iso()
+        for stream, n in self.frames_written.items():
+            group = self._file[stream_group(stream)]
+            group.attrs["frames_written"] = n
+            if self.streams[stream].get("units_pending"):
+                group["exposure"].attrs["units"] = self.streams[stream]["exposure_units"]
+        self._file.close()
+        self._cache.clear()
+
+    def __enter__(self) -> NXtomoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,140 @@
+"""XRF maps in PyXRF's HDF5 layout, one file per projection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ._names import now_iso
+from ._nxtomo import stream_group
+
+
+def _names(values) -> np.ndarray:
+    return np.array([str(v).encode() for v in values])
+
+
+def write_pyxrf_map(
+    path: str | Path,
+    *,
+    spectra=None,
+    roi_maps=None,
+    roi_names=None,
+    fit_maps=None,
+    fit_names=None,
+    positions=None,
+    pixel_size_um: float | None = None,
+    scalers=None,
+    scaler_names=None,
+    incident_energy_keV: float | None = None,
+    scan_uid: str | None = None,
+    scan_id: int | None = None,
+    compression: str | None = "gzip",
+) -> Path:
+    """Write one 2-D XRF map in PyXRF's HDF5 layout (what ``pyxrf``'s file loader reads).
+
+    Parameters
+    ----------
+    spectra : (rows, cols, channels) counts -> ``xrfmap/detsum/counts`` (float32).
+    roi_maps, roi_names : (n, rows, cols) energy-window sums and their names (e.g. "Zn_K")
+        -> ``xrfmap/detsum/xrf_roi`` and ``xrf_roi_name``.
+    fit_maps, fit_names : (n, rows, cols) fitted element maps -> ``xrf_fit`` / ``xrf_fit_name``.
+    positions : (2, rows, cols) x then y positions (µm) -> ``xrfmap/positions/pos`` with
+        names ``x_pos``, ``y_pos``; or give ``pixel_size_um`` for a regular grid.
+    scalers, scaler_names : (rows, cols, n) normalisation counters (e.g. i0) -> ``xrfmap/scalers``.
+    incident_energy_keV, scan_uid, scan_id : ``xrfmap/scan_metadata`` attributes
+        (``instrument_mono_incident_energy`` is what PyXRF reads for the beam energy).
+    """
+    path = Path(path)
+    maps = [m for m in (spectra, roi_maps, fit_maps) if m is not None]
+    if not maps:
+        raise ValueError("nothing to write: give spectra, roi_maps or fit_maps")
+    shape = np.shape(spectra)[:2] if spectra is not None else np.shape(maps[0])[1:]
+    with h5py.File(path, "w") as f:
+        detsum = f.create_group("xrfmap/detsum")
+        if spectra is not None:
+            detsum.create_dataset(
+                "counts", data=np.asarray(spectra, np.float32), compression=compression, chunks=True
+            )
+        for maps_, names, key in ((roi_maps, roi_names, "xrf_roi"), (fit_maps, fit_names, "xrf_fit")):
+            if maps_ is None:
+                continue
+            maps_ = np.asarray(maps_, np.float32)
+            if names is None or len(names) != len(maps_) or maps_.shape[1:] != tuple(shape):
+                raise ValueError(
+                    f"{key}: {maps_.shape} maps need one name each and rows, cols = {tuple(shape)}"
+                )
+            detsum[key] = maps_
+            detsum[f"{key}_name"] = _names(names)
+        if positions is None and pixel_size_um is not None:
+            y, x = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+            positions = np.stack([x, y]).astype(np.float64) * pixel_size_um
+        if positions is not None:
+            f["xrfmap/positions/pos"] = np.asarray(positions, np.float64)
+            f["xrfmap/positions/name"] = _names(["x_pos", "y_pos"])
+        if scalers is not None:
+            f["xrfmap/scalers/val"] = np.asarray(scalers, np.float32)
+            f["xrfmap/scalers/name"] = _names(
+                scaler_names or [f"scaler{i}" for i in range(np.shape(scalers)[-1])]
+            )
+        md = f.create_group("xrfmap/scan_metadata")
+        md.attrs["file_software"] = "livetomo"
+        md.attrs["file_created_time"] = now_iso()
+        if incident_energy_keV is not None:
+            md.attrs["instrument_mono_incident_energy"] = float(incident_energy_keV)
+        if scan_uid is not None:
+            md.attrs["scan_uid"] = scan_uid
+        if scan_id is not None:
+            md.attrs["scan_id"] = int(scan_id)
+    return path
+
+
+def export_pyxrf_maps(
+    h5_path: str | Path,
+    out_dir: str | Path,
+    *,
+    spectra_stream: str | None = "xrf_spectra",
+    roi_stream: str | None = "xrf_roi",
+    pixel_size_um: float | None = None,
+    incident_energy_keV: float | None = None,
+) -> list[Path]:
+    """One PyXRF file per projection of a run file's XRF streams: ``<run>_proj<i>_<angle>deg.h5``.
+
+    ``roi_stream`` frames are (elements, rows, cols) with ``channel_names``; ``spectra_stream``
+    frames (rows, cols, channels). Either may be None or absent from the file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with h5py.File(h5_path, "r", swmr=True) as f:
+        uid = f["entry"].attrs.get("run_uid", Path(h5_path).stem)
+        groups = {
+            key: f[stream_group(name)]
+            for key, name in (("spectra", spectra_stream), ("roi", roi_stream))
+            if name and stream_group(name) in f
+        }
+        if not groups:
+            raise ValueError(f"{h5_path} has neither stream {spectra_stream!r} nor {roi_stream!r}")
+        first = next(iter(groups.values()))
+        angles = first["rotation_angle"][()]
+        keys = first["image_key"][()]
+        roi_names = None
+        if "roi" in groups and "channel_names" in groups["roi"]:
+            roi_names = [n.decode() for n in groups["roi"]["channel_names"][()]]
+        for i in np.flatnonzero(keys == 0):
+            roi = groups["roi"]["data"][i] if "roi" in groups else None
+            angle = f"{angles[i]:+.2f}deg" if np.isfinite(angles[i]) else "noangle"
+            paths.append(
+                write_pyxrf_map(
+                    out_dir / f"{str(uid)[:8]}_proj{i:04d}_{angle}.h5",
+                    spectra=groups["spectra"]["data"][i] if "spectra" in groups else None,
+                    roi_maps=roi,
+                    roi_names=roi_names or (None if roi is None else [f"roi{j}" for j in range(len(roi))]),
+                    pixel_size_um=pixel_size_um,
+                    incident_energy_keV=incident_energy_keV,
+                    scan_uid=str(uid),
+                    scan_id=int(i),
+                )
+            )
+    return paths

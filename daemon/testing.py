@@ -1,0 +1,256 @@
+"""Helpers for tests (and benchmarks) of livetomo: RunEngines, daemons on temporary sockets,
+a simulated scan's results messages, waiting with a reason.
+
+Public: import them as ``from livetomo.daemon.testing import ...``. They use the public API
+of the daemon's packages only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from bluesky import RunEngine
+from scipy import ndimage
+
+from ..processing.runout import fit_runout
+from ..simulators.projector import project
+from ..simulators.specimen import make_cell
+from ..simulators.stages import RotationStageModel
+from .pipeline import messages
+
+ENDPOINTS = ("frames", "documents", "results", "control")
+
+
+def make_run_engine() -> RunEngine:
+    """A RunEngine that runs in any thread and leaves signal handling to the caller."""
+    return RunEngine({}, call_returns_result=True, context_managers=[])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "the condition") -> object:
+    """Poll ``predicate`` until it returns something true; AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def daemon_overrides(directory: str | Path, **sections) -> dict:
+    """Configuration overrides for a daemon confined to ``directory``: ipc endpoints there, its
+    storage in ``directory/data``, the page on a free port, a small simulated beamline; then
+    ``sections`` (e.g. ``processing={"refine": None}``), merged section by section."""
+    directory = Path(directory)
+    out = {
+        "endpoints": {k: f"ipc://{directory}/{k}.sock" for k in ENDPOINTS},
+        "storage_directory": str(directory / "data"),
+        "beamline": {"microprobe_shape": [12, 32, 32], "tem_shape": [24, 8, 24]},
+        "web": {"port": 0},
+    }
+    for key, value in sections.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+@contextlib.contextmanager
+def running_daemon(directory: str | Path, **sections) -> Iterator:
+    """A started ``Daemon`` confined to ``directory`` (see ``daemon_overrides``), closed afterwards."""
+    from .app import Daemon
+    from .config import load_config
+
+    daemon = Daemon(load_config(overrides=daemon_overrides(directory, **sections))).start()
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+@dataclass
+class SimulatedScan:
+    """A simulated XRF-DPC rotation scan as the results stream would carry it.
+
+    The shifts are the simulated rotation stage's true specimen displacement (runout, axis
+    offset and jitter, ``RotationStageModel``) in pixels; the "measured" shift is that plus a
+    small estimation error, except on ``low_quality`` frames, where the measurement failed
+    (broad peak, low PSR, ``ok: false``) and is off by several pixels.
+
+    Parameters
+    ----------
+    n_angles : number of angles over [0, 180) degrees.
+    size : projection width, px (the phantom is (size/2, size, size) voxels).
+    pixel_nm : projection pixel size, nm.
+    low_quality : 0-based indices of frames whose alignment fails.
+    channels : channels with projection and slice previews.
+    seed : seed of the phantom, the stage jitter and the estimation error.
+    """
+
+    n_angles: int = 60
+    size: int = 32
+    pixel_nm: float = 300.0
+    low_quality: tuple[int, ...] = ()
+    channels: tuple[str, ...] = ("dpc", "Zn")
+    seed: int = 0
+    run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    t0: float = 1.7e9
+
+    def __post_init__(self):
+        rng = np.random.default_rng(self.seed)
+        self.angles = np.linspace(0.0, 180.0, self.n_angles, endpoint=False)
+        stage = RotationStageModel(seed=self.seed)
+        offsets_um = []
+        for angle in self.angles:
+            stage.move(float(angle))
+            offsets_um.append(stage.true_offset_um)
+        self.true_shifts = np.asarray(offsets_um) * 1e3 / self.pixel_nm  # (n, 2) px, (dy, dx)
+        self.ok = np.ones(self.n_angles, bool)
+        self.ok[list(self.low_quality)] = False
+        error = rng.normal(0.0, 0.05, (self.n_angles, 2))
+        error[~self.ok] = rng.normal(0.0, 4.0, (int((~self.ok).sum()), 2))
+        self.measured_shifts = self.true_shifts + error
+        specimen = make_cell((self.size // 2, self.size, self.size), seed=self.seed)
+        self.volumes = {"dpc": specimen.delta, **specimen.elements}
+        self.dose_per_frame = 0.5  # MGy per angle at the low dwell of dose fractionation
+        self.fit_angles = np.linspace(0.0, 180.0, 61)
+
+    def time_of(self, i: int) -> float:
+        return self.t0 + 2.0 * (i + 1)  # one angle every 2 s
+
+    def run_start(self) -> dict:
+        return messages.run_start(
+            self.run_uid,
+            plan_name="xrf_dpc_tomo",
+            method="xrf-dpc",
+            frames_planned=self.n_angles,
+            angles_planned=self.angles.tolist(),
+            channels=self.channels,
+            dose_per_frame=self.dose_per_frame,
+            dose_units="MGy",
+            time=self.t0,
+        )[1]
+
+    def frame(self, i: int, latency_ms: dict | None = None) -> dict:
+        ok = bool(self.ok[i])
+        return messages.frame(
+            self.run_uid,
+            stream="dpc_segments",
+            seq=i + 1,
+            angle=float(self.angles[i]),
+            time=self.time_of(i),
+            done=i + 1,
+            planned=self.n_angles,
+            dose_so_far=self.dose_per_frame * (i + 1),
+            shift=self.measured_shifts[i],
+            quality={
+                "fwhm_px": [1.5, 1.6] if ok else [24.0, 26.0],
+                "psr": 40.0 if ok else 2.5,
+                "uncertainty_px": 0.05 if ok else 4.0,
+                "ok": ok,
+            },
+            latency_ms=latency_ms or {"ingest": 0.4, "preprocess": 2.0, "align": 5.0, "reconstruct": 12.0},
+        )[1]
+
+    def projection_image(self, channel: str, i: int, *, shifted: bool) -> np.ndarray:
+        """(nz, size) line integrals of ``channel`` at angle i, displaced by the true shift if ``shifted``."""
+        image = project(self.volumes[channel], float(self.angles[i])).astype(np.float32)
+        return ndimage.shift(image, self.true_shifts[i], order=1, mode="nearest") if shifted else image
+
+    def projection(self, channel: str, i: int) -> dict:
+        return messages.projection(
+            self.run_uid,
+            channel=channel,
+            seq=i + 1,
+            angle=float(self.angles[i]),
+            raw=self.projection_image(channel, i, shifted=True),
+            aligned=self.projection_image(channel, i, shifted=False),
+        )[1]
+
+    def runout(self, i: int) -> dict:
+        """The fitted runout after frames 0..i (good frames only, as the pipeline would fit)."""
+        good = self.ok[: i + 1]
+        angles, shifts = self.angles[: i + 1], self.measured_shifts[: i + 1]
+        if good.sum() < 5:
+            return messages.runout(self.run_uid, angles=angles, shifts=shifts)[1]
+        model = fit_runout(angles[good], shifts[good], robust=False)
+        return messages.runout(
+            self.run_uid,
+            angles=angles,
+            shifts=shifts,
+            fit_angles=self.fit_angles,
+            fit=model.evaluate(self.fit_angles),
+            centre_px=model.centre_offset,
+        )[1]
+
+    def slice_images(self, channel: str, i: int) -> dict[str, np.ndarray]:
+        """Stand-in reconstruction after i+1 projections: the true volume's central slices plus
+        noise that falls as more projections arrive (the pipeline sends its real ones)."""
+        volume = np.asarray(self.volumes[channel], np.float32)
+        noise = np.random.default_rng(i).normal(0, 1, volume.shape).astype(np.float32)
+        volume = volume + noise * float(volume.std()) * 2.0 / np.sqrt(i + 1)
+        z, y, x = (n // 2 for n in volume.shape)
+        return {"xy": volume[z], "xz": volume[:, y, :], "yz": volume[:, :, x]}
+
+    def slices(self, channel: str, i: int) -> dict:
+        images = self.slice_images(channel, i)
+        point = [n // 2 for n in self.volumes[channel].shape]
+        return messages.slices(self.run_uid, channel=channel, n_projections=i + 1, point=point, **images)[1]
+
+    def status(self, i: int, *, rejected: int = 0, errors: tuple[str, ...] = ()) -> dict:
+        """What the control API's ``status`` says after frame i (its ``run`` part as the pipeline's)."""
+        done = i + 1
+        elapsed = self.time_of(i) - self.t0
+        return {
+            "re_state": "running",
+            "queue_length": 0,
+            "current": {"plan": "xrf_dpc_tomo", "uid": "queue-item-1"},
+            "frames_received": done + rejected,
+            "frames_rejected": rejected,
+            "rejected_by_reason": {"non-finite values": rejected} if rejected else {},
+            "stages": {
+                name: {"count": done, "mean_latency_ms": ms, "queue_depth": q, "last_error": None}
+                for name, ms, q in (("ingest", 0.4, 0), ("align", 5.0, 1), ("reconstruct", 12.0, 2))
+            },
+            "last_errors": list(errors),
+            "run": {
+                "uid": self.run_uid,
+                "frames_done": done,
+                "frames_planned": self.n_angles,
+                "elapsed_s": elapsed,
+                "eta_s": elapsed / done * (self.n_angles - done),
+                "dose_so_far": self.dose_per_frame * done,
+            },
+        }
+
+    def frame_messages(self, i: int, *, previews: bool = True) -> list[tuple[str, dict]]:
+        """Everything the pipeline publishes after frame i, in order."""
+        out = [("frame", self.frame(i)), ("runout", self.runout(i))]
+        if previews:
+            out += [("projection", self.projection(c, i)) for c in self.channels]
+            out += [("slices", self.slices(c, i)) for c in self.channels]
+        return out
+
+    def run_end(self, file: str | None = None, pictures: list[str] | None = None) -> dict:
+        return messages.run_end(
+            self.run_uid,
+            exit_status="success",
+            frames_received=self.n_angles,
+            frames_expected=self.n_angles,
+            complete=True,
+            file=file,
+            pictures=pictures or [],
+        )[1]
+
+    def messages(self, *, previews: bool = True):
+        """The whole run's messages: run_start, each frame's results and a status, run_end."""
+        yield "run_start", self.run_start()
+        for i in range(self.n_angles):
+            yield from self.frame_messages(i, previews=previews)
+            yield "status", self.status(i)
+        yield "run_end", self.run_end()

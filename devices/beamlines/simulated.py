@@ -1,0 +1,75 @@
+"""The simulated beamline: every simulated instrument of ``livetomo.devices.sim``.
+
+Devices: ``rotation``, ``scan``, ``dpc``, ``xrf`` (XRF-DPC microprobe), ``tilt``, ``k3`` (cryo-TEM),
+``fib`` (cryo-FIB with EELS), ``sxt``, ``fm`` (correlative soft X-ray and fluorescence cameras).
+``truth`` holds the simulated worlds, for benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..sim import make_correlative, make_fib, make_microprobe, make_tem
+from ..sinks import FrameSink
+from . import Beamline
+
+
+@dataclass
+class Settings:
+    """``seed`` for every simulator; specimen volumes as (z, y, x) voxels."""
+
+    seed: int = 0
+    microprobe_shape: tuple[int, int, int] = (32, 64, 64)
+    tem_shape: tuple[int, int, int] = (48, 16, 48)
+
+    def __post_init__(self):
+        for name in ("microprobe_shape", "tem_shape"):
+            shape = getattr(self, name)
+            if len(shape) != 3 or min(shape) < 8 or max(shape) > 1024:
+                raise ValueError(f"beamline.{name} = {list(shape)} must be three sizes in [8, 1024] voxels")
+
+
+PLAN_DEFAULTS = {
+    "tomo_scan": {"detectors": ["dpc"], "rotation": "rotation"},
+    "xrf_dpc_tomo": {"dpc": "dpc", "xrf": "xrf", "rotation": "rotation", "scan": "scan"},
+    "tilt_series": {"camera": "k3", "tilt": "tilt"},
+    "mill_lamella": {"fib": "fib"},
+    "correlative_acquire": {"sxt": "sxt", "fm": "fm"},
+}
+
+
+def build(settings: Settings, *, sink: FrameSink) -> Beamline:
+    """Every simulated instrument, its image detectors writing to ``sink``."""
+    seed = settings.seed
+    probe = make_microprobe(shape=settings.microprobe_shape, seed=seed, sink=sink)
+    tem = make_tem(shape=settings.tem_shape, seed=seed + 10, sink=sink)
+    fib = make_fib(seed=seed + 20)
+    correlative = make_correlative(seed=seed + 30, sink=sink)
+    devices = {
+        "rotation": probe.rotation,
+        "scan": probe.scan,
+        "dpc": probe.dpc,
+        "xrf": probe.xrf,
+        "tilt": tem.tilt,
+        "k3": tem.k3,
+        "fib": fib,
+        "sxt": correlative.sxt,
+        "fm": correlative.fm,
+    }
+    truth = {
+        "microprobe": probe.world,
+        "tem": tem.world,
+        "fib": fib.backend,
+        "correlative": correlative.scene,
+    }
+
+    def dwell():
+        return float(probe.scan.read()["scan_dwell"]["value"]), "s"
+
+    return Beamline(
+        devices=devices,
+        plan_defaults=PLAN_DEFAULTS,
+        truth=truth,
+        angle_axis={"dpc": "rotation", "xrf": "rotation", "k3": "tilt"},
+        exposure={"dpc": dwell, "xrf": dwell, "k3": lambda: (float(tem.k3.exposure), "e/A^2")},
+    )
