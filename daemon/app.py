@@ -79,7 +79,7 @@ class Daemon:
             self.receiver.queue,
             storage_directory=self.storage,
             processing=config.processing,
-            publish=self._publish,
+            publish=self.publish,
             config=config.as_dict(),
             process_queue=limits.process_queue,
         )
@@ -157,7 +157,8 @@ class Daemon:
     def _frame_metadata(self, device: str, data_key: str) -> dict:
         return self.beamline.frame_metadata(device, data_key)
 
-    def _publish(self, topic: str, payload: dict) -> None:
+    def publish(self, topic: str, payload: dict) -> None:
+        """Send a results message and fold it into the page's state (any thread; never raises)."""
         try:
             self.results.publish(topic, payload)
             self.monitor.update(topic, payload)  # the page's state, in process: no second decode
@@ -192,7 +193,7 @@ class Daemon:
     def _status_loop(self) -> None:
         while not self._closing.wait(1.0):
             try:
-                self._publish("status", self.api.status())
+                self.publish("status", self.api.status())
             except Exception as exc:
                 log.warning("status: %s", exc)
 

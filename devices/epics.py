@@ -172,6 +172,8 @@ class EpicsRasterBuffersBackend:
     arrays) as a ``SegmentsBackend``; ``spectra`` reads one MCA waveform of
     rows·cols·channels counts plus a live-time waveform as a ``SpectraBackend``.
     The raster shape comes from the ``RasterSpec`` the scan stage was prepared with.
+    ``rois`` maps each element to its Kα window [lo, hi) in channels, as the facility
+    calibrated its detector (the MCA's ROIs).
     """
 
     def __init__(
@@ -183,7 +185,9 @@ class EpicsRasterBuffersBackend:
         n_channels: int = 4096,
         ev_per_channel: float = 10.0,
         offset_ev: float = 0.0,
+        rois: dict[str, tuple[int, int]] | None = None,
     ):
+        self.rois = dict(rois or {})
         self.segment_pvs = segment_pvs
         self.spectra_pv = spectra_pv
         self.live_time_pv = live_time_pv
@@ -206,6 +210,14 @@ class EpicsRasterBuffersBackend:
 
     def prepare(self, spec: RasterSpec) -> None:
         self.spec = spec
+
+    def roi_windows(self, elements) -> dict[str, tuple[int, int]]:
+        missing = [el for el in elements if el not in self.rois]
+        if missing:
+            raise ValueError(
+                f"no ROI configured for {', '.join(missing)}; configured: {', '.join(self.rois) or 'none'}"
+            )
+        return {el: tuple(self.rois[el]) for el in elements}
 
     def _shape(self) -> tuple[int, int]:
         if self.spec is None:

@@ -20,6 +20,8 @@ from ..simulators.k3 import make_lamella
 from ..simulators.microprobe import RasterResult, XRFMicroprobe
 from ..simulators.specimen import make_cell
 from ..simulators.stages import RotationStageModel, TiltStageModel
+from ..simulators.xrf import EMISSION_LINES
+from .base import ParameterError
 from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera
 from .fib import CryoFIB
 from .motion import RasterSpec, RotationStage, ScanStage, TiltStage
@@ -113,6 +115,16 @@ class _SpectraBackend:
     def read_raster(self):
         latest = self.world.latest
         return None if latest is None else (latest.spectra, latest.live_fraction)
+
+    def roi_windows(self, elements) -> dict[str, tuple[int, int]]:
+        detector = self.world.probe.detector
+        unknown = [el for el in elements if el not in EMISSION_LINES]
+        if unknown:
+            raise ParameterError(
+                f"element(s) {', '.join(unknown)} have no emission line; allowed: {', '.join(EMISSION_LINES)}"
+            )
+        windows = {el: detector.roi_channels(el) for el in elements}
+        return {el: (w.start, w.stop) for el, w in windows.items()}
 
 
 @dataclass

@@ -6,8 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..simulators.xrf import EMISSION_LINES, roi_half_width_ev
-from .base import ParameterError, finished, reading
+from .base import finished, reading
 from .detector import FrameDetector
 from .motion import RasterSpec
 from .sinks import FrameSink
@@ -25,6 +24,9 @@ class SpectraBackend(Protocol):
 
     def read_raster(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(spectra (rows, cols, channels) counts, live fraction (rows, cols)) of the last raster."""
+
+    def roi_windows(self, elements) -> dict[str, tuple[int, int]]:
+        """Channel range [lo, hi) of each element's Kα window, as the detector is calibrated."""
 
 
 class SegmentedDPCDetector(FrameDetector):
@@ -53,24 +55,6 @@ class SegmentedDPCDetector(FrameDetector):
         return {"mean_sum": float(np.mean(frames[f"{self.name}_segments"].sum(axis=0)))}
 
 
-def roi_window_channels(element: str, n_channels: int, ev_per_channel: float, offset_ev: float = 0.0):
-    """Channel range [lo, hi) of the Kα1 energy window of ``element`` (DESIGN.md ROI width)."""
-    if element not in EMISSION_LINES:
-        raise ParameterError(
-            f"element {element!r} has no emission line; allowed: {', '.join(EMISSION_LINES)}"
-        )
-    energy_ev = EMISSION_LINES[element]["Ka1"] * 1000.0
-    half = roi_half_width_ev(EMISSION_LINES[element]["Ka1"])
-    lo = int(np.floor((energy_ev - half - offset_ev) / ev_per_channel))
-    hi = int(np.ceil((energy_ev + half - offset_ev) / ev_per_channel)) + 1
-    if lo < 0 or hi > n_channels:
-        raise ParameterError(
-            f"{element} Kα window [{energy_ev - half:.0f}, {energy_ev + half:.0f}] eV lies outside the "
-            f"detector's {n_channels} channels of {ev_per_channel:g} eV"
-        )
-    return lo, hi
-
-
 class VortexXRF(FrameDetector):
     """Vortex silicon-drift fluorescence detector read as an MCA per raster pixel.
 
@@ -94,10 +78,7 @@ class VortexXRF(FrameDetector):
         self.backend = backend
         self.elements = tuple(elements)
         self.save_spectra = save_spectra
-        self.windows = {
-            el: roi_window_channels(el, backend.n_channels, backend.ev_per_channel, backend.offset_ev)
-            for el in self.elements
-        }
+        self.windows = dict(backend.roi_windows(self.elements))
         self.summary_units = {f"{el}": "counts" for el in self.elements} | {"live_fraction": ""}
 
     def prepare(self, spec: RasterSpec):

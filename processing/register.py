@@ -707,8 +707,8 @@ class _Surface:
             return to_numpy(self.full[:, ix] if axis == 0 else self.full[iy, :])
         xp, k = self.xp, self.kernel
         if axis == 0:  # sum over kx at this column, then a 1-D inverse FFT over ky
-            return to_numpy(xp.fft.ifft((self.cross @ k._ex(float(ix), 1.0, 0))[:, 0]).real)
-        return to_numpy(xp.fft.irfft((k._ey(float(iy), 1.0, 0) @ self.cross)[0], n=self.shape[1]))
+            return to_numpy(xp.fft.ifft((self.cross @ k.ex(float(ix), 1.0, 0))[:, 0]).real)
+        return to_numpy(xp.fft.irfft((k.ey(float(iy), 1.0, 0) @ self.cross)[0], n=self.shape[1]))
 
     def box_sums(self, iy: int, ix: int, hy: int, hx: int) -> tuple[float, float, int]:
         """Σ, Σ² and number of the surface's samples in the box iy±hy, ix±hx.
@@ -933,12 +933,12 @@ class _DFTKernel:
         gain = self.window.lag_gain(ys, xs)
         return values if gain is None else values / gain
 
-    def _ey(self, y0, step, reach):  # (2 reach + 1, rows)
+    def ey(self, y0, step, reach):  # (2 reach + 1, rows)
         n = self.shape[0]
         base = _offset_kernel(n, n, step, reach, False, self.xp.__name__)
         return base * self.xp.asarray(_ramp(n, n, y0, False))[None, :]
 
-    def _ex(self, x0, step, reach):  # (cols//2+1, 2 reach + 1)
+    def ex(self, x0, step, reach):  # (cols//2+1, 2 reach + 1)
         n = self.shape[1]
         base = _offset_kernel(n, self.q.shape[-1], step, reach, True, self.xp.__name__)
         return base * self.xp.asarray(_ramp(n, self.q.shape[-1], x0, True))[:, None]
@@ -946,22 +946,22 @@ class _DFTKernel:
     def grid(self, py, px, step, reach):
         """Correlation on (py, px) + step·(-reach..reach)², numpy (2 reach + 1,)²: the
         window-corrected values (to locate the peak) and the raw ones (its height)."""
-        values = to_numpy((self._ey(py, step, reach) @ self.q @ self._ex(px, step, reach)).real)
+        values = to_numpy((self.ey(py, step, reach) @ self.q @ self.ex(px, step, reach)).real)
         return self._unbias(values, py, px, step, reach, step, reach), values
 
     def integer_block(self, iy, ix, hy, hx) -> np.ndarray:
         """Raw correlation at integer lags iy-hy..iy+hy by ix-hx..ix+hx, float64 numpy."""
-        values = self._ey(float(iy), 1.0, hy) @ self.q @ self._ex(float(ix), 1.0, hx)
+        values = self.ey(float(iy), 1.0, hy) @ self.q @ self.ex(float(ix), 1.0, hx)
         return to_numpy(values.real).astype(np.float64)
 
     def row(self, py, px, step, reach):
         """Correlation at lag row py, columns px + step·(-reach..reach), numpy."""
-        values = to_numpy((self._ey(py, 1.0, 0) @ self.q @ self._ex(px, step, reach)).real)
+        values = to_numpy((self.ey(py, 1.0, 0) @ self.q @ self.ex(px, step, reach)).real)
         return self._unbias(values, py, px, 1.0, 0, step, reach)[0]
 
     def col(self, py, px, step, reach):
         """Correlation at lag column px, rows py + step·(-reach..reach), numpy."""
-        values = to_numpy((self._ey(py, step, reach) @ (self.q @ self._ex(px, 1.0, 0))).real)
+        values = to_numpy((self.ey(py, step, reach) @ (self.q @ self.ex(px, 1.0, 0))).real)
         return self._unbias(values, py, px, step, reach, 1.0, 0)[:, 0]
 
     def grid_peak(self, py, px, step, reach):

@@ -243,7 +243,7 @@ def daemon_frames(size: int) -> FrameSource:
     def source(daemon, n_frames: int) -> list[float]:
         done = len(daemon.pipeline.finished_runs)
         latencies: list[float] = []
-        original = daemon._publish
+        original = daemon.publish
 
         def tap(topic, payload):
             if topic == "frame":

@@ -211,7 +211,7 @@ def bench_incremental(n: int, repeats: int, log) -> dict:
     q = inc.plan.filter(projection[None], scale=np.ones((1, 1), np.float32))
     terms = angle_terms(inc.plan, [33.0], [(n - 1) / 2.0], (n, n))
     layout = row_layout("volume", n, n, (n, n))
-    volume = inc._acc["volume"]
+    volume = np.zeros((n * n, n), np.float32)  # the volume layout's rows: (slices × ny, nx)
     angle = iter(angles)
     inc.add(projection, next(angle))  # warm-up (the compiled kernels load)
     light.add(projection, angles[-1])
