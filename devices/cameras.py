@@ -95,6 +95,15 @@ class FluorescenceCamera(Camera):
         super().__init__(backend, sink, exposure=exposure_s, name=name, parent=parent)
 
 
+class TransmissionCamera(Camera):
+    """Full-field transmission X-ray microscope camera (Zernike phase contrast); exposure in seconds."""
+
+    def __init__(
+        self, backend: CameraBackend, sink: FrameSink, *, exposure_s: float = 1e-3, name="txm", parent=None
+    ):
+        super().__init__(backend, sink, exposure=exposure_s, name=name, parent=parent)
+
+
 class SoftXrayCamera(Camera):
     """Cryo soft X-ray transmission camera (water window); exposure in seconds."""
 

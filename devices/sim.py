@@ -22,7 +22,7 @@ from ..simulators.specimen import make_cell
 from ..simulators.stages import RotationStageModel, TiltStageModel
 from ..simulators.xrf import EMISSION_LINES
 from .base import ParameterError
-from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera
+from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera, TransmissionCamera
 from .fib import CryoFIB
 from .motion import RasterSpec, RotationStage, ScanStage, TiltStage
 from .sinks import FrameSink, MemorySink
@@ -74,6 +74,7 @@ class SimMicroprobe:
         self.rotation = rotation
         self.latest: RasterResult | None = None
         self.history: list[RasterResult | None] = []
+        self.camera_history: list[tuple[float, tuple[float, float]]] = []  # (angle, true shift px)
 
     def run_raster(self, spec: RasterSpec) -> None:
         if not np.isclose(spec.pixel_size_um * 1000.0, self.probe.pixel_size_nm, rtol=1e-3):
@@ -90,6 +91,17 @@ class SimMicroprobe:
 
     def segments_backend(self):
         return _SegmentsBackend(self)
+
+    def camera_backend(self):
+        """A full-field transmission camera looking at the same specimen on the same stage."""
+        return _CameraBackend(self.camera_image, self.probe.default_shape(), self.probe.pixel_size_nm)
+
+    def camera_image(self, exposure_s: float) -> np.ndarray:
+        image, shift = self.probe.full_field(
+            self.rotation.position_deg, offset_um=tuple(self.rotation.true_offset_um), exposure_s=exposure_s
+        )
+        self.camera_history.append((float(self.rotation.position_deg), shift))
+        return image
 
     def spectra_backend(self):
         return _SpectraBackend(self)
@@ -135,6 +147,7 @@ class MicroprobeDevices:
     scan: ScanStage
     dpc: SegmentedDPCDetector
     xrf: VortexXRF
+    txm: TransmissionCamera
     world: SimMicroprobe
     sink: FrameSink
 
@@ -161,6 +174,7 @@ def make_microprobe(
         scan=ScanStage(world),
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
+        txm=TransmissionCamera(world.camera_backend(), sink),
         world=world,
         sink=sink,
     )

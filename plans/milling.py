@@ -75,6 +75,7 @@ def mill_lamella(fib, recipe: str | dict, *, md: dict | None = None):
         recipe=recipe.name,
         stages=[stage.name for stage in recipe.stages],
         targets_nm=[stage.target_thickness_nm for stage in recipe.stages],
+        tolerances_nm=[stage.tolerance_nm for stage in recipe.stages],
     )
 
     @bpp.run_decorator(md=md)

@@ -277,6 +277,34 @@ class XRFMicroprobe:
             image, np.array([s, s]), offset=offset, output_shape=shape, order=3, mode="nearest"
         )
 
+    def full_field(
+        self,
+        angle_deg: float,
+        *,
+        offset_um: tuple[float, float] = (0.0, 0.0),
+        exposure_s: float = 1e-3,
+        shape: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """A full-field Zernike phase-contrast transmission image (a TXM camera) at one angle.
+
+        Counts per pixel are Poisson around ``flux · exposure · exp(-∫µ) · exp(2φ)``: for a
+        weak object the positive Zernike phase contrast makes dense matter darker, and
+        ``-ln(I / I0) = ∫µ + 2(2π/λ)∫δ`` is a projection of the specimen. The image has the
+        probe's resolution and is displaced by the stage offset as a raster would be.
+
+        Returns (counts (rows, cols) float32, true shift (dy, dx) in pixels).
+        """
+        if self.faults.fires("detector_timeout"):
+            raise SimulatedTimeout(f"transmission camera did not answer at {angle_deg} deg")
+        shape = self.default_shape() if shape is None else (int(shape[0]), int(shape[1]))
+        shift = (
+            float(offset_um[0]) * 1e3 / self.pixel_size_nm,
+            float(offset_um[1]) * 1e3 / self.pixel_size_nm,
+        )
+        maps, _ = self._probe_maps(angle_deg, shift, shape)
+        expected = self.flux_photons_per_s * float(exposure_s) * np.exp(-maps[0] + 2.0 * maps[1])
+        return self._rng.poisson(expected).astype(np.float32), shift
+
     def _segments(self, beam: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """Poisson counts of segments 2-5 for transmitted photons and phase gradient."""
         k = self.dpc_sensitivity

@@ -9,15 +9,16 @@ from ._processor import BaseProcessor
 class MillingProcessor(BaseProcessor):
     """A milling run has no frames: its events carry the EELS thickness, one stream per stage.
 
-    A stage counts as done once its thickness reading is within tolerance of its target (the
-    plan moves on only then) or a later stage has begun; the run is complete when every
-    stage of the recipe is done.
+    A stage counts as done once an EELS reading is within tolerance of its target (the plan
+    moves on only then) or a later stage has begun; the run is complete when every stage of
+    the recipe is done.
     """
 
     def __init__(self, start: dict, processing):
         super().__init__(start, processing)
         self.stages = list(start.get("stages", []))
         self.targets = dict(zip(self.stages, start.get("targets_nm", []), strict=False))
+        self.tolerances = dict(zip(self.stages, start.get("tolerances_nm", []), strict=False))
         self.streams: dict[str, str] = {}  # descriptor uid -> stage name
         self.reached: set[str] = set()
         self.last_thickness: dict[str, float] = {}
@@ -33,7 +34,10 @@ class MillingProcessor(BaseProcessor):
         data = doc["data"]
         if stage is None or "fib_eels_thickness" not in data:
             return []
-        self.last_thickness[stage] = float(data["fib_eels_thickness"])
+        thickness = self.last_thickness[stage] = float(data["fib_eels_thickness"])
+        target = self.targets.get(stage)
+        if target is not None and thickness <= target + self.tolerances.get(stage, 0.0):
+            self.reached.add(stage)
         return [
             messages.milling(
                 run.uid,
@@ -49,7 +53,4 @@ class MillingProcessor(BaseProcessor):
         return len(self.reached), len(self.stages) or None
 
     def complete(self, run) -> bool:
-        # the plan ends a stage only when EELS reads its target, so a successful run reached all
-        if (run.stop or {}).get("exit_status") == "success":
-            self.reached |= set(self.stages)
         return bool(self.stages) and self.reached >= set(self.stages)

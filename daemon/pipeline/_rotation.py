@@ -123,7 +123,8 @@ class RotationProcessor(BaseProcessor):
         self._finish_volumes(run, report, slices)
         report("pictures", 1, 1)
         run.writer.flush()
-        return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices))
+        final = [self.runout_message(run, self.aligner)] if self.aligner is not None else []
+        return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices), messages=final)
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:
         if self.aligner is not None and self.aligner.n_frames >= 3:

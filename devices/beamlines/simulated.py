@@ -1,6 +1,7 @@
 """The simulated beamline: every simulated instrument of ``livetomo.devices.sim``.
 
-Devices: ``rotation``, ``scan``, ``dpc``, ``xrf`` (XRF-DPC microprobe), ``tilt``, ``k3`` (cryo-TEM),
+Devices: ``rotation``, ``scan``, ``dpc``, ``xrf`` (XRF-DPC microprobe) and ``txm`` (a full-field
+transmission camera on the same rotation stage), ``tilt``, ``k3`` (cryo-TEM),
 ``fib`` (cryo-FIB with EELS), ``sxt``, ``fm`` (correlative soft X-ray and fluorescence cameras).
 ``truth`` holds the simulated worlds, for benchmarks and tests.
 """
@@ -30,7 +31,7 @@ class Settings:
 
 
 PLAN_DEFAULTS = {
-    "tomo_scan": {"detectors": ["dpc"], "rotation": "rotation"},
+    "tomo_scan": {"detectors": ["txm"], "rotation": "rotation"},
     "xrf_dpc_tomo": {"dpc": "dpc", "xrf": "xrf", "rotation": "rotation", "scan": "scan"},
     "tilt_series": {"camera": "k3", "tilt": "tilt"},
     "mill_lamella": {"fib": "fib"},
@@ -50,6 +51,7 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         "scan": probe.scan,
         "dpc": probe.dpc,
         "xrf": probe.xrf,
+        "txm": probe.txm,
         "tilt": tem.tilt,
         "k3": tem.k3,
         "fib": fib,
@@ -70,6 +72,11 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         devices=devices,
         plan_defaults=PLAN_DEFAULTS,
         truth=truth,
-        angle_axis={"dpc": "rotation", "xrf": "rotation", "k3": "tilt"},
-        exposure={"dpc": dwell, "xrf": dwell, "k3": lambda: (float(tem.k3.exposure), "e/A^2")},
+        angle_axis={"dpc": "rotation", "xrf": "rotation", "txm": "rotation", "k3": "tilt"},
+        exposure={
+            "dpc": dwell,
+            "xrf": dwell,
+            "txm": lambda: (float(probe.txm.exposure), "s"),
+            "k3": lambda: (float(tem.k3.exposure), "e/A^2"),
+        },
     )
