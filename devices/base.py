@@ -69,8 +69,13 @@ class ExternalFrames:
     """Writes a detector's frames to its sink and yields stream_resource / stream_datum.
 
     One instance per detector. ``declare`` fixes each data key's dtype and frame shape
-    (they go into the descriptor); ``write`` stores one frame per data key; the asset
-    documents accumulate until bluesky calls ``collect_asset_docs``.
+    (they go into the descriptor); ``write`` takes one frame per data key; ``collect``
+    (bluesky's ``collect_asset_docs``, called when the event that reads them is saved) hands
+    them to the sink and yields their documents.
+
+    Frames wait for their event: when a pause rewinds a step after the trigger, the RunEngine
+    discards that event and triggers again, and the new frames replace the waiting ones, so
+    a repeated step stores its frames once and every stored frame has its event.
     """
 
     def __init__(self, owner: str, sink: FrameSink):
@@ -79,7 +84,9 @@ class ExternalFrames:
         self._layout: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self._bundles: dict[str, ComposeStreamResourceBundle] = {}
         self._pending: list[tuple[str, dict]] = []
+        self._waiting: dict[str, np.ndarray] = {}
         self._index = 0
+        self.replaced = 0  # acquisitions whose event was never saved (repeated after a pause)
 
     def declare(self, data_key: str, dtype: np.dtype | str, shape: tuple[int, ...]) -> None:
         self._layout[data_key] = (np.dtype(dtype), tuple(int(n) for n in shape))
@@ -97,11 +104,19 @@ class ExternalFrames:
         }
 
     def write(self, frames: dict[str, np.ndarray]) -> None:
-        """Store one frame for every declared key (the same index for all)."""
+        """Take one frame for every declared key (stored, with the same index, at ``collect``)."""
         for key, frame in frames.items():
-            dtype, shape = self._layout[key]
+            _, shape = self._layout[key]
             if frame.shape != shape:
                 raise ValueError(f"{self._owner}: frame {key} has shape {frame.shape}, declared {shape}")
+        if self._waiting:
+            self.replaced += 1
+        self._waiting = dict(frames)
+
+    def _store_waiting(self) -> None:
+        frames, self._waiting = self._waiting, {}
+        for key, frame in frames.items():
+            dtype, shape = self._layout[key]
             if key not in self._bundles:
                 target = self._sink.open_stream(self._owner, key, dtype, shape)
                 bundle = compose_stream_resource(
@@ -120,10 +135,12 @@ class ExternalFrames:
 
     @property
     def index(self) -> int:
-        """Frames written since the last ``reset``."""
-        return self._index
+        """Frames taken since the last ``reset`` (stored, or waiting for their event)."""
+        return self._index + bool(self._waiting)
 
     def collect(self) -> Iterator[tuple[str, dict]]:
+        if self._waiting:
+            self._store_waiting()
         docs, self._pending = self._pending, []
         yield from docs
 
@@ -133,4 +150,5 @@ class ExternalFrames:
             self._sink.close_stream(self._owner, key)
         self._bundles.clear()
         self._pending.clear()
+        self._waiting.clear()
         self._index = 0

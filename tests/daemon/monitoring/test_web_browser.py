@@ -120,7 +120,7 @@ def test_page_follows_a_streamed_scan(live, page, artifacts):
     assert final == {"frames": f"{N_ANGLES} / {N_ANGLES}", "trace": 2 * N_ANGLES, "slices": N_ANGLES}
     assert page.get_attribute("#quality", "data-points") == str(3 * N_ANGLES)
     assert page.text_content("#run-end-text") == (
-        f"exit status success; {N_ANGLES} of {N_ANGLES} frames received (complete)"
+        f"ended: completed; {N_ANGLES} of {N_ANGLES} frames received (complete)"
     )
     assert page.text_content("#progress-low") == "2"
     assert "frames 10, 21" in page.text_content("#quality-caption")
@@ -168,11 +168,21 @@ def test_page_follows_a_scan_run_by_the_daemon(daemon, page, artifacts):
         kwargs={"start": 0, "stop": 180, "num": n_angles, "dwell_s": 0.003, "raster_shape": [16, 40]},
     )
     client("queue_start")
-    seen = []
+    seen, states = [], []
     t0 = time.monotonic()
+    paused = False
     while not daemon.pipeline.finished_runs and time.monotonic() - t0 < 120:
         seen.append(_readings(page))
-        time.sleep(0.1)
+        states.append(page.text_content("#run-state"))
+        if not paused and seen[-1]["frames"].strip()[:2] not in ("", "0 ", "–"):
+            client("pause")  # an operator pauses: the page says so, then resumes
+            page.wait_for_function(
+                "document.getElementById('run-state').textContent === 'paused'", timeout=15000
+            )
+            states.append(page.text_content("#run-state"))
+            client("resume")
+            paused = True
+        time.sleep(0.05)
     summary = daemon.pipeline.finished_runs[-1]
     page.wait_for_function(
         "document.getElementById('run-end-text').textContent.includes('complete')", timeout=15000
@@ -184,12 +194,18 @@ def test_page_follows_a_scan_run_by_the_daemon(daemon, page, artifacts):
     assert len({t for t in traces if 0 < t < 2 * n_angles}) >= 3, seen
     slices = [r["slices"] for r in seen]
     assert len({s for s in slices if 0 < s < n_angles}) >= 3, seen
+    # running, paused, running again, then run-end work shown as such, then the end
+    assert "running" in states and "paused" in states
+    assert states.index("running", states.index("paused")) > states.index("paused")
+    assert [s for s in states if s.startswith("finishing: ")], (
+        states
+    )  # e.g. "finishing: refining ... (tv) 10/30"
     # the final counts on the page are the run's
     assert summary["frames_received"] == n_angles and summary["complete"]
     assert final == {"frames": f"{n_angles} / {n_angles}", "trace": 2 * n_angles, "slices": n_angles}
     assert (
         page.text_content("#run-end-text")
-        == f"exit status success; {n_angles} of {n_angles} frames received (complete)"
+        == f"ended: completed; {n_angles} of {n_angles} frames received (complete)"
     )
     shot = artifacts / "monitor_page_daemon.png"
     page.screenshot(path=str(shot), full_page=True)
