@@ -6,6 +6,7 @@ for image detectors, a frame sink it is given; nothing here knows about simulato
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,20 +57,46 @@ def failed(obj: Any, exc: BaseException) -> Status:
     return status
 
 
-def run_as_status(obj: Any, action: Callable[[], Any]) -> Status:
-    """Run ``action`` now and wrap its outcome in a status (failure included)."""
-    try:
-        action()
-    except Exception as exc:  # the RunEngine must see hardware errors through the status
-        return failed(obj, exc)
-    return finished(obj)
+def run_as_status(obj: Any, action: Callable[[], Any], *, thread: bool = False) -> Status:
+    """Run ``action`` and wrap its outcome in a status (failure included).
+
+    With ``thread=False`` the action runs now, in the caller's thread (simulated hardware
+    answers at once). With ``thread=True`` it runs in a worker thread and the status is
+    returned at once, so a RunEngine waiting on it can still pause or stop: backends that
+    wait on real hardware (``threaded = True``) are run this way.
+    """
+    if not thread:
+        try:
+            action()
+        except Exception as exc:  # the RunEngine must see hardware errors through the status
+            return failed(obj, exc)
+        return finished(obj)
+    status = Status(obj=obj)
+
+    def work():
+        try:
+            action()
+        except Exception as exc:
+            status.set_exception(exc)
+        else:
+            status.set_finished()
+
+    name = getattr(obj, "name", type(obj).__name__)
+    threading.Thread(target=work, name=f"livetomo {name}", daemon=True).start()
+    return status
+
+
+def waits_on_hardware(backend: Any) -> bool:
+    """True for backends whose calls block on real hardware (they set ``threaded = True``)."""
+    return bool(getattr(backend, "threaded", False))
 
 
 class ExternalFrames:
     """Writes a detector's frames to its sink and yields stream_resource / stream_datum.
 
     One instance per detector. ``declare`` fixes each data key's dtype and frame shape
-    (they go into the descriptor); ``write`` stores one frame per data key; the asset
+    (they go into the descriptor: its ``shape`` is one event's frame, e.g. ``[48, 48]``,
+    so a run of 41 events reads back as (41, 48, 48)); ``write`` stores one frame per data key; the asset
     documents accumulate until bluesky calls ``collect_asset_docs``.
     """
 
@@ -90,7 +117,7 @@ class ExternalFrames:
                 "source": source,
                 "dtype": "array",
                 "dtype_numpy": dtype.str,
-                "shape": [1, *shape],
+                "shape": list(shape),
                 "external": "STREAM:",
             }
             for key, (dtype, shape) in self._layout.items()

@@ -9,11 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .base import ParameterError, check_range, finished, number_key, reading, run_as_status
+from ophyd.status import Status
+
+from .base import (
+    ParameterError,
+    check_range,
+    failed,
+    finished,
+    number_key,
+    reading,
+    run_as_status,
+    waits_on_hardware,
+)
 
 
 class MotorBackend(Protocol):
-    """What an axis needs from hardware. Simulated backends also report their truth."""
+    """What an axis needs from hardware. Simulated backends also report their truth.
+
+    A backend that waits on real hardware sets ``threaded = True``: the axis then runs
+    ``move`` in a worker thread and returns its status at once, so that a RunEngine pause
+    or stop acts during the move (through ``stop``) instead of after it.
+    """
 
     def move(self, target: float) -> float:
         """Move to ``target`` and wait; return the reached position. Raise on failure."""
@@ -51,7 +67,9 @@ class Axis:
     def set(self, value: float):
         self.check(value)
         self._setpoint = float(value)
-        return run_as_status(self, lambda: self.backend.move(float(value)))
+        return run_as_status(
+            self, lambda: self.backend.move(float(value)), thread=waits_on_hardware(self.backend)
+        )
 
     def locate(self) -> dict:
         return {"setpoint": self._setpoint, "readback": self.backend.position()}
@@ -133,7 +151,13 @@ class RasterSpec:
 
 
 class RasterBackend(Protocol):
-    """Fly-scan hardware: piezo raster with detectors gated per pixel."""
+    """Fly-scan hardware: piezo raster with detectors gated per pixel.
+
+    Optional: ``prepare(spec)`` (write the raster to the controller once per scan) and,
+    for hardware that takes time, ``start_raster(spec) -> (started, done)`` returning two
+    statuses, so that ``kickoff`` completes when the raster has started and ``complete``
+    when it is done, and a RunEngine can pause in between.
+    """
 
     def run_raster(self, spec: RasterSpec) -> None:
         """Execute one raster and wait; detectors sharing the beamline collect meanwhile."""
@@ -162,6 +186,7 @@ class ScanStage:
         self.dwell_range_s = dwell_range_s
         self._spec: RasterSpec | None = None
         self._count = 0
+        self._done = None
 
     def check(self, spec: RasterSpec) -> None:
         rows, cols = spec.shape
@@ -174,20 +199,50 @@ class ScanStage:
     def prepare(self, spec: RasterSpec):
         self.check(spec)
         self._spec = spec
-        return finished(self)
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is None:
+            return finished(self)
+        return run_as_status(self, lambda: prepare(spec), thread=waits_on_hardware(self.backend))
 
     def kickoff(self):
         if self._spec is None:
             raise RuntimeError(f"{self.name}: prepare() a RasterSpec before kickoff()")
+        start = getattr(self.backend, "start_raster", None)
+        if start is not None:
+            try:
+                started, done = start(self._spec)
+            except Exception as exc:
+                return failed(self, exc)
+            self._done = Status(obj=self)
+            done.add_callback(self._relay(self._done))
+            return started
 
         def fly():
             self.backend.run_raster(self._spec)
             self._count += 1
 
-        return run_as_status(self, fly)
+        return run_as_status(self, fly, thread=waits_on_hardware(self.backend))
+
+    def _relay(self, ours: Status):
+        """Count the raster before ``ours`` (what the RunEngine waits on) reports it done."""
+
+        def relay(status) -> None:
+            if status.success:
+                self._count += 1
+                ours.set_finished()
+            else:
+                ours.set_exception(status.exception() or RuntimeError(f"{self.name}: raster failed"))
+
+        return relay
 
     def complete(self):
-        return finished(self)
+        done, self._done = self._done, None
+        return done if done is not None else finished(self)
+
+    def stop(self, success: bool = False) -> None:
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            stop()
 
     def read(self) -> dict:
         spec = self._spec
