@@ -14,12 +14,17 @@ from typing import Any
 import numpy as np
 from event_model import ComposeStreamResourceBundle, compose_stream_resource
 from ophyd.status import Status
+from ophyd.utils import InvalidState
 
 from .sinks import FrameSink
 
 
 class ParameterError(ValueError):
     """A parameter is outside what the hardware offers; raised before anything moves."""
+
+
+class MotionError(RuntimeError):
+    """A move ended away from its target: stopped, refused by the hardware, or outside its deadband."""
 
 
 def check_range(name: str, value: float, lo: float, hi: float, unit: str) -> None:
@@ -77,13 +82,26 @@ def run_as_status(obj: Any, action: Callable[[], Any], *, thread: bool = False) 
         try:
             action()
         except Exception as exc:
-            status.set_exception(exc)
+            settle(status, exc)
         else:
-            status.set_finished()
+            settle(status)
 
     name = getattr(obj, "name", type(obj).__name__)
     threading.Thread(target=work, name=f"livetomo {name}", daemon=True).start()
     return status
+
+
+def settle(status: Status, exc: BaseException | None = None) -> None:
+    """Finish ``status`` (with ``exc``, if given) unless something finished it already (a stop)."""
+    if status.done:
+        return
+    try:
+        if exc is None:
+            status.set_finished()
+        else:
+            status.set_exception(exc)
+    except InvalidState:  # finished meanwhile by another thread
+        pass
 
 
 def waits_on_hardware(backend: Any) -> bool:

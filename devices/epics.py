@@ -40,12 +40,19 @@ from dataclasses import dataclass
 import numpy as np
 from ophyd.status import Status
 
-from .base import ParameterError
+from .base import MotionError, ParameterError, settle
 from .motion import RasterSpec
 
-
-class MotionError(RuntimeError):
-    """A move ended away from its target: stopped, refused by the record, or outside the deadband."""
+__all__ = [
+    "AreaDetectorCameraBackend",
+    "AreaDetectorPVs",
+    "AutoScriptFIBBackend",
+    "EpicsMotorBackend",
+    "EpicsRasterBackend",
+    "EpicsRasterBuffersBackend",
+    "MotionError",
+    "RasterPVs",
+]
 
 
 def _connect(signals: dict, timeout: float) -> None:
@@ -79,15 +86,6 @@ def _is_on(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "busy", "acquire", "start", "moving", "yes")
     return int(value) == 1
-
-
-def _finish(status: Status, exc: BaseException | None = None) -> None:
-    if status.done:
-        return
-    if exc is None:
-        status.set_finished()
-    else:
-        status.set_exception(exc)
 
 
 class EpicsMotorBackend:
@@ -251,6 +249,8 @@ class EpicsRasterBackend:
         self.start_timeout_s = start_timeout_s
         self._signals = None
         self._prepared: RasterSpec | None = None
+        self._generation = 0
+        self._aborted_generation = -1
 
     def connect(self, timeout: float = 10.0) -> EpicsRasterBackend:
         from ophyd import EpicsSignal, EpicsSignalRO
@@ -295,12 +295,16 @@ class EpicsRasterBackend:
         if spec != self._prepared:
             self.prepare(spec)
         started, done = Status(obj=self), Status(obj=self)
+        self._generation += 1
         threading.Thread(
-            target=self._fly, args=(spec, started, done), name=f"raster {self.prefix}", daemon=True
+            target=self._fly,
+            args=(spec, started, done, self._generation),
+            name=f"raster {self.prefix}",
+            daemon=True,
         ).start()
         return started, done
 
-    def _fly(self, spec: RasterSpec, started: Status, done: Status) -> None:
+    def _fly(self, spec: RasterSpec, started: Status, done: Status, generation: int) -> None:
         s = self._signals
         busy_pv, start_pv = s["busy"].pvname, s["start"].pvname
         went_busy, ended, put_done = threading.Event(), threading.Event(), threading.Event()
@@ -308,7 +312,7 @@ class EpicsRasterBackend:
         def on_busy(value, **kwargs):
             if _is_on(value):
                 went_busy.set()
-                _finish(started)
+                settle(started)
             elif went_busy.is_set():
                 ended.set()
 
@@ -326,7 +330,7 @@ class EpicsRasterBackend:
                         f"{busy_pv} did not go to 1 within {self.start_timeout_s:g} s of {start_pv} = 1"
                     )
                 went_busy.wait(0.02)
-            _finish(started)
+            settle(started)
             limit = 1.5 * spec.duration_s + self.timeout_margin_s
             deadline = time.monotonic() + limit
             for event, pv in ((ended, busy_pv), (put_done, start_pv)):
@@ -335,12 +339,15 @@ class EpicsRasterBackend:
                         f"{pv} did not complete the {spec.shape[0]} x {spec.shape[1]} raster "
                         f"within {limit:.3g} s"
                     )
+            if self._aborted_generation == generation:
+                raise MotionError(f"the raster of {self.prefix} was aborted ({s['abort'].pvname})")
         except BaseException as exc:
-            self.stop()
-            _finish(started, exc)
-            _finish(done, exc)
+            if not isinstance(exc, MotionError):
+                self.stop()
+            settle(started, exc)
+            settle(done, exc)
         else:
-            _finish(done)
+            settle(done)
         finally:
             s["busy"].unsubscribe(subscription)
 
@@ -350,7 +357,9 @@ class EpicsRasterBackend:
         done.wait()
 
     def stop(self) -> None:
+        """Abort a raster in progress (its ``done`` status fails; no buffers are posted)."""
         if self._signals is not None and "abort" in self._signals:
+            self._aborted_generation = self._generation
             self._signals["abort"].put(1)
 
 

@@ -136,7 +136,7 @@ class MotorRecord(PVGroup):
         await fields.done_moving_to_value.write(1)
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=5 * self.poll_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:
                 if fields.stop.value != 0:  # STOP while idle: nothing to stop
                     await fields.stop.write(0)
@@ -157,6 +157,8 @@ class MotorRecord(PVGroup):
         await fields.raw_readback_value.write(int(round(position / mres)))
 
     async def _move(self, instance, fields) -> None:
+        if fields.stop.value != 0:  # a STOP written before this move was processed then, at rest
+            await fields.stop.write(0)
         target = self._take_target()
         await fields.done_moving_to_value.write(0)
         position = fields.user_readback_value.value

@@ -12,6 +12,7 @@ from typing import Protocol
 from ophyd.status import Status
 
 from .base import (
+    MotionError,
     ParameterError,
     check_range,
     failed,
@@ -19,6 +20,7 @@ from .base import (
     number_key,
     reading,
     run_as_status,
+    settle,
     waits_on_hardware,
 )
 
@@ -59,6 +61,7 @@ class Axis:
         self.units = units
         self.backend = backend
         self._setpoint = backend.position()
+        self._moving: Status | None = None
 
     def check(self, value: float, parameter: str | None = None) -> None:
         """Raise ParameterError if ``value`` is outside this axis' limits."""
@@ -67,9 +70,11 @@ class Axis:
     def set(self, value: float):
         self.check(value)
         self._setpoint = float(value)
-        return run_as_status(
+        status = run_as_status(
             self, lambda: self.backend.move(float(value)), thread=waits_on_hardware(self.backend)
         )
+        self._moving = status
+        return status
 
     def locate(self) -> dict:
         return {"setpoint": self._setpoint, "readback": self.backend.position()}
@@ -114,9 +119,20 @@ class Axis:
         }
 
     def stop(self, success: bool = False) -> None:
+        """Stop the motor; a move in progress ends now (as ophyd's positioners do): its status
+        succeeds with ``success=True`` (the RunEngine's pause) and fails otherwise."""
         stop = getattr(self.backend, "stop", None)
         if stop is not None:
             stop()
+        moving, self._moving = self._moving, None
+        if moving is not None and not moving.done:
+            if success:
+                settle(moving)
+            else:
+                settle(
+                    moving,
+                    MotionError(f"{self.name} was stopped on its way to {self._setpoint:g} {self.units}"),
+                )
 
 
 class RotationStage(Axis):
@@ -186,7 +202,7 @@ class ScanStage:
         self.dwell_range_s = dwell_range_s
         self._spec: RasterSpec | None = None
         self._count = 0
-        self._done = None
+        self._done: Status | None = None
 
     def check(self, spec: RasterSpec) -> None:
         rows, cols = spec.shape
@@ -229,9 +245,9 @@ class ScanStage:
         def relay(status) -> None:
             if status.success:
                 self._count += 1
-                ours.set_finished()
+                settle(ours)
             else:
-                ours.set_exception(status.exception() or RuntimeError(f"{self.name}: raster failed"))
+                settle(ours, status.exception() or RuntimeError(f"{self.name}: raster failed"))
 
         return relay
 
