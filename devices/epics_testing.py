@@ -487,7 +487,15 @@ _CHANNEL_TYPES = {np.int32: ChannelType.LONG, np.float32: ChannelType.FLOAT, np.
 
 
 def _waveform(n: int, dtype, name: str):
-    return pvproperty(value=np.zeros(n, dtype), name=name, max_length=n, dtype=_CHANNEL_TYPES[dtype])
+    # a few monitor updates of a big array may queue per client (caproto warns above ~1e7 elements)
+    backlog = max(2, min(1000, 10_000_000 // max(n, 1)))
+    return pvproperty(
+        value=np.zeros(n, dtype),
+        name=name,
+        max_length=n,
+        dtype=_CHANNEL_TYPES[dtype],
+        max_subscription_backlog=backlog,
+    )
 
 
 def camera_ioc(prefix: str, *, shape=(32, 48), **options) -> AreaDetectorCamera:
