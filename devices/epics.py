@@ -149,16 +149,18 @@ class EpicsMotorBackend:
             velocity = abs(float(_fresh(s["VELO"]))) or 1.0
             distance = abs(target - float(_fresh(s["RBV"])))
             timeout = 2.0 * (distance / velocity + 2.0 * float(_fresh(s["ACCL"]))) + 10.0
-        finished, moving = threading.Event(), threading.Event()
+        finished, moving, sent = threading.Event(), threading.Event(), threading.Event()
 
-        def on_dmov(value, **kwargs):
+        def on_dmov(value, **kwargs):  # DMOV 0 after our put, then 1: done
             if not _is_on(value):
-                moving.set()
+                if sent.is_set():
+                    moving.set()
             elif moving.is_set():
                 finished.set()
 
         subscription = s["DMOV"].subscribe(on_dmov, run=False)
         try:
+            sent.set()
             # the record's put-callback completes when the move is done (DMOV = 1)
             s["VAL"].put(target, use_complete=True, callback=lambda *args, **kwargs: finished.set())
             deadline = time.monotonic() + timeout
