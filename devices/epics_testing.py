@@ -675,8 +675,8 @@ def start_ioc(
     except BaseException as exc:
         log_text = ioc.log()
         ioc.stop()
-        if isinstance(exc, TimeoutError):
-            raise TimeoutError(f"{exc}\nIOC log:\n{log_text[-4000:]}") from None
+        if isinstance(exc, TimeoutError | RuntimeError):
+            raise type(exc)(f"{exc}\nIOC log:\n{log_text[-4000:]}") from None
         raise
     return ioc
 
