@@ -374,3 +374,39 @@ def test_tomo_scan_runs_against_the_iocs_and_frames_reach_the_daemon(iocs, tmp_p
         np.testing.assert_array_equal(
             message.data, et.camera_frame(first + i, CAMERA_SHAPE).astype(np.float32)
         )
+
+
+# ------------------------------------------------------------------------------- IOC harness
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited (a zombie until reaped)
+    except FileNotFoundError:
+        return True
+
+
+def test_an_ioc_stops_and_never_outlives_the_process_that_started_it(tmp_path):
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs /proc to follow the orphaned IOC")
+    ioc = et.start_motor_ioc("LTH:", {"m1": {}})
+    assert ioc.address.startswith("127.0.0.1:") and ioc.process.poll() is None
+    ioc.stop()
+    assert ioc.process.poll() is not None
+    # a parent that dies without stopping its IOC: the IOC exits by itself
+    script = (
+        "import os\n"
+        "from livetomo.devices import epics_testing as et\n"
+        "ioc = et.start_motor_ioc('LTO:', {'m1': {}})\n"
+        "print(ioc.process.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=os.environ
+    )
+    pid = int(child.stdout.split()[0])
+    _wait_until(lambda: _gone(pid), timeout=20, what="the orphaned IOC exits")
