@@ -386,7 +386,7 @@ def raster_buffers(
     spectra = np.zeros((rows, cols, n_channels))
     amplitude = 50.0 * (1.0 + 0.5 * np.sin(0.7 * x + 0.4 * y + phase))
     for energy, weight in _XRF_LINES.values():
-        sigma = math.sqrt((0.097 / 2.3548) ** 2 + 2.96e-3 * energy * 2.24e-4 * 1000) / 1.0
+        sigma = math.sqrt((0.097 / 2.3548) ** 2 + 2.96e-3 * energy * 2.24e-4)  # keV, DESIGN.md SDD model
         line = np.exp(-((energies - energy) ** 2) / (2 * sigma**2))
         spectra += (weight * amplitude)[..., None] * line[None, None, :]
     return {
@@ -425,6 +425,7 @@ class RasterController(PVGroup):
         self.buffer_delay_s = buffer_delay_s
         self._abort = asyncio.Event()
         self._running: asyncio.Event | None = None
+        self._tasks: set = set()
 
     @start.startup
     async def start(self, instance, async_lib):
@@ -467,7 +468,8 @@ class RasterController(PVGroup):
             running.set()
         if not aborted:  # the detectors' buffers arrive after the motion has ended
             task = asyncio.get_running_loop().create_task(self._post_buffers((rows, cols), dwell))
-            self._post_task = task
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
         return "Done"
 
     async def _post_buffers(self, shape, dwell: float) -> None:
