@@ -401,11 +401,14 @@ def test_an_ioc_stops_and_never_outlives_the_process_that_started_it(tmp_path):
         "import os\n"
         "from livetomo.devices import epics_testing as et\n"
         "ioc = et.start_motor_ioc('LTO:', {'m1': {}})\n"
-        "print(ioc.process.pid, flush=True)\n"
+        "print(ioc.process.pid, ioc.log_path, flush=True)\n"
         "os._exit(0)\n"
     )
     child = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=os.environ
     )
-    pid = int(child.stdout.split()[0])
-    _wait_until(lambda: _gone(pid), timeout=20, what="the orphaned IOC exits")
+    pid, log_path = child.stdout.split()[:2]
+    try:
+        _wait_until(lambda: _gone(int(pid)), timeout=20, what="the orphaned IOC exits")
+    finally:
+        os.unlink(log_path)
