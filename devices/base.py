@@ -6,6 +6,7 @@ for image detectors, a frame sink it is given; nothing here knows about simulato
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,12 +14,17 @@ from typing import Any
 import numpy as np
 from event_model import ComposeStreamResourceBundle, compose_stream_resource
 from ophyd.status import Status
+from ophyd.utils import InvalidState
 
 from .sinks import FrameSink
 
 
 class ParameterError(ValueError):
     """A parameter is outside what the hardware offers; raised before anything moves."""
+
+
+class MotionError(RuntimeError):
+    """A move ended away from its target: stopped, refused by the hardware, or outside its deadband."""
 
 
 def check_range(name: str, value: float, lo: float, hi: float, unit: str) -> None:
@@ -56,22 +62,61 @@ def failed(obj: Any, exc: BaseException) -> Status:
     return status
 
 
-def run_as_status(obj: Any, action: Callable[[], Any]) -> Status:
-    """Run ``action`` now and wrap its outcome in a status (failure included)."""
+def run_as_status(obj: Any, action: Callable[[], Any], *, thread: bool = False) -> Status:
+    """Run ``action`` and wrap its outcome in a status (failure included).
+
+    With ``thread=False`` the action runs now, in the caller's thread (simulated hardware
+    answers at once). With ``thread=True`` it runs in a worker thread and the status is
+    returned at once, so a RunEngine waiting on it can still pause or stop: backends that
+    wait on real hardware (``threaded = True``) are run this way.
+    """
+    if not thread:
+        try:
+            action()
+        except Exception as exc:  # the RunEngine must see hardware errors through the status
+            return failed(obj, exc)
+        return finished(obj)
+    status = Status(obj=obj)
+
+    def work():
+        try:
+            action()
+        except Exception as exc:
+            settle(status, exc)
+        else:
+            settle(status)
+
+    name = getattr(obj, "name", type(obj).__name__)
+    threading.Thread(target=work, name=f"livetomo {name}", daemon=True).start()
+    return status
+
+
+def settle(status: Status, exc: BaseException | None = None) -> None:
+    """Finish ``status`` (with ``exc``, if given) unless something finished it already (a stop)."""
+    if status.done:
+        return
     try:
-        action()
-    except Exception as exc:  # the RunEngine must see hardware errors through the status
-        return failed(obj, exc)
-    return finished(obj)
+        if exc is None:
+            status.set_finished()
+        else:
+            status.set_exception(exc)
+    except InvalidState:  # finished meanwhile by another thread
+        pass
+
+
+def waits_on_hardware(backend: Any) -> bool:
+    """True for backends whose calls block on real hardware (they set ``threaded = True``)."""
+    return bool(getattr(backend, "threaded", False))
 
 
 class ExternalFrames:
     """Writes a detector's frames to its sink and yields stream_resource / stream_datum.
 
     One instance per detector. ``declare`` fixes each data key's dtype and frame shape
-    (they go into the descriptor); ``write`` takes one frame per data key; ``collect``
-    (bluesky's ``collect_asset_docs``, called when the event that reads them is saved) hands
-    them to the sink and yields their documents.
+    (they go into the descriptor: its ``shape`` is one event's frame, e.g. ``[48, 48]``, so
+    a run of 41 events reads back as (41, 48, 48)); ``write`` takes one frame per data key;
+    ``collect`` (bluesky's ``collect_asset_docs``, called when the event that reads them is
+    saved) hands them to the sink and yields their documents.
 
     Frames wait for their event: when a pause rewinds a step after the trigger, the RunEngine
     discards that event and triggers again, and the new frames replace the waiting ones, so
@@ -97,7 +142,7 @@ class ExternalFrames:
                 "source": source,
                 "dtype": "array",
                 "dtype_numpy": dtype.str,
-                "shape": [1, *shape],
+                "shape": list(shape),
                 "external": "STREAM:",
             }
             for key, (dtype, shape) in self._layout.items()

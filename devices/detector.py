@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .base import ExternalFrames, number_key, reading, run_as_status
+from .base import ExternalFrames, number_key, reading, run_as_status, waits_on_hardware
 from .sinks import FrameSink
 
 
@@ -14,7 +14,8 @@ class FrameDetector:
     Subclasses implement ``_acquire() -> dict[str, ndarray] | None`` (``None`` when the
     hardware dropped the frame) and ``_summaries(frames) -> dict[str, float]``. Pixels go
     to the sink and are referenced by stream_datum documents; events carry only
-    summaries, a frame counter and a count of dropped frames.
+    summaries, a frame counter and a count of dropped frames. Frames from real hardware
+    go to the same sink as simulated ones (a file, memory, or the daemon over ZeroMQ).
     """
 
     summary_units: dict[str, str] = {}
@@ -53,7 +54,10 @@ class FrameDetector:
         self._last = self._summaries(frames)
 
     def trigger(self):
-        return run_as_status(self, self._trigger_now)
+        # a backend on real hardware acquires in a worker thread: the RunEngine stays responsive
+        return run_as_status(
+            self, self._trigger_now, thread=waits_on_hardware(getattr(self, "backend", None))
+        )
 
     def read(self) -> dict:
         out = {f"{self.name}_{k}": reading(v) for k, v in self._last.items()}

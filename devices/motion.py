@@ -9,11 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .base import ParameterError, check_range, finished, number_key, reading, run_as_status
+from ophyd.status import Status
+
+from .base import (
+    MotionError,
+    ParameterError,
+    check_range,
+    failed,
+    finished,
+    number_key,
+    reading,
+    run_as_status,
+    settle,
+    waits_on_hardware,
+)
 
 
 class MotorBackend(Protocol):
-    """What an axis needs from hardware. Simulated backends also report their truth."""
+    """What an axis needs from hardware. Simulated backends also report their truth.
+
+    A backend that waits on real hardware sets ``threaded = True``: the axis then runs
+    ``move`` in a worker thread and returns its status at once, so that a RunEngine pause
+    or stop acts during the move (through ``stop``) instead of after it.
+    """
 
     def move(self, target: float) -> float:
         """Move to ``target`` and wait; return the reached position. Raise on failure."""
@@ -43,6 +61,7 @@ class Axis:
         self.units = units
         self.backend = backend
         self._setpoint = backend.position()
+        self._moving: Status | None = None
 
     def check(self, value: float, parameter: str | None = None) -> None:
         """Raise ParameterError if ``value`` is outside this axis' limits."""
@@ -51,7 +70,11 @@ class Axis:
     def set(self, value: float):
         self.check(value)
         self._setpoint = float(value)
-        return run_as_status(self, lambda: self.backend.move(float(value)))
+        status = run_as_status(
+            self, lambda: self.backend.move(float(value)), thread=waits_on_hardware(self.backend)
+        )
+        self._moving = status
+        return status
 
     def locate(self) -> dict:
         return {"setpoint": self._setpoint, "readback": self.backend.position()}
@@ -96,9 +119,20 @@ class Axis:
         }
 
     def stop(self, success: bool = False) -> None:
+        """Stop the motor; a move in progress ends now (as ophyd's positioners do): its status
+        succeeds with ``success=True`` (the RunEngine's pause) and fails otherwise."""
         stop = getattr(self.backend, "stop", None)
         if stop is not None:
             stop()
+        moving, self._moving = self._moving, None
+        if moving is not None and not moving.done:
+            if success:
+                settle(moving)
+            else:
+                settle(
+                    moving,
+                    MotionError(f"{self.name} was stopped on its way to {self._setpoint:g} {self.units}"),
+                )
 
 
 class RotationStage(Axis):
@@ -133,7 +167,13 @@ class RasterSpec:
 
 
 class RasterBackend(Protocol):
-    """Fly-scan hardware: piezo raster with detectors gated per pixel."""
+    """Fly-scan hardware: piezo raster with detectors gated per pixel.
+
+    Optional: ``prepare(spec)`` (write the raster to the controller once per scan) and,
+    for hardware that takes time, ``start_raster(spec) -> (started, done)`` returning two
+    statuses, so that ``kickoff`` completes when the raster has started and ``complete``
+    when it is done, and a RunEngine can pause in between.
+    """
 
     def run_raster(self, spec: RasterSpec) -> None:
         """Execute one raster and wait; detectors sharing the beamline collect meanwhile."""
@@ -162,6 +202,7 @@ class ScanStage:
         self.dwell_range_s = dwell_range_s
         self._spec: RasterSpec | None = None
         self._count = 0
+        self._done: Status | None = None
 
     def check(self, spec: RasterSpec) -> None:
         rows, cols = spec.shape
@@ -174,20 +215,50 @@ class ScanStage:
     def prepare(self, spec: RasterSpec):
         self.check(spec)
         self._spec = spec
-        return finished(self)
+        prepare = getattr(self.backend, "prepare", None)
+        if prepare is None:
+            return finished(self)
+        return run_as_status(self, lambda: prepare(spec), thread=waits_on_hardware(self.backend))
 
     def kickoff(self):
         if self._spec is None:
             raise RuntimeError(f"{self.name}: prepare() a RasterSpec before kickoff()")
+        start = getattr(self.backend, "start_raster", None)
+        if start is not None:
+            try:
+                started, done = start(self._spec)
+            except Exception as exc:
+                return failed(self, exc)
+            self._done = Status(obj=self)
+            done.add_callback(self._relay(self._done))
+            return started
 
         def fly():
             self.backend.run_raster(self._spec)
             self._count += 1
 
-        return run_as_status(self, fly)
+        return run_as_status(self, fly, thread=waits_on_hardware(self.backend))
+
+    def _relay(self, ours: Status):
+        """Count the raster before ``ours`` (what the RunEngine waits on) reports it done."""
+
+        def relay(status) -> None:
+            if status.success:
+                self._count += 1
+                settle(ours)
+            else:
+                settle(ours, status.exception() or RuntimeError(f"{self.name}: raster failed"))
+
+        return relay
 
     def complete(self):
-        return finished(self)
+        done, self._done = self._done, None
+        return done if done is not None else finished(self)
+
+    def stop(self, success: bool = False) -> None:
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            stop()
 
     def read(self) -> dict:
         spec = self._spec

@@ -6,18 +6,30 @@ from typing import Protocol
 
 import numpy as np
 
-from .base import finished, reading
+from .base import finished, reading, run_as_status, waits_on_hardware
 from .detector import FrameDetector
 from .motion import RasterSpec
 from .sinks import FrameSink
 
 
+def prepare_backend(device, spec: RasterSpec):
+    """Let the backend prepare its raster buffers (if it has any to prepare) for ``spec``."""
+    prepare = getattr(device.backend, "prepare", None)
+    if prepare is None:
+        return finished(device)
+    return run_as_status(device, lambda: prepare(spec), thread=waits_on_hardware(device.backend))
+
+
 class SegmentsBackend(Protocol):
+    """Optional: ``prepare(spec)`` readies per-pixel buffers for rasters of ``spec``."""
+
     def read_raster(self) -> np.ndarray | None:
         """Segment intensities of the last raster, (4, rows, cols) for segments 2-5; None if lost."""
 
 
 class SpectraBackend(Protocol):
+    """Optional: ``prepare(spec)`` readies per-pixel buffers for rasters of ``spec``."""
+
     n_channels: int
     ev_per_channel: float
     offset_ev: float
@@ -44,7 +56,7 @@ class SegmentedDPCDetector(FrameDetector):
 
     def prepare(self, spec: RasterSpec):
         self.frames.declare(f"{self.name}_segments", np.float32, (4, *spec.shape))
-        return finished(self)
+        return prepare_backend(self, spec)
 
     def _acquire(self):
         segments = self.backend.read_raster()
@@ -85,7 +97,7 @@ class VortexXRF(FrameDetector):
         self.frames.declare(f"{self.name}_roi", np.float32, (len(self.elements), *spec.shape))
         if self.save_spectra:
             self.frames.declare(f"{self.name}_spectra", np.uint32, (*spec.shape, self.backend.n_channels))
-        return finished(self)
+        return prepare_backend(self, spec)
 
     def roi_maps(self, spectra: np.ndarray) -> np.ndarray:
         """Counts in each element window, (elements, rows, cols), from (rows, cols, channels)."""

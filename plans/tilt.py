@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from bluesky import plan_stubs as bps
 from bluesky import plans as bp
 
@@ -25,14 +23,16 @@ def tilt_series(
     start_deg: float = 0.0,
     dose_per_tilt: float = 3.0,
     dose_budget: float = 150.0,
-    on_tilt: Callable | None = None,
+    on_tilt=None,  # a callable: no annotation, so queueserver can validate the plan
     md: dict | None = None,
 ):
     """Acquire a tilt series; one event per tilt in acquisition order.
 
     ``dose_per_tilt`` and ``dose_budget`` are in e/Å²; the series must fit the budget.
-    ``on_tilt(angle_deg, index)``, if given, returns a plan (or None) run after each
-    tilt, e.g. to track the specimen or refocus. Checks happen before anything moves.
+    ``on_tilt(angle_deg, index)``, a callable, if given, returns a plan (or None) run after
+    each tilt, e.g. to track the specimen or refocus (left unannotated so that
+    bluesky-queueserver can validate the plan; queued from there it stays None). Checks
+    happen before anything moves.
     """
     angles = tilt_order(min_deg, max_deg, step_deg, order=order, group_size=group_size, start_deg=start_deg)
     check_angles(tilt, angles)

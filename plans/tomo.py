@@ -45,7 +45,7 @@ def _metadata(md, **extra) -> dict:
 def tomo_scan(
     detectors,
     rotation,
-    angles: Sequence[float] | None = None,
+    angles: list[float] | None = None,
     *,
     start: float | None = None,
     stop: float | None = None,
@@ -74,7 +74,7 @@ def xrf_dpc_tomo(
     xrf,
     rotation,
     scan,
-    angles: Sequence[float] | None = None,
+    angles: list[float] | None = None,
     *,
     start: float | None = None,
     stop: float | None = None,

@@ -25,6 +25,8 @@ from ...plans import PLANS, RecipeError, load_recipe
 
 # Plan parameters that take devices; a string there names a device of the beamline.
 DEVICE_PARAMETERS = {"detectors", "rotation", "scan", "dpc", "xrf", "camera", "tilt", "fib", "sxt", "fm"}
+# Plan parameters that take Python callables (unannotated, so queueserver can validate the plans).
+CALLABLE_PARAMETERS = {"on_tilt"}
 MAX_LIST = 100_000  # longest list a parameter may hold (a list of angles, say)
 MAX_MD_BYTES = 64 << 10  # metadata travels in every document of the run
 
@@ -204,6 +206,8 @@ class PlanCatalog:
             where = f"{plan_name}: {key}"
             if key in DEVICE_PARAMETERS:
                 out[key] = self._device(where, value)
+            elif key in CALLABLE_PARAMETERS:
+                raise SubmissionError(f"{where} takes a Python callable; it cannot be given in a submission")
             elif key == "recipe":
                 try:  # a submission names a recipe or gives its stages; it never reads a file
                     out[key] = load_recipe(value, directories=self.recipe_directories, allow_paths=False)
