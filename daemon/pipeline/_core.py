@@ -108,6 +108,7 @@ class Pipeline:
         self._active: dict[str, RunContext] = {}  # every run not yet ended, in start order
         self.finished_runs: deque[dict] = deque(maxlen=50)
         self.previews_skipped = 0
+        self._finishing_now = 0  # 1 while the finisher works on a run
         self._stats_lock = threading.Lock()  # counters only: held for microseconds
         self._closing = threading.Event()
         self._threads = [
@@ -259,6 +260,13 @@ class Pipeline:
             self._frame(run, payload)
         elif kind == "end":
             run.state = "finishing"
+            ahead = self.finishing.qsize() + self._finishing_now
+            run.finishing = {
+                "text": f"waiting for {ahead} earlier run(s) to finish" if ahead else "starting",
+                "step": 0,
+                "total": 1,
+            }
+            self._publish(*messages.finishing(run.uid, **run.finishing))
             self.finishing.put(run)
 
     def _frame(self, run: RunContext, frame: Frame) -> None:
@@ -281,11 +289,14 @@ class Pipeline:
             run = self.finishing.get()
             if run is None:
                 return
+            self._finishing_now = 1
             try:
                 self._finish(run)
             except Exception as exc:
                 self._error("finish", f"{type(exc).__name__}: {exc}")
                 log.exception("finishing run %s", run.uid)
+            finally:
+                self._finishing_now = 0
 
     def _finish(self, run: RunContext) -> None:
         last = {"t": 0.0, "text": None}
