@@ -16,7 +16,6 @@ import yaml
 from ..control import ControlClient
 from . import _format as fmt
 
-
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
