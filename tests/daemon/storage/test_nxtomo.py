@@ -21,7 +21,7 @@ from livetomo.daemon.storage import (
 )
 from livetomo.daemon.transport import decode, encode_end, encode_frame, encode_start
 from livetomo.devices.sim import make_microprobe, make_tem
-from livetomo.plans import tilt_series, xrf_dpc_tomo
+from livetomo.plans import tilt_series
 
 
 @pytest.fixture(scope="module")
@@ -240,21 +240,10 @@ def test_mrc_export_refuses_mismatched_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def xrf_run():
-    from livetomo.daemon.testing import make_run_engine
+    from livetomo.daemon.testing import make_run_engine, xrf_dpc_plan
 
     probe = make_microprobe(shape=(6, 12, 12), seed=3)
-    make_run_engine()(
-        xrf_dpc_tomo(
-            probe.dpc,
-            probe.xrf,
-            probe.rotation,
-            probe.scan,
-            [0.0, 90.0],
-            raster_shape=(6, 12),
-            pixel_size_um=0.3,
-            dwell_s=0.003,
-        )  # fmt: skip
-    )
+    make_run_engine()(xrf_dpc_plan(probe, raster_shape=(6, 12)))
     return probe
 
 
