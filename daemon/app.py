@@ -62,7 +62,9 @@ class Daemon:
         self.storage = Path(config.storage_directory)
         self.storage.mkdir(parents=True, exist_ok=True)
         limits = config.limits
-        self.tracker = StreamTracker(require_announced_runs=True)
+        self.tracker = StreamTracker(
+            require_announced_runs=True, window=limits.sequence_window, max_streams=limits.max_streams_per_run
+        )
         self.receiver = FrameReceiver(
             config.endpoints.frames,
             maxsize=limits.ingest_queue,
@@ -72,6 +74,8 @@ class Daemon:
             socket_setup=self.security,
             hold_unknown_s=limits.hold_unknown_run_s,
             max_held=limits.ingest_queue,
+            max_bytes=limits.ingest_bytes,
+            rcvhwm=max(1, min(4, limits.ingest_bytes // limits.max_message_bytes)),
         )
         self.results = ResultsPublisher(config.endpoints.results, self.context, self.security)
         self.monitor = MonitorState()
@@ -82,6 +86,7 @@ class Daemon:
             publish=self.publish,
             config=config.as_dict(),
             process_queue=limits.process_queue,
+            process_bytes=limits.process_bytes,
         )
         self.documents = DocumentPublisher(
             config.endpoints.documents, bind=True, context=self.context, socket_setup=self.security

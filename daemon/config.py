@@ -55,13 +55,24 @@ class Curve:
 
 @dataclass
 class Limits:
-    """Bounds of the data path. ``ingest_queue`` frames wait between the socket and the writer,
-    ``process_queue`` frames (with their pixels) between the writer and processing; beyond it
-    processing re-reads frames from the run file, so the writer never waits for processing."""
+    """Bounds of the data path, in messages and in bytes.
+
+    ``max_message_bytes``: the largest frame; the socket cuts off anything larger unread.
+    ``ingest_queue``/``ingest_bytes``: frames waiting between the socket and the writer
+    (beyond, the sender is blocked). ``process_queue``/``process_bytes``: frames waiting with
+    their pixels between the writer and processing (beyond, processing re-reads them from the
+    run file, so the writer never waits). ``sequence_window``: how far ahead of the next
+    expected frame a frame may arrive (it waits; further ahead is refused).
+    ``max_streams_per_run``: frame streams a run may open.
+    """
 
     max_message_bytes: int = field(default=512 * 1024**2, metadata=_range(1))
     ingest_queue: int = field(default=64, metadata=_range(1))
+    ingest_bytes: int = field(default=1024**3, metadata=_range(1))
     process_queue: int = field(default=64, metadata=_range(1))
+    process_bytes: int = field(default=1024**3, metadata=_range(1))
+    sequence_window: int = field(default=16, metadata=_range(1, 4096))
+    max_streams_per_run: int = field(default=32, metadata=_range(1, 1024))
     hold_unknown_run_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
 
 

@@ -88,6 +88,7 @@ class Pipeline:
         publish: Callable[[str, dict], None],
         config: dict | None = None,
         process_queue: int = 64,
+        process_bytes: int | None = None,
         end_grace_s: float = END_GRACE_S,
         on_run_end: Callable[[RunContext, dict], None] | None = None,
     ):
@@ -99,7 +100,7 @@ class Pipeline:
         self.config = config
         self.end_grace_s = float(end_grace_s)
         self.on_run_end = on_run_end
-        self.work = ProcessingInbox(process_queue)
+        self.work = ProcessingInbox(process_queue, process_bytes)
         self.finishing: queue.Queue = queue.Queue()
         self.stats = {name: StageStats() for name in STAGES}
         self.last_errors: deque[str] = deque(maxlen=20)
@@ -162,6 +163,18 @@ class Pipeline:
             why = "unknown run" if run is None else "run already finished"
             self._error("store", f"{item.kind} of {item.stream!r} for {why} {item.run}")
             return
+        limit = run.max_frames
+        if limit is not None and (getattr(item, "seq", -1) >= limit or getattr(item, "count", 0) > limit):
+            # a frame the plan cannot have made: refused, so no stream grows past the plan
+            number = item.seq if isinstance(item, Frame) else item.count
+            self._error(
+                "store",
+                f"{item.kind} {number} of {item.stream!r} is beyond the {limit} frames the run can have",
+            )
+            if isinstance(item, End):
+                item = dataclasses.replace(item, count=limit)
+            else:
+                return
         with self._stage("store"):
             run.writer.write_message(item)
         if isinstance(item, Start):

@@ -418,9 +418,21 @@ class NXtomoWriter:
                 timestamp=msg.timestamp or None,
             )
         if isinstance(msg, End):
-            self.flush()
+            self.end_stream(msg.stream, msg.count)
             return None
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
+
+    @_locked
+    def end_stream(self, stream: str, count: int) -> None:
+        """The stream's sender sent ``count`` frames: slots of those that never arrived become
+        placeholders (image_key 3, fill value), so the file shows every frame that was sent."""
+        meta = self._meta.get(stream)
+        if meta is not None and count > meta.n:
+            data = self._ds(stream_dataset(stream))
+            data.resize(count, axis=0)
+            meta.set(count - 1)  # grows the per-frame arrays; the slot keeps image_key 3
+            meta.n = count
+        self.flush()
 
     # -- processed results
     def _processed_path(self, name: str) -> str:
