@@ -212,7 +212,10 @@ class Daemon:
         self.control.start()
         self._status_thread.start()
         if self.config.web.enabled:
-            self.web = start_web_server(self.monitor, self.config.web.host, self.config.web.port)
+            web = self.config.web
+            self.web = start_web_server(
+                self.monitor, web.host, web.port, allowed_hosts=web.allowed_hosts or None
+            )
             log.info("monitoring page: %s", self.web.url)
         log.info(
             "livetomo daemon up: control %s, results %s", self.config.endpoints.control, self.results.endpoint

@@ -50,7 +50,7 @@ class Curve:
     """CURVE keys (files made by ``livetomo keys DIR``); required for any non-loopback bind."""
 
     server_secret_key: str | None = None
-    authorized_clients: str | None = None  # directory of client public keys; None allows any CURVE client
+    authorized_clients: str | None = None  # directory of the public keys of the clients let in (required)
 
 
 @dataclass
@@ -91,11 +91,18 @@ class Processing:
 
 @dataclass
 class Web:
-    """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged."""
+    """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged.
+
+    A host other than loopback needs ``allow_remote: true`` (the page is read-only but
+    unauthenticated); it answers only requests naming ``host`` or one of ``allowed_hosts``
+    (default: the loopback names) in their Host header.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_range(0, 65535))
+    allow_remote: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -140,6 +147,8 @@ def _describe(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         parts = [_describe(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is tuple and args[-1] is Ellipsis:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
     if origin is tuple:
         return f"a list of {len(args)} {_describe(args[0])}s"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -170,6 +179,10 @@ def _check_value(value, tp, where: str):
             except ConfigError:
                 continue
         raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+    if origin is tuple and args[-1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+        return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
@@ -292,10 +305,22 @@ def check_bind_policy(config: DaemonConfig) -> None:
         for name, value in asdict(config.endpoints).items()
         if value is not None and not is_loopback(value)
     ]
+    web = config.web
+    if web.enabled and not is_loopback(f"tcp://{web.host}:{web.port}") and not web.allow_remote:
+        raise ConfigError(
+            f"web.host = {web.host} is not loopback; the page is read-only but anyone who reaches it "
+            "can watch the scan: set web.allow_remote: true (and web.allowed_hosts to the names it is "
+            "reached by), or tunnel it over SSH"
+        )
     if exposed and not config.curve.server_secret_key:
         raise ConfigError(
             f"{', '.join(exposed)} bind beyond loopback; configure curve.server_secret_key "
             "(make keys with 'livetomo keys DIR') or bind to 127.0.0.1"
+        )
+    if config.curve.server_secret_key and not config.curve.authorized_clients:
+        raise ConfigError(
+            "curve.authorized_clients must name a directory of client public keys: with CURVE on, only "
+            "listed clients get in (livetomo keys DIR writes one client pair; copy its .key there)"
         )
     if config.curve.server_secret_key and not Path(config.curve.server_secret_key).is_file():
         raise ConfigError(f"curve.server_secret_key: file {config.curve.server_secret_key} does not exist")

@@ -8,6 +8,7 @@ benchmarks use; plans never see any of this.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,13 @@ class SimMicroprobe:
 
     ``run_raster`` (the scan stage's backend) rasters the specimen at the stage's true
     angle and runout; the two detector backends then read their part of that raster.
-    ``history`` keeps every raster's truth (true shift in pixels, true maps).
+    ``history`` keeps the truth (true shift in pixels, true maps) of the last
+    ``HISTORY_LIMIT`` rasters, and the spectra of the last ``SPECTRA_KEPT`` of them only: a
+    daemon that runs scan after scan keeps its memory flat.
     """
+
+    HISTORY_LIMIT = 4096
+    SPECTRA_KEPT = 16
 
     def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
         self.probe = probe
@@ -88,6 +94,11 @@ class SimMicroprobe:
             shape=spec.shape,
         )
         self.history.append(self.latest)
+        old = len(self.history) - self.SPECTRA_KEPT - 1
+        if old >= 0 and self.history[old] is not None and self.history[old].spectra is not None:
+            self.history[old] = dataclasses.replace(self.history[old], spectra=None)
+        del self.history[: -self.HISTORY_LIMIT]
+        del self.camera_history[: -self.HISTORY_LIMIT]
 
     def segments_backend(self):
         return _SegmentsBackend(self)
@@ -196,6 +207,7 @@ class SimTEM:
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
         self.history.append(frame)
+        del self.history[: -SimMicroprobe.HISTORY_LIMIT]
         return None if frame is None else np.asarray(frame.counts, dtype=np.float32)
 
 

@@ -268,7 +268,11 @@ def cmd_keys(args) -> int:
 
     for name, path in make_keys(args.directory).items():
         print(f"{name}: {path}")
-    print(f"in the daemon's config:  curve: {{server_secret_key: {args.directory}/server.key_secret}}")
+    print(
+        f"in the daemon's config:  curve: {{server_secret_key: {args.directory}/server.key_secret, "
+        f"authorized_clients: {args.directory}/authorized_clients}}"
+    )
+    print("give each client its own pair (livetomo keys) and copy its .key into authorized_clients")
     return 0
 
 
