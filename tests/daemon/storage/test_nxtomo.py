@@ -92,6 +92,7 @@ def test_processed_results_sit_beside_the_raw_data_and_resize(tmp_path, tilt_run
 _READER = textwrap.dedent(
     """
     import json, sys, time
+    import hdf5plugin  # the compression filter of the run file (docs/storage.md)
     import h5py, numpy as np
     path, half, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     f = h5py.File(path, "r", swmr=True)
