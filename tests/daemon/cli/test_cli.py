@@ -17,7 +17,8 @@ def test_demo_runs_the_daemon_chain_and_aligns_against_the_true_runout(tmp_path)
     with h5py.File(result.nxtomo, "r") as f:
         assert f["entry/definition"][()] == b"NXtomo"
         np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], np.linspace(0, 180, n))
-        assert f["entry/instrument/detector/data"].shape == (n, 4, 16, 32)  # DPC segments, primary stream
+        assert f["entry/instrument/dpc_segments/data"].shape == (n, 4, 16, 32)  # the DPC segments
+        assert f["entry/instrument/detector/data"].shape == (n, 16, 32)  # NXtomo: their sum
         assert (f["entry/instrument/detector/image_key"][()] == 0).all()
         assert f["entry/instrument/xrf_roi/data"].shape[0] == n
         assert f["entry/processing/reconstruction/phase/data"].shape == (16, 32, 32)
