@@ -231,9 +231,10 @@ def test_pyxrf_loads_the_export_with_names_positions_and_energy(runs):
     assert metadata["instrument_mono_incident_energy"] == pytest.approx(10.2)
     assert metadata["param_theta"] == pytest.approx(XRF_ANGLES[3])
     assert metadata["sample_name"] == MD["sample"] and metadata["proposal_num"] == MD["proposal"]
-    raw = datasets[f"{stem}_sum"].raw_data
-    np.testing.assert_array_equal(np.asarray(raw[:, :, :]), world.history[3].spectra)
+    raw = datasets[f"{stem}_sum"].raw_data  # what PyXRF fits: the per-pixel spectra
+    assert tuple(raw.shape) == world.history[3].spectra.shape
     with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[raw.dset_name][()], world.history[3].spectra)
         energies = f["xrfmap/detsum/energy"][()]
     detector = world.probe.detector
     np.testing.assert_allclose(energies, detector.energy_axis_kev())
