@@ -142,8 +142,8 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
         out["shifts"] = shifts
         out["volume"] = None
         recon = f.get("entry/processing/reconstruction")
-        if recon is not None:
-            names = [n for n in recon if "data" in recon[n]]
+        if isinstance(recon, h5py.Group):
+            names = [n for n in recon if isinstance(recon[n], h5py.Group) and "data" in recon[n]]
             plain = [n for n in names if n == device or n == stream or "_" not in n]
             if names:
                 out["volume"] = recon[(plain or names)[0]]["data"][()]
