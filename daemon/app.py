@@ -83,6 +83,7 @@ class Daemon:
             self.receiver.queue,
             storage_directory=self.storage,
             processing=config.processing,
+            storage=config.storage,
             publish=self.publish,
             config=config.as_dict(),
             process_queue=limits.process_queue,

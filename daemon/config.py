@@ -90,6 +90,20 @@ class Processing:
 
 
 @dataclass
+class Storage:
+    """How run files are written (docs/storage.md).
+
+    ``compression`` is the HDF5 filter of every frame dataset, one chunk per frame:
+    ``bitshuffle-lz4`` (default; as Dectris/Eiger files) and ``blosc-lz4``/``blosc-zstd`` need
+    ``hdf5plugin`` in the reader's Python (``import hdf5plugin`` before ``h5py``), ``gzip`` is read
+    by every HDF5 library, ``none`` stores raw chunks (fastest, largest). ``xrf_spectra: false``
+    stores only the XRF element maps, not the per-pixel spectra (which PyXRF needs to fit)."""
+
+    compression: Literal["bitshuffle-lz4", "blosc-lz4", "blosc-zstd", "gzip", "none"] = "bitshuffle-lz4"
+    xrf_spectra: bool = True
+
+
+@dataclass
 class Web:
     """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged.
 
@@ -123,6 +137,7 @@ class DaemonConfig:
     storage_directory: str = "livetomo_data"
     limits: Limits = field(default_factory=Limits)
     processing: Processing = field(default_factory=Processing)
+    storage: Storage = field(default_factory=Storage)
     beamline: Beamline = field(default_factory=Beamline)
     curve: Curve = field(default_factory=Curve)
     web: Web = field(default_factory=Web)

@@ -212,10 +212,12 @@ class SimTEM:
 
 
 class _CameraBackend:
-    def __init__(self, acquire, shape, pixel_size_nm):
+    def __init__(self, acquire, shape, pixel_size_nm, **optics):
         self.acquire = acquire
         self.shape = tuple(shape)
         self.pixel_size_nm = pixel_size_nm
+        for name, value in optics.items():  # voltage_kv, tilt_axis_deg (the K3's)
+            setattr(self, name, value)
 
 
 @dataclass
@@ -243,7 +245,10 @@ def make_tem(
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
     world = SimTEM(camera, tilt_model, voxel_size_nm)
     image_shape = (shape[0], shape[2])
-    backend = _CameraBackend(world.acquire, image_shape, voxel_size_nm)
+    # the simulated goniometer tilts about the image's vertical (Y) axis: 0 deg in IMOD's convention
+    backend = _CameraBackend(
+        world.acquire, image_shape, voxel_size_nm, voltage_kv=camera.voltage_kv, tilt_axis_deg=0.0
+    )
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),
         k3=K3Camera(backend, sink),

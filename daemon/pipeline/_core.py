@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Processing
+from ..config import Processing, Storage
 from ..storage import NXtomoWriter, run_file
 from ..transport import End, Frame, Start
 from . import _messages as messages
@@ -76,6 +76,7 @@ class Pipeline:
     inbox : the frame receiver's queue; documents are added to it by ``on_document``.
     publish : ``publish(topic, payload)`` sends a results message (thread-safe).
     config : the daemon's effective configuration, written into every run file.
+    storage : how run files are written (compression, XRF spectra or only element maps).
     process_queue : frames that wait for processing with their pixels (``ProcessingInbox``).
     """
 
@@ -85,6 +86,7 @@ class Pipeline:
         *,
         storage_directory: str | Path,
         processing: Processing,
+        storage: Storage | None = None,
         publish: Callable[[str, dict], None],
         config: dict | None = None,
         process_queue: int = 64,
@@ -96,6 +98,7 @@ class Pipeline:
         self.directory = Path(storage_directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.processing = processing
+        self.storage = storage or Storage()
         self.publish = publish
         self.config = config
         self.end_grace_s = float(end_grace_s)
@@ -181,7 +184,8 @@ class Pipeline:
             run.streams_open.add(item.stream)
         elif isinstance(item, Frame):
             run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
-            self.work.put("frame", run, item)
+            if item.stream not in run.writer.skipped:  # a stream the configuration does not keep
+                self.work.put("frame", run, item)
         elif isinstance(item, End):
             run.ends[item.stream] = item.count
             if run.stop is not None and run.all_streams_ended:
@@ -189,6 +193,7 @@ class Pipeline:
 
     def _doc_start(self, doc: dict) -> None:
         method = method_of(doc)
+        keep_spectra = self.storage.xrf_spectra
         writer = NXtomoWriter(
             run_file(self.directory, doc["uid"]),
             run_uid=doc["uid"],
@@ -197,6 +202,10 @@ class Pipeline:
             probe=method.probe,
             attrs={"plan_name": doc.get("plan_name", ""), "livetomo_method": method.name},
             config=self.config,
+            start=doc,
+            compression=self.storage.compression,
+            derived=dict(method.derived),
+            skip_streams=None if keep_spectra else (lambda stream: stream.endswith("_spectra")),
         )
         run = RunContext(doc["uid"], doc, method, writer, method.processor(doc, self.processing))
         self.runs[run.uid] = run
@@ -209,6 +218,8 @@ class Pipeline:
         run = self.runs.get(doc.get("run_start"))
         if run is not None:
             run.streams_expected |= {k for k, v in doc["data_keys"].items() if v.get("external") == "STREAM:"}
+            with self._stage("store"):
+                run.writer.add_descriptor(doc)  # device configuration, pixel sizes
             self.work.put("descriptor", run, doc)
 
     def _doc_event(self, doc: dict) -> None:

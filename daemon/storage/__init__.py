@@ -3,20 +3,37 @@ and the exports users' own tools open (MRC + .mdoc for IMOD, PyXRF maps, correla
 """
 
 from ._correlation import fiducial_overview_png, write_fiducial_result, write_intensity_result
+from ._filters import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from ._frame_files import HDF5FrameSink, read_stream
-from ._mrc import export_tilt_series, write_mrc_tilt_series
-from ._nxtomo import PER_FRAME, NXtomoWriter, run_file, stream_dataset, stream_group, stream_location
-from ._pyxrf import export_pyxrf_maps, write_pyxrf_map
+from ._mrc import export_imod, export_tilt_series, write_mrc_tilt_series
+from ._nxtomo import (
+    PER_FRAME,
+    DerivedStream,
+    NXtomoWriter,
+    run_file,
+    segment_sum,
+    stream_dataset,
+    stream_group,
+    stream_location,
+)
+from ._pyxrf import export_pyxrf_maps, pyxrf_name, write_pyxrf_map
 
 __all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "PER_FRAME",
+    "DerivedStream",
     "HDF5FrameSink",
     "NXtomoWriter",
+    "compression_options",
+    "export_imod",
     "export_pyxrf_maps",
     "export_tilt_series",
     "fiducial_overview_png",
+    "pyxrf_name",
     "read_stream",
     "run_file",
+    "segment_sum",
     "stream_dataset",
     "stream_group",
     "stream_location",

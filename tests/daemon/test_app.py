@@ -50,7 +50,9 @@ def test_queued_scan_is_stored_bit_exact_in_order_with_document_angles(daemon):
     doc_angles = daemon.collector.column("rotation")
     assert doc_angles == pytest.approx(angles)
     with h5py.File(summary["file"], "r") as f:
-        stored = f["entry/instrument/detector/data"][()]  # the primary stream: DPC segments
+        stored = f["entry/instrument/dpc_segments/data"][()]
+        # NXtomo's projections: the transmitted intensity, the sum of the four segments
+        np.testing.assert_allclose(f["entry/instrument/detector/data"][()], stored.sum(axis=1), rtol=1e-6)
         np.testing.assert_array_equal(stored, np.stack([r.segments for r in world.history]))
         np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], doc_angles)
         assert (f["entry/instrument/detector/image_key"][()] == 0).all()
@@ -59,7 +61,7 @@ def test_queued_scan_is_stored_bit_exact_in_order_with_document_angles(daemon):
         spectra = f["entry/instrument/xrf_spectra/data"]
         np.testing.assert_array_equal(spectra[3], world.history[3].spectra)
         assert f["entry/processing/alignment/shift"].shape == (8, 2)
-        assert f["entry/processing/reconstruction/phase"].shape == (12, 32, 32)
+        assert f["entry/processing/reconstruction/phase/data"].shape == (12, 32, 32)
     seen = []
     while (message := results.recv(timeout_s=2.0)) is not None:
         seen.append(message)
