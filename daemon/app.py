@@ -31,7 +31,7 @@ from .config import DaemonConfig, load_config
 from .control import ControlAPI, ControlServer, PlanCatalog, PlanQueue, PlanRunner, QueueStore
 from .monitoring import MonitorState, start_web_server
 from .pipeline import Pipeline
-from .storage import run_file, stream_location
+from .storage import clear_write_flags, record_interruption, run_file, stream_location
 from .transport import (
     CurveSecurity,
     DocumentPublisher,
@@ -110,7 +110,9 @@ class Daemon:
         module = beamline_module(config.beamline.kind)
         self.beamline = module.build(config.beamline.settings, sink=self.sink)
         self.catalog = PlanCatalog(self.beamline.devices, plan_defaults=self.beamline.plan_defaults)
-        self.queue = PlanQueue(QueueStore(self.storage / QueueStore.FILE_NAME))
+        self.queue = PlanQueue(
+            QueueStore(self.storage / QueueStore.FILE_NAME), on_interrupted=self._repair_files
+        )
         if self.queue.recovered is not None:
             item = self.queue.recovered
             log.warning(
@@ -140,6 +142,29 @@ class Daemon:
         self._status_thread = threading.Thread(target=self._status_loop, name="livetomo-status", daemon=True)
 
     # -- wiring helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _repair_files(item) -> str:
+        """Run files of a plan that was running when the daemon died: readable again, and marked."""
+        notes = []
+        for file in item.files:
+            path = Path(file)
+            if not path.is_file():
+                notes.append(f"{path.name} was never created")
+                continue
+            try:
+                repaired = clear_write_flags(path)
+                streams = record_interruption(path, "the daemon stopped while this run was written")
+            except (OSError, ValueError) as exc:
+                notes.append(f"{path.name} could not be repaired: {exc}")
+                log.error("run file %s could not be repaired: %s", path, exc)
+                continue
+            frames = ", ".join(f"{n} {name}" for name, n in ((k, v["frames"]) for k, v in streams.items()))
+            notes.append(f"{path.name}{' repaired' if repaired else ''}, frames stored: {frames or 'none'}")
+            log.warning(
+                "interrupted run file %s%s: frames stored: %s", path, " repaired" if repaired else "", frames
+            )
+        return "; ".join(notes) or "no run file"
+
     def _client_security(self):
         if self.security is None:
             return None

@@ -68,10 +68,11 @@ class PlanQueue:
 
     On construction the store's state comes back; an item the store still shows as running
     belonged to a daemon that died: it is recorded as ``interrupted`` (with its run files)
-    and pushed back to the front of the queue.
+    and pushed back to the front of the queue. ``on_interrupted(item) -> str`` may add what it
+    found (e.g. the run files repaired and their frame counts) to the item's record.
     """
 
-    def __init__(self, store: QueueStore | None = None):
+    def __init__(self, store: QueueStore | None = None, on_interrupted=None):
         self.store = store or QueueStore(None)
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
@@ -84,6 +85,8 @@ class PlanQueue:
             item.state, item.finished = "interrupted", time.time()
             files = ", ".join(item.files) or "no run file yet"
             item.error = f"the daemon stopped while this plan ran ({files})"
+            if on_interrupted is not None:
+                item.error += f"; {on_interrupted(item)}"
             self.recovered = item
             self._history.append(item)
             self.store.add_history(item.as_dict())

@@ -369,6 +369,10 @@ class Pipeline:
             reason=(run.stop or {}).get("reason") or None,
             progress_unit=run.method.unit,
             frames_stored=sum(run.stored.values()),
+            # per stream: what its sender's end message said it sent, and what is stored
+            streams={
+                s: {"sent": run.ends.get(s), "stored": run.stored.get(s, 0)} for s in sorted(run.streams_open)
+            },
         )
         self._publish(topic, summary)
         self.finished_runs.append(summary)

@@ -17,6 +17,7 @@ from ._nxtomo import (
     stream_location,
 )
 from ._pyxrf import export_pyxrf_maps, pyxrf_name, write_pyxrf_map
+from ._repair import clear_write_flags, record_interruption
 
 __all__ = [
     "COMPRESSIONS",
@@ -25,6 +26,7 @@ __all__ = [
     "DerivedStream",
     "HDF5FrameSink",
     "NXtomoWriter",
+    "clear_write_flags",
     "compression_options",
     "export_imod",
     "export_pyxrf_maps",
@@ -32,6 +34,7 @@ __all__ = [
     "fiducial_overview_png",
     "pyxrf_name",
     "read_stream",
+    "record_interruption",
     "run_file",
     "segment_sum",
     "stream_dataset",
