@@ -126,6 +126,7 @@ class Daemon:
             self.queue,
             subscribers=[self.sink, self._on_document, self.documents],
             run_file=lambda uid: run_file(self.storage, uid),
+            suspenders=self.beamline.suspenders,
         )
         self.shutdown_requested = threading.Event()
         self.api = ControlAPI(

@@ -88,6 +88,8 @@ def status_text(status: dict) -> str:
         f"RunEngine {re_state}; queue {queue}, {status.get('queue_length', 0)} waiting; "
         f"beamline {status.get('beamline', '?')}"
     )
+    if status.get("suspended"):
+        lines.append(f"SUSPENDED: {', '.join(status['suspended'])} (resumes by itself)")
     if current:
         state = "PAUSED" if current.get("state") == "paused" else current.get("state")
         lines.append(f"plan: {item_name(current)} {state}, {parameters(current.get('kwargs') or {})}")

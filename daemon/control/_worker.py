@@ -50,13 +50,18 @@ class PlanRunner:
         subscribers=(),
         *,
         run_file: Callable[[str], object] | None = None,
+        suspenders=(),
     ):
+        """``suspenders``: (bluesky suspender, reason) pairs installed on the RunEngine."""
         self.catalog = catalog
         self.queue = queue
         self.RE = RunEngine({}, context_managers=[])  # no signal handlers: not the main thread
         for callback in subscribers:
             self.RE.subscribe(callback)
         self.RE.subscribe(self._track_run)
+        self.suspenders = list(suspenders)  # (suspender, the reason it gives)
+        for suspender, _ in self.suspenders:  # beam lost, specimen warming: suspend, then resume by itself
+            self.RE.install_suspender(suspender)
         self._run_file = run_file
         self.current: QueueItem | None = None
         self.running_queue = threading.Event()
@@ -150,6 +155,7 @@ class PlanRunner:
             "queue_running": self.running_queue.is_set(),
             "queue_stop_pending": self.stop_pending,
             "current": item.summary() if item else None,
+            "suspended": [reason for suspender, reason in self.suspenders if suspender.tripped],
         }
 
     # -- the worker thread ---------------------------------------------------------------

@@ -239,6 +239,7 @@ class MonitorState:
             "re_state": None,
             "queue_length": None,
             "current": None,
+            "suspended": [],
             "latency_ms": {},
             "status_time": None,
             "monitor_rejected": 0,
@@ -458,7 +459,7 @@ class MonitorState:
                 if isinstance(finishing, dict) and run.get("state") in ("processing", "finishing"):
                     self._run["finishing"] = self._finishing(finishing)
         health = self._health
-        for key in ("frames_received", "frames_rejected", "re_state", "queue_length", "current"):
+        for key in ("frames_received", "frames_rejected", "re_state", "queue_length", "current", "suspended"):
             if key in p:
                 health[key] = p[key]
         for key in ("rejected_by_reason", "stages"):
@@ -573,7 +574,8 @@ def run_state(snapshot: dict) -> tuple[str, str]:
     """(text, kind) of the run's state as the monitors show it; kind is ok, warn, bad or live.
 
     ended: completed / stopped / aborted / failed, or incomplete; finishing: the run-end step;
-    paused (the RunEngine is paused); running.
+    suspended (a suspender holds the plan: beam lost, stage too warm); paused (the RunEngine
+    is paused); running.
     """
     run = snapshot.get("run")
     if not run:
@@ -591,7 +593,10 @@ def run_state(snapshot: dict) -> tuple[str, str]:
         step, total = finishing.get("step"), finishing.get("total")
         count = f" {step:g}/{total:g}" if step is not None and total and total > 1 else ""
         return f"finishing: {finishing.get('text')}{count}", "live"
-    if (snapshot.get("health") or {}).get("re_state") == "paused":
+    health = snapshot.get("health") or {}
+    if health.get("suspended"):
+        return f"suspended: {', '.join(map(str, health['suspended']))}", "warn"
+    if health.get("re_state") == "paused":
         return "paused", "warn"
     return "running", "live"
 

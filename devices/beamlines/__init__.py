@@ -30,7 +30,8 @@ class Beamline:
 
     ``angle_axis`` maps an image detector to the device whose position is the angle of its
     frames; ``exposure`` maps a detector to ``() -> (value, units)``. Together they give the
-    per-frame header fields a frame sink cannot know (``frame_metadata``).
+    per-frame header fields a frame sink cannot know (``frame_metadata``). ``suspenders``
+    suspend a plan while the beam is lost or the specimen too warm, and resume it after.
     """
 
     devices: dict[str, Any]
@@ -38,6 +39,7 @@ class Beamline:
     truth: dict[str, Any] = field(default_factory=dict)
     angle_axis: dict[str, str] = field(default_factory=dict)
     exposure: dict[str, Callable[[], tuple[float, str]]] = field(default_factory=dict)
+    suspenders: list = field(default_factory=list)  # (bluesky suspender, reason) the RunEngine installs
 
     def frame_metadata(self, device: str, data_key: str) -> dict:
         """``angle_deg``, ``exposure`` and ``exposure_units`` of the frame ``device`` writes now, and

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bluesky.suspenders import SuspendCeil, SuspendFloor
+
+from ...simulators.facility import BeamModel, CryoStageModel
+from ..monitors import PolledSignal
 from ..sim import make_correlative, make_fib, make_microprobe, make_tem
 from ..sinks import FrameSink
 from . import Beamline
@@ -22,6 +26,9 @@ class Settings:
     seed: int = 0
     microprobe_shape: tuple[int, int, int] = (32, 64, 64)
     tem_shape: tuple[int, int, int] = (48, 16, 48)
+    beam_current_min_mA: float = 100.0  # plans suspend below it, resume above twice it
+    stage_temperature_max_K: float = 110.0  # plans suspend above it, resume below it less 10 K
+    suspend_resume_sleep_s: float = 1.0  # wait after the condition clears before resuming
 
     def __post_init__(self):
         for name in ("microprobe_shape", "tem_shape"):
@@ -58,11 +65,41 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         "sxt": correlative.sxt,
         "fm": correlative.fm,
     }
+    beam, stage = BeamModel(), CryoStageModel()
+    beam_current = PolledSignal(beam.current_mA, name="beam_current", units="mA")
+    stage_temperature = PolledSignal(stage.temperature_K, name="stage_temperature", units="K")
+    devices |= {"beam_current": beam_current, "stage_temperature": stage_temperature}
+    beam_low = f"beam current below {settings.beam_current_min_mA:g} mA"
+    stage_warm = f"cryo-stage above {settings.stage_temperature_max_K:g} K"
+    suspenders = [
+        (
+            SuspendFloor(
+                beam_current,
+                settings.beam_current_min_mA,
+                resume_thresh=2 * settings.beam_current_min_mA,
+                sleep=settings.suspend_resume_sleep_s,
+                tripped_message=beam_low,
+            ),
+            beam_low,
+        ),
+        (
+            SuspendCeil(
+                stage_temperature,
+                settings.stage_temperature_max_K,
+                resume_thresh=settings.stage_temperature_max_K - 10.0,
+                sleep=settings.suspend_resume_sleep_s,
+                tripped_message=stage_warm,
+            ),
+            stage_warm,
+        ),
+    ]
     truth = {
         "microprobe": probe.world,
         "tem": tem.world,
         "fib": fib.backend,
         "correlative": correlative.scene,
+        "beam": beam,
+        "cryo_stage": stage,
     }
 
     def dwell():
@@ -73,6 +110,7 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         plan_defaults=PLAN_DEFAULTS,
         truth=truth,
         angle_axis={"dpc": "rotation", "xrf": "rotation", "txm": "rotation", "k3": "tilt"},
+        suspenders=suspenders,
         exposure={
             "dpc": dwell,
             "xrf": dwell,

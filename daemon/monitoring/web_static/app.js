@@ -104,6 +104,8 @@ function runState(m) {
     const count = f.step !== null && f.total && f.total > 1 ? ` ${f.step}/${f.total}` : "";
     return [`finishing: ${f.text}${count}`, "live"];
   }
+  const suspended = (m.health || {}).suspended || [];
+  if (suspended.length) return [`suspended: ${suspended.join(", ")}`, "warn"];
   if ((m.health || {}).re_state === "paused") return ["paused", "warn"];
   return ["running", "live"];
 }
