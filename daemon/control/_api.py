@@ -56,7 +56,7 @@ class ControlAPI:
             "queue_clear": queue.clear,
             "queue_start": runner.start_queue,
             "queue_stop": runner.stop_queue,
-            "pause": lambda defer=False: runner.pause(bool(defer)),
+            "pause": self.pause,
             "resume": lambda: runner.command("resume"),
             "abort": lambda: runner.command("abort"),
             "stop": lambda: runner.command("stop"),
@@ -68,6 +68,11 @@ class ControlAPI:
 
     def status(self) -> dict:
         return {**self.runner.status(), "queue_length": len(self.queue), **self._status()}
+
+    def pause(self, defer: bool = False) -> str:
+        if not isinstance(defer, bool):
+            raise ValueError(f"defer = {str(defer)[:40]} must be true or false")
+        return self.runner.pause(defer)
 
     def history(self, limit: int = 100) -> list[dict]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

@@ -23,8 +23,21 @@ from typing import Any, Literal
 
 from ...plans import PLANS, RecipeError, load_recipe
 
-# Plan parameters that take devices; a string there names a device of the beamline.
-DEVICE_PARAMETERS = {"detectors", "rotation", "scan", "dpc", "xrf", "camera", "tilt", "fib", "sxt", "fm"}
+# Plan parameters that take devices, and what such a device must have (methods, parts):
+# a string there names a device of the beamline.
+DEVICE_KINDS = {
+    "detectors": ("a detector", ("trigger", "read")),
+    "dpc": ("a detector", ("trigger", "read")),
+    "xrf": ("a detector", ("trigger", "read")),
+    "camera": ("a detector", ("trigger", "read")),
+    "sxt": ("a detector", ("trigger", "read")),
+    "fm": ("a detector", ("trigger", "read")),
+    "rotation": ("a movable axis", ("set", "check")),
+    "tilt": ("a movable axis", ("set", "check")),
+    "scan": ("a fly-scan stage", ("kickoff", "complete")),
+    "fib": ("a FIB", ("eels", "current", "pattern")),
+}
+DEVICE_PARAMETERS = set(DEVICE_KINDS)
 # Plan parameters that take Python callables (unannotated, so queueserver can validate the plans).
 CALLABLE_PARAMETERS = {"on_tilt"}
 MAX_LIST = 100_000  # longest list a parameter may hold (a list of angles, say)
@@ -177,14 +190,24 @@ class PlanCatalog:
             )
         return self.plans[plan_name]
 
-    def _device(self, parameter: str, value):
-        if isinstance(value, list | tuple):
-            return [self._device(parameter, v) for v in value]
-        if isinstance(value, str) and value in self.devices:
-            return self.devices[value]
-        raise SubmissionError(
-            f"{parameter} = {_short(value)} is not a device name; devices: {', '.join(sorted(self.devices))}"
-        )
+    def _device(self, parameter: str, value, where: str):
+        if isinstance(value, list | tuple) and parameter == "detectors":
+            return [self._device(parameter, v, where) for v in value]
+        if not isinstance(value, str) or value not in self.devices:
+            raise SubmissionError(
+                f"{where} = {_short(value)} is not a device name; devices: {', '.join(sorted(self.devices))}"
+            )
+        device = self.devices[value]
+        what, methods = DEVICE_KINDS[parameter]
+        if not all(hasattr(device, m) for m in methods):
+            fits = sorted(
+                n for n, d in self.devices.items() if all(callable(getattr(d, m, None)) for m in methods)
+            )
+            raise SubmissionError(
+                f"{where} = {value!r} is a {type(device).__name__}; "
+                f"{parameter} takes {what}: {', '.join(fits)}"
+            )
+        return device
 
     def _convert(self, plan_name: str, kwargs: dict) -> dict:
         """Parameters converted to the plan's annotations, device names resolved."""
@@ -205,7 +228,7 @@ class PlanCatalog:
         for key, value in merged.items():
             where = f"{plan_name}: {key}"
             if key in DEVICE_PARAMETERS:
-                out[key] = self._device(where, value)
+                out[key] = self._device(key, value, where)
             elif key in CALLABLE_PARAMETERS:
                 raise SubmissionError(f"{where} takes a Python callable; it cannot be given in a submission")
             elif key == "recipe":

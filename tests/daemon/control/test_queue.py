@@ -66,7 +66,9 @@ def test_impossible_plan_is_refused_at_submission_and_nothing_moves(api):
         SubmissionError, match=r"unknown plan 'spin'; plans: correlative_acquire, mill_lamella"
     ):
         api.queue_add("spin", {})
-    with pytest.raises(SubmissionError, match=r"detectors = 'det9' is not a device name; devices: dpc, fib"):
+    with pytest.raises(
+        SubmissionError, match=r"detectors = 'det9' is not a device name; devices: beam_current, dpc, fib"
+    ):
         api.queue_add("tomo_scan", {"detectors": ["det9"], "angles": [0]})
     with pytest.raises(SubmissionError, match=r"tomo_scan has no parameter 'speed'; parameters: detectors"):
         api.queue_add("tomo_scan", {"angles": [0], "speed": 3})
