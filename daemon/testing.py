@@ -8,6 +8,7 @@ of the daemon's packages only.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -272,3 +273,108 @@ class SimulatedScan:
             yield from self.frame_messages(i, previews=previews)
             yield "status", self.status(i)
         yield "run_end", self.run_end()
+
+
+# ------------------------------------------------------------------------------------ fuzzing
+
+_JUNK_JSON = (
+    b"{",
+    b"[]",
+    b"null",
+    b'{"cmd": 1}',
+    b'{"cmd": "status"',
+    b'{"cmd": "\\ud800"}',
+    b"\x00" * 16,
+    b"\x93\xa4junk",
+)
+_READ_ONLY = ("ping", "status", "config", "plans", "devices", "queue_list", "history")
+_GUARDED = ("pause", "resume", "abort", "stop", "halt", "queue_move", "queue_remove", "shutdown")
+
+
+def _junk_value(rng, depth: int = 0):
+    kind = rng.integers(0, 9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return bool(rng.integers(0, 2))
+    if kind == 2:
+        return int(rng.integers(-(10**12), 10**12))
+    if kind == 3:
+        return float(rng.choice([0.0, -1.0, 1e308, -1e-308, 3.5]))
+    if kind == 4:
+        return "".join(chr(int(c)) for c in rng.integers(32, 0x2FF, int(rng.integers(0, 12))))
+    if kind == 5:
+        return "k3"
+    if kind == 6:
+        return [_junk_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))]
+    return {str(_junk_value(rng, 3)): _junk_value(rng, depth + 1) for _ in range(int(rng.integers(0, 4)))}
+
+
+def fuzz_control_request(rng) -> list[bytes]:
+    """One malformed or harmless control request (message parts), from ``rng`` (numpy Generator).
+
+    Read-only commands with junk arguments, commands that change state only with arguments
+    they refuse (never a real pause or abort), junk JSON, several parts, plans with junk
+    parameters.
+    """
+    kind = rng.integers(0, 6)
+    if kind == 0:
+        return [bytes(rng.choice(list(_JUNK_JSON)))]
+    if kind == 1:
+        return [b'{"cmd": "status"}', b'{"cmd": "abort"}']  # two parts: refused whole
+    if kind == 2:
+        body = {
+            "cmd": str(rng.choice(_READ_ONLY)),
+            **{f"x{i}": _junk_value(rng) for i in range(int(rng.integers(0, 2)))},
+        }
+    elif kind == 3:
+        body = {"cmd": str(rng.choice(_GUARDED)), "uid": [], "position": "a", "defer": [1], "abort": "yes"}
+    elif kind == 4:
+        plans = ("tomo_scan", "xrf_dpc_tomo", "tilt_series", "mill_lamella", "nope")
+        body = {
+            "cmd": "queue_add",
+            "plan": str(rng.choice(plans)),
+            "kwargs": {"num": _junk_value(rng), "start": "x"},
+        }
+    else:
+        body = {"cmd": _junk_value(rng)}
+    return [json.dumps(body, default=str).encode()]
+
+
+def fuzz_frame_message(rng, run: str, stream: str, shape: tuple[int, ...]) -> list[bytes]:
+    """One bad frame message aimed at ``run``'s ``stream`` (or at nothing), from ``rng``.
+
+    Never a valid frame in its turn: the frame socket trusts a sender that knows a run's uid
+    and its next frame number (CURVE authenticates senders; docs/security.md).
+    """
+    from .transport import encode_end, encode_frame, encode_start
+
+    good = np.ones(shape, np.float32)
+    kind = rng.integers(0, 12)
+    if kind == 0:
+        return [bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8))]
+    if kind == 1:
+        return [json.dumps({"protocol": "livetomo-frames", "version": 99, "kind": "frame"}).encode()]
+    if kind == 2:
+        header = json.loads(encode_frame(run, stream, 10**6, good)[0])
+        return [json.dumps({**header, "dtype": "float16"}).encode(), good.tobytes()]
+    if kind == 3:
+        parts = encode_frame(run, stream, int(rng.integers(0, 10**9)), good)
+        return [parts[0], bytes(parts[1])[:-4]]  # short by one value
+    if kind == 4:
+        bad = good.copy()
+        bad.flat[0] = np.nan
+        return encode_frame(run, stream, int(rng.integers(0, 5)), bad)  # NaN, maybe in its turn
+    if kind == 5:
+        return encode_frame(run, stream, int(rng.integers(10**6, 10**15)), good)  # far ahead
+    if kind == 6:
+        return encode_frame(uuid.uuid4().hex, stream, 0, good)  # a run nobody announced
+    if kind == 7:
+        return encode_frame(run, f"s{int(rng.integers(0, 10**6))}", 0, good)  # a stream never started
+    if kind == 8:
+        return encode_start(run, stream, device="x", dtype="float32", shape=shape)  # a second start
+    if kind == 9:
+        return encode_end(uuid.uuid4().hex, stream, int(rng.integers(0, 10**12)))
+    if kind == 10:
+        return encode_frame(run, stream, 0, np.ones((3, 3), np.float32))  # the wrong shape
+    return [*encode_frame(run, stream, 10**7, good), b"extra"]  # one part too many
