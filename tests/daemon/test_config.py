@@ -81,7 +81,10 @@ def test_yaml_config_is_checked(tmp_path):
         ),
         ({"beamline": {"sead": 3}}, r"unknown key beamline.sead \(did you mean 'seed'\?\)"),
         # unknown beamline kind
-        ({"beamline": {"kind": "epcs"}}, r"beamline.kind = 'epcs' is not a known beamline; known: simulated"),
+        (
+            {"beamline": {"kind": "epcs"}},
+            r"beamline.kind = 'epcs' is not a known beamline; known: epics, simulated",
+        ),
     ],
 )
 def test_each_configuration_mistake_is_refused_naming_the_key(overrides, message):
