@@ -88,6 +88,23 @@ class Web:
 
 
 @dataclass
+class Tiled:
+    """The run catalogue: every run's documents, and its frames by reference (stream_resource into
+    the run file), written to Tiled with bluesky-tiled-plugins' TiledWriter.
+
+    ``enabled``: "auto" catalogues when the ``tiled`` extra is installed (and says at start-up
+    that it is off when not), true requires it, false turns it off. ``uri`` null: the embedded
+    catalog in ``<storage_directory>/catalog`` (SQLite, the frames read from the run files);
+    else a Tiled server, which must be able to read the storage directory. ``api_key`` for that
+    server (null: the ``TILED_API_KEY`` environment variable); never written into run files.
+    """
+
+    enabled: bool | Literal["auto"] = "auto"
+    uri: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
 class Beamline:
     """Which devices the daemon's RunEngine drives: ``kind`` names a beamline module, ``settings``
     are that module's own (in YAML they sit beside ``kind``)."""
@@ -108,6 +125,7 @@ class DaemonConfig:
     beamline: Beamline = field(default_factory=Beamline)
     curve: Curve = field(default_factory=Curve)
     web: Web = field(default_factory=Web)
+    tiled: Tiled = field(default_factory=Tiled)
 
     def __post_init__(self):
         if self.beamline.settings is None:
@@ -116,6 +134,8 @@ class DaemonConfig:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["beamline"] = self.beamline.as_dict()
+        if out["tiled"]["api_key"]:
+            out["tiled"]["api_key"] = "(set)"  # a secret: not into run files or the control API
         return out
 
 

@@ -1,7 +1,9 @@
 """The only place that writes files: the live NXtomo run file (SWMR), detector frame files,
-and the exports users' own tools open (MRC + .mdoc for IMOD, PyXRF maps, correlation results).
+the exports users' own tools open (MRC + .mdoc for IMOD, PyXRF maps, correlation results)
+and the run catalogue (Tiled).
 """
 
+from ._catalog import CATALOG_DIRECTORY, RunCatalog, open_embedded_catalog, run_catalog, tiled_missing
 from ._correlation import fiducial_overview_png, write_fiducial_result, write_intensity_result
 from ._frame_files import HDF5FrameSink, read_stream
 from ._mrc import export_tilt_series, write_mrc_tilt_series
@@ -9,17 +11,22 @@ from ._nxtomo import PER_FRAME, NXtomoWriter, run_file, stream_dataset, stream_g
 from ._pyxrf import export_pyxrf_maps, write_pyxrf_map
 
 __all__ = [
+    "CATALOG_DIRECTORY",
     "PER_FRAME",
     "HDF5FrameSink",
     "NXtomoWriter",
+    "RunCatalog",
     "export_pyxrf_maps",
     "export_tilt_series",
     "fiducial_overview_png",
+    "open_embedded_catalog",
     "read_stream",
+    "run_catalog",
     "run_file",
     "stream_dataset",
     "stream_group",
     "stream_location",
+    "tiled_missing",
     "write_fiducial_result",
     "write_intensity_result",
     "write_mrc_tilt_series",
