@@ -240,6 +240,7 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
         "bluesky_queueserver_api", reason="bluesky-queueserver-api is part of the test extra"
     )
     from livetomo.daemon.control import ControlClient
+    from livetomo.daemon.storage import open_embedded_catalog, tiled_missing
     from livetomo.daemon.testing import daemon_overrides, wait_until
 
     daemon_dir = tmp_path / "daemon"
@@ -248,6 +249,7 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
         daemon_dir,
         endpoints={"documents_in": f"ipc://{daemon_dir}/documents_in.sock"},
         processing={"refine": None},
+        tiled={"enabled": tiled_missing() is None},  # and catalogued, where Tiled is installed
     )
     config = daemon_dir / "daemon.yaml"
     config.write_text(yaml.safe_dump(overrides))
@@ -303,5 +305,11 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
             assert {"phase", "Zn"} <= set(reconstruction)
             assert np.isfinite(reconstruction["phase"][()]).all() and reconstruction["phase"].shape[0] == 12
     finally:
-        _stop(daemon, timeout=60)
+        _stop(daemon, timeout=60)  # SIGTERM: the daemon closes its files and its catalogue
         daemon_log.close()
+    if tiled_missing() is None:  # the queueserver-run scan in the daemon's Tiled catalog, frames included
+        catalog = open_embedded_catalog(daemon_dir / "data")
+        segments = catalog[uid]["primary"]["dpc_segments"]
+        assert catalog[uid].metadata["start"]["plan_name"] == "xrf_dpc_tomo"
+        with h5py.File(summary["file"], "r", swmr=True, locking=False) as f:
+            np.testing.assert_array_equal(segments.read(), f["entry/instrument/detector/data"][()])
