@@ -145,7 +145,7 @@ class RunCatalog:
         self._thread.start()
         return self
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 60.0) -> None:
         try:
             self.queue.put(None, timeout=timeout)
         except queue.Full:
@@ -163,7 +163,7 @@ class RunCatalog:
             "state": self.state,
             "where": self.where,
             "documents_written": self.written,
-            "documents_queued": self.queue.qsize(),
+            "documents_queued": self.queue.unfinished_tasks,  # waiting or being written
             "documents_dropped": self.dropped,
             "errors": self.errors,
             "last_error": self.last_error,
@@ -195,6 +195,7 @@ class RunCatalog:
         while True:
             item = self.queue.get()
             if item is None:
+                self.queue.task_done()
                 break
             name, doc = item
             try:
@@ -202,6 +203,8 @@ class RunCatalog:
                 self.written += writer is not None
             except Exception as exc:  # one bad document must not stop the catalogue
                 self._error(f"{name} document: {type(exc).__name__}: {exc}")
+            finally:
+                self.queue.task_done()
 
     def _error(self, text: str) -> None:
         self.errors += 1

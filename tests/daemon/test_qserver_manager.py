@@ -290,6 +290,13 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
                 return next((r for r in runs if r.get("run_uid") == uid), None)
 
             summary = wait_until(finished, timeout=120, what=f"run {uid} finished in livetomo serve")
+            if overrides["tiled"]["enabled"]:  # its documents written to the catalogue, up to the stop
+
+                def catalogued():
+                    status = answers()["catalog"]
+                    return status["state"] != "starting" and not status["documents_queued"]
+
+                wait_until(catalogued, timeout=300, what="the catalogue written")
         assert summary["complete"] and summary["exit_status"] == "success", summary
         assert summary["frames_received"] == summary["frames_expected"] == len(angles)
         assert not list((tmp_path / "data").glob("*.h5"))  # no frame went to files of the manager's own

@@ -51,7 +51,7 @@ def test_runs_are_read_back_from_the_embedded_catalog_bit_exact(tmp_path):
         world = daemon.beamline.truth["microprobe"]
         history = list(world.history)
         summaries = {s["plan_name"]: s for s in daemon.pipeline.finished_runs}
-        assert daemon.status()["catalog"]["state"] in ("starting", "ready")
+        _wait_for_the_catalogue(daemon)
     # closing the daemon wrote every queued document
     status = daemon.tiled.status()
     assert status["state"] == "ready" and status["errors"] == 0 and status["documents_dropped"] == 0, status
@@ -98,6 +98,16 @@ def test_runs_are_read_back_from_the_embedded_catalog_bit_exact(tmp_path):
     assert validate_structure(images, fix_errors=False) == []
 
 
+def _wait_for_the_catalogue(daemon):
+    """Until the catalogue has opened and written what was queued (its start takes seconds)."""
+
+    def done():
+        status = daemon.status()["catalog"]
+        return status["state"] != "starting" and status["documents_queued"] == 0
+
+    wait_until(done, timeout=300, what="the catalogue written")
+
+
 def _descriptors(docs, run):
     uid = run.metadata["start"]["uid"]
     return {doc["uid"] for name, doc in docs if name == "descriptor" and doc["run_start"] == uid}
@@ -115,6 +125,7 @@ def test_frames_are_read_through_tiled_while_the_writer_holds_the_run_file_in_sw
         client("queue_start")
         wait_until(lambda: daemon.pipeline.finished_runs, timeout=120, what="the run finished")
         path = daemon.pipeline.finished_runs[-1]["file"]
+        _wait_for_the_catalogue(daemon)
     uid = next(doc["uid"] for name, doc in docs if name == "start")
     tiled = _embedded_client(tmp_path / "data")
     images = tiled[uid]["primary"]["txm_image"]
