@@ -62,7 +62,9 @@ class Daemon:
         self.storage = Path(config.storage_directory)
         self.storage.mkdir(parents=True, exist_ok=True)
         limits = config.limits
-        self.tracker = StreamTracker(require_announced_runs=True)
+        self.tracker = StreamTracker(
+            require_announced_runs=True, window=limits.sequence_window, max_streams=limits.max_streams_per_run
+        )
         self.receiver = FrameReceiver(
             config.endpoints.frames,
             maxsize=limits.ingest_queue,
@@ -72,6 +74,8 @@ class Daemon:
             socket_setup=self.security,
             hold_unknown_s=limits.hold_unknown_run_s,
             max_held=limits.ingest_queue,
+            max_bytes=limits.ingest_bytes,
+            rcvhwm=max(1, min(4, limits.ingest_bytes // limits.max_message_bytes)),
         )
         self.results = ResultsPublisher(config.endpoints.results, self.context, self.security)
         self.monitor = MonitorState()
@@ -80,9 +84,11 @@ class Daemon:
             self.receiver.queue,
             storage_directory=self.storage,
             processing=config.processing,
+            storage=config.storage,
             publish=self.publish,
             config=config.as_dict(),
             process_queue=limits.process_queue,
+            process_bytes=limits.process_bytes,
         )
         self.documents = DocumentPublisher(
             config.endpoints.documents, bind=True, context=self.context, socket_setup=self.security
@@ -213,7 +219,10 @@ class Daemon:
         self.control.start()
         self._status_thread.start()
         if self.config.web.enabled:
-            self.web = start_web_server(self.monitor, self.config.web.host, self.config.web.port)
+            web = self.config.web
+            self.web = start_web_server(
+                self.monitor, web.host, web.port, allowed_hosts=web.allowed_hosts or None
+            )
             log.info("monitoring page: %s", self.web.url)
         log.info(
             "livetomo daemon up: control %s, results %s", self.config.endpoints.control, self.results.endpoint

@@ -50,18 +50,29 @@ class Curve:
     """CURVE keys (files made by ``livetomo keys DIR``); required for any non-loopback bind."""
 
     server_secret_key: str | None = None
-    authorized_clients: str | None = None  # directory of client public keys; None allows any CURVE client
+    authorized_clients: str | None = None  # directory of the public keys of the clients let in (required)
 
 
 @dataclass
 class Limits:
-    """Bounds of the data path. ``ingest_queue`` frames wait between the socket and the writer,
-    ``process_queue`` frames (with their pixels) between the writer and processing; beyond it
-    processing re-reads frames from the run file, so the writer never waits for processing."""
+    """Bounds of the data path, in messages and in bytes.
+
+    ``max_message_bytes``: the largest frame; the socket cuts off anything larger unread.
+    ``ingest_queue``/``ingest_bytes``: frames waiting between the socket and the writer
+    (beyond, the sender is blocked). ``process_queue``/``process_bytes``: frames waiting with
+    their pixels between the writer and processing (beyond, processing re-reads them from the
+    run file, so the writer never waits). ``sequence_window``: how far ahead of the next
+    expected frame a frame may arrive (it waits; further ahead is refused).
+    ``max_streams_per_run``: frame streams a run may open.
+    """
 
     max_message_bytes: int = field(default=512 * 1024**2, metadata=_range(1))
     ingest_queue: int = field(default=64, metadata=_range(1))
+    ingest_bytes: int = field(default=1024**3, metadata=_range(1))
     process_queue: int = field(default=64, metadata=_range(1))
+    process_bytes: int = field(default=1024**3, metadata=_range(1))
+    sequence_window: int = field(default=16, metadata=_range(1, 4096))
+    max_streams_per_run: int = field(default=32, metadata=_range(1, 1024))
     hold_unknown_run_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
 
 
@@ -79,12 +90,33 @@ class Processing:
 
 
 @dataclass
+class Storage:
+    """How run files are written (docs/storage.md).
+
+    ``compression`` is the HDF5 filter of every frame dataset, one chunk per frame:
+    ``bitshuffle-lz4`` (default; as Dectris/Eiger files) and ``blosc-lz4``/``blosc-zstd`` need
+    ``hdf5plugin`` in the reader's Python (``import hdf5plugin`` before ``h5py``), ``gzip`` is read
+    by every HDF5 library, ``none`` stores raw chunks (fastest, largest). ``xrf_spectra: false``
+    stores only the XRF element maps, not the per-pixel spectra (which PyXRF needs to fit)."""
+
+    compression: Literal["bitshuffle-lz4", "blosc-lz4", "blosc-zstd", "gzip", "none"] = "bitshuffle-lz4"
+    xrf_spectra: bool = True
+
+
+@dataclass
 class Web:
-    """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged."""
+    """The live monitoring page (read-only). ``port: 0`` picks a free port; the URL is logged.
+
+    A host other than loopback needs ``allow_remote: true`` (the page is read-only but
+    unauthenticated); it answers only requests naming ``host`` or one of ``allowed_hosts``
+    (default: the loopback names) in their Host header.
+    """
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_range(0, 65535))
+    allow_remote: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -122,6 +154,7 @@ class DaemonConfig:
     storage_directory: str = "livetomo_data"
     limits: Limits = field(default_factory=Limits)
     processing: Processing = field(default_factory=Processing)
+    storage: Storage = field(default_factory=Storage)
     beamline: Beamline = field(default_factory=Beamline)
     curve: Curve = field(default_factory=Curve)
     web: Web = field(default_factory=Web)
@@ -149,6 +182,8 @@ def _describe(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         parts = [_describe(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is tuple and args[-1] is Ellipsis:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_plural(args[0])}"
@@ -203,6 +238,10 @@ def _check_value(value, tp, where: str):
             except ConfigError:
                 continue
         raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+    if origin is tuple and args[-1] is Ellipsis:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+        return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
             if not isinstance(value, list | tuple):
@@ -351,10 +390,22 @@ def check_bind_policy(config: DaemonConfig) -> None:
         for name, value in asdict(config.endpoints).items()
         if value is not None and not is_loopback(value)
     ]
+    web = config.web
+    if web.enabled and not is_loopback(f"tcp://{web.host}:{web.port}") and not web.allow_remote:
+        raise ConfigError(
+            f"web.host = {web.host} is not loopback; the page is read-only but anyone who reaches it "
+            "can watch the scan: set web.allow_remote: true (and web.allowed_hosts to the names it is "
+            "reached by), or tunnel it over SSH"
+        )
     if exposed and not config.curve.server_secret_key:
         raise ConfigError(
             f"{', '.join(exposed)} bind beyond loopback; configure curve.server_secret_key "
             "(make keys with 'livetomo keys DIR') or bind to 127.0.0.1"
+        )
+    if config.curve.server_secret_key and not config.curve.authorized_clients:
+        raise ConfigError(
+            "curve.authorized_clients must name a directory of client public keys: with CURVE on, only "
+            "listed clients get in (livetomo keys DIR writes one client pair; copy its .key there)"
         )
     if config.curve.server_secret_key and not Path(config.curve.server_secret_key).is_file():
         raise ConfigError(f"curve.server_secret_key: file {config.curve.server_secret_key} does not exist")

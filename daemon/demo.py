@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401  (the run file's compression filter)
 import numpy as np
 
 from ..processing.dpc import dpc_from_segments
@@ -101,8 +102,8 @@ def _report(out: Path, summary: dict, world, quiet: bool) -> DemoResult:
     with h5py.File(path, "r") as f:
         angles = f["entry/processing/alignment/rotation_angle"][()]
         shifts = f["entry/processing/alignment/shift"][()]
-        segments = f["entry/instrument/detector/data"][()]
-        phase = f["entry/processing/reconstruction/phase"][()]
+        segments = f["entry/instrument/dpc_segments/data"][()]
+        phase = f["entry/processing/reconstruction/phase/data"][()]
     horizontal, _, _ = dpc_from_segments(segments)
     truth = np.array([r.true_shift_px for r in world.history])
     err_v, err_h, centre = gauge_errors(shifts, truth, angles, keep_centre=False)

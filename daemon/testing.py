@@ -32,6 +32,24 @@ def make_run_engine() -> RunEngine:
     return RunEngine({}, call_returns_result=True, context_managers=[])
 
 
+def xrf_dpc_plan(probe, angles=(0.0, 90.0), *, raster_shape=None, dwell_s: float = 0.003):
+    """``xrf_dpc_tomo`` over ``angles`` on a simulated microprobe (``devices.sim.make_microprobe``);
+    the raster covers the specimen unless ``raster_shape`` is given."""
+    from ..plans import xrf_dpc_tomo
+
+    nz, _, nx = probe.world.probe.specimen.shape
+    return xrf_dpc_tomo(
+        probe.dpc,
+        probe.xrf,
+        probe.rotation,
+        probe.scan,
+        list(angles),
+        raster_shape=tuple(raster_shape or (nz, nx)),
+        pixel_size_um=probe.world.probe.pixel_size_nm / 1000.0,
+        dwell_s=dwell_s,
+    )
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "the condition") -> object:
     """Poll ``predicate`` until it returns something true; AssertionError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout

@@ -85,6 +85,25 @@ class K3Camera(Camera):
         self.exposure = float(settings.dose_e_per_A2)
         return finished(self)
 
+    # what IMOD's .mdoc carries: the microscope's voltage and the tilt axis in the camera image
+    # (SerialEM's and IMOD's convention: degrees counter-clockwise from the image's Y axis)
+    _OPTICS = {"voltage": ("voltage_kv", "kV"), "tilt_axis_angle": ("tilt_axis_deg", "deg")}
+
+    def read_configuration(self) -> dict:
+        out = super().read_configuration()
+        for key, (attr, _) in self._OPTICS.items():
+            value = getattr(self.backend, attr, None)
+            if value is not None:
+                out[f"{self.name}_{key}"] = reading(float(value))
+        return out
+
+    def describe_configuration(self) -> dict:
+        out = super().describe_configuration()
+        for key, (attr, units) in self._OPTICS.items():
+            if getattr(self.backend, attr, None) is not None:
+                out[f"{self.name}_{key}"] = number_key("config", units)
+        return out
+
 
 class FluorescenceCamera(Camera):
     """Wide-field cryo-fluorescence camera (sCMOS); exposure in seconds."""

@@ -8,6 +8,7 @@ benchmarks use; plans never see any of this.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,13 @@ class SimMicroprobe:
 
     ``run_raster`` (the scan stage's backend) rasters the specimen at the stage's true
     angle and runout; the two detector backends then read their part of that raster.
-    ``history`` keeps every raster's truth (true shift in pixels, true maps).
+    ``history`` keeps the truth (true shift in pixels, true maps) of the last
+    ``HISTORY_LIMIT`` rasters, and the spectra of the last ``SPECTRA_KEPT`` of them only: a
+    daemon that runs scan after scan keeps its memory flat.
     """
+
+    HISTORY_LIMIT = 4096
+    SPECTRA_KEPT = 16
 
     def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
         self.probe = probe
@@ -88,6 +94,11 @@ class SimMicroprobe:
             shape=spec.shape,
         )
         self.history.append(self.latest)
+        old = len(self.history) - self.SPECTRA_KEPT - 1
+        if old >= 0 and self.history[old] is not None and self.history[old].spectra is not None:
+            self.history[old] = dataclasses.replace(self.history[old], spectra=None)
+        del self.history[: -self.HISTORY_LIMIT]
+        del self.camera_history[: -self.HISTORY_LIMIT]
 
     def segments_backend(self):
         return _SegmentsBackend(self)
@@ -196,14 +207,17 @@ class SimTEM:
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
         self.history.append(frame)
+        del self.history[: -SimMicroprobe.HISTORY_LIMIT]
         return None if frame is None else np.asarray(frame.counts, dtype=np.float32)
 
 
 class _CameraBackend:
-    def __init__(self, acquire, shape, pixel_size_nm):
+    def __init__(self, acquire, shape, pixel_size_nm, **optics):
         self.acquire = acquire
         self.shape = tuple(shape)
         self.pixel_size_nm = pixel_size_nm
+        for name, value in optics.items():  # voltage_kv, tilt_axis_deg (the K3's)
+            setattr(self, name, value)
 
 
 @dataclass
@@ -231,7 +245,10 @@ def make_tem(
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
     world = SimTEM(camera, tilt_model, voxel_size_nm)
     image_shape = (shape[0], shape[2])
-    backend = _CameraBackend(world.acquire, image_shape, voxel_size_nm)
+    # the simulated goniometer tilts about the image's vertical (Y) axis: 0 deg in IMOD's convention
+    backend = _CameraBackend(
+        world.acquire, image_shape, voxel_size_nm, voltage_kv=camera.voltage_kv, tilt_axis_deg=0.0
+    )
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),
         k3=K3Camera(backend, sink),

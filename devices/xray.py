@@ -54,6 +54,11 @@ class SegmentedDPCDetector(FrameDetector):
         super().__init__(sink, name=name, parent=parent)
         self.backend = backend
 
+    @property
+    def frame_channels(self) -> dict[str, tuple[str, ...]]:
+        """Names along each frame stream's first axis: the segments."""
+        return {f"{self.name}_segments": ("t2", "t3", "t4", "t5")}
+
     def prepare(self, spec: RasterSpec):
         self.frames.declare(f"{self.name}_segments", np.float32, (4, *spec.shape))
         return prepare_backend(self, spec)
@@ -93,6 +98,11 @@ class VortexXRF(FrameDetector):
         self.windows = dict(backend.roi_windows(self.elements))
         self.summary_units = {f"{el}": "counts" for el in self.elements} | {"live_fraction": ""}
 
+    @property
+    def frame_channels(self) -> dict[str, tuple[str, ...]]:
+        """Names along each frame stream's first axis: the elements of the ROI maps."""
+        return {f"{self.name}_roi": self.elements}
+
     def prepare(self, spec: RasterSpec):
         self.frames.declare(f"{self.name}_roi", np.float32, (len(self.elements), *spec.shape))
         if self.save_spectra:
@@ -127,10 +137,15 @@ class VortexXRF(FrameDetector):
         out = {f"{self.name}_elements": reading(",".join(self.elements))}
         for el, (lo, hi) in self.windows.items():
             out[f"{self.name}_{el}_window"] = reading([lo, hi])
+        # the spectra's energy axis: channel i is at energy_offset + i * energy_per_channel (keV)
+        out[f"{self.name}_energy_offset"] = reading(float(self.backend.offset_ev) / 1e3)
+        out[f"{self.name}_energy_per_channel"] = reading(float(self.backend.ev_per_channel) / 1e3)
         return out
 
     def describe_configuration(self) -> dict:
         out = {f"{self.name}_elements": {"source": "config", "dtype": "string", "shape": []}}
+        for key in ("energy_offset", "energy_per_channel"):
+            out[f"{self.name}_{key}"] = {"source": "config", "dtype": "number", "shape": [], "units": "keV"}
         for el in self.windows:
             out[f"{self.name}_{el}_window"] = {
                 "source": "config",

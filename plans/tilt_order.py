@@ -7,6 +7,7 @@ import numpy as np
 from ..devices.base import ParameterError
 
 TILT_ORDERS = ("dose-symmetric", "bidirectional", "continuous")
+MAX_TILTS = 10_000  # more than any tilt series: a bound, so a wild range cannot eat memory
 
 
 def _ladder(start: float, stop: float, step: float) -> list[float]:
@@ -44,6 +45,20 @@ def tilt_order(
         )
     if group_size < 1:
         raise ParameterError(f"group_size = {group_size} must be >= 1")
+    for name, value in (
+        ("min_deg", min_deg),
+        ("max_deg", max_deg),
+        ("step_deg", step_deg),
+        ("start_deg", start_deg),
+    ):
+        if not np.isfinite(value):
+            raise ParameterError(f"{name} = {value} must be a finite number of degrees")
+    n = (max_deg - min_deg) / step_deg + 1
+    if n > MAX_TILTS:
+        raise ParameterError(
+            f"[{min_deg:g}, {max_deg:g}] deg in steps of {step_deg:g} deg is {n:.3g} tilts; "
+            f"at most {MAX_TILTS} are allowed"
+        )
     if order == "continuous":
         return _ladder(min_deg, max_deg, step_deg)
     positive = _ladder(start_deg, max_deg, step_deg)[1:]

@@ -16,6 +16,9 @@ ICE_MU_EN_CM2_PER_G = 4.944
 KEV_TO_J = 1.602176634e-16
 
 
+MAX_ANGLES = 10_000  # more than any scan: a bound, so a wild num cannot eat memory
+
+
 def resolve_angles(angles=None, *, start=None, stop=None, num=None) -> list[float]:
     """Angles from an explicit list or from ``start``, ``stop`` (inclusive) and ``num``."""
     if angles is not None and any(v is not None for v in (start, stop, num)):
@@ -23,13 +26,12 @@ def resolve_angles(angles=None, *, start=None, stop=None, num=None) -> list[floa
     if angles is None:
         if any(v is None for v in (start, stop, num)):
             raise ParameterError("angles missing: give a list of angles, or start, stop and num")
-        if int(num) < 1:
-            raise ParameterError(f"num = {num} must be >= 1")
+        if not 1 <= int(num) <= MAX_ANGLES:
+            raise ParameterError(f"num = {num} is outside the allowed range [1, {MAX_ANGLES}]")
         return [float(a) for a in np.linspace(start, stop, int(num))]
-    angles = [float(a) for a in angles]
-    if not angles:
-        raise ParameterError("angles is empty")
-    return angles
+    if not 1 <= len(angles) <= MAX_ANGLES:
+        raise ParameterError(f"angles has {len(angles)} entries; allowed: 1 to {MAX_ANGLES}")
+    return [float(a) for a in angles]
 
 
 def check_angles(axis, angles: Sequence[float]) -> None:
@@ -102,6 +104,10 @@ def xrf_dpc_tomo(
     if dwell_s is None:
         check_range("total_dwell_s", total_dwell_s, 0.0, np.inf, "s")
         dwell_s = total_dwell_s / len(angles)
+    # every input of the dose is checked, so nothing can slip a scan under the budget
+    check_range("flux_photons_per_s", flux_photons_per_s, 1.0, 1e16, "photons/s")
+    check_range("energy_kev", energy_kev, 0.1, 100.0, "keV")
+    check_range("dose_budget_gy", dose_budget_gy, 0.0, np.inf, "Gy")
     spec = RasterSpec(shape=tuple(int(n) for n in raster_shape), pixel_size_um=pixel_size_um, dwell_s=dwell_s)
     scan.check(spec)
     dose = xray_dose_gy(flux_photons_per_s, dwell_s, pixel_size_um, energy_kev) * len(angles)

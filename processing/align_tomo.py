@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .register import get_array_module, to_numpy
+from .arrays import get_array_module, to_numpy
 
 
 class GeometryError(ValueError):

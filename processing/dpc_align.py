@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import get_array_module, to_numpy
 from .moment_align import centre_of_mass_u, flat_border, phase_from_dpc_rows
-from .register import get_array_module, shift_image, to_numpy
+from .register import shift_image
 
 DPC_KEYS = ("dpc_h", "dpc_v")
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .register import get_array_module, register, shift_image, to_numpy
+from .arrays import get_array_module, to_numpy
+from .register import register, shift_image
 
 
 class MomentAlignmentError(ValueError):

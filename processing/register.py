@@ -27,13 +27,12 @@ Everything works on numpy or cupy arrays; the array module is inferred from the 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from .arrays import get_array_module, to_numpy
+from .arrays import get_array_module, irfft2, rfft2, single_thread_blas, to_numpy
 from .quality import RegistrationQuality, assess_peak, failed_quality, half_max_width
 
 _COARSE_STEP = 0.05  # px, grid of the first refinement stage (when 1/upsample is finer)
@@ -48,59 +47,6 @@ _EXACT_BOX = 8  # px: largest exclusion-box half-width summed exactly on the coa
 
 class RegistrationError(ValueError):
     """Bad input to a registration function (shape, dtype, option)."""
-
-
-# --------------------------------------------------------------------------- array modules
-
-
-@lru_cache(maxsize=1)
-def _blas_controller():
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    return threadpoolctl.ThreadpoolController()
-
-
-def single_thread_blas():
-    """Context that runs BLAS on one thread (when threadpoolctl is installed).
-
-    The refinement's matrix products are small (tens of rows); a multi-threaded OpenBLAS
-    spends longer waking and waiting for its threads than computing, and on a busy machine
-    far longer: measured on the shared 2-core box, one 21-row DFT stage at 1024 x 1024 took
-    60 ms with OpenBLAS threads against 1.6 ms on one thread.
-    """
-    controller = _blas_controller()
-    return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
-
-
-def _is_numpy(xp) -> bool:
-    return xp is np
-
-
-# FFT threads when the caller gives none: every core. At 1024² this halves the three FFTs of a
-# registration on 2 cores (10.8 -> 5.7 ms; livetomo bench align, part d).
-DEFAULT_WORKERS = -1
-
-
-def rfft2(x, xp, workers=None):
-    """Real 2-D FFT over the last two axes (scipy.fft with ``workers`` on the CPU)."""
-    if _is_numpy(xp):
-        import scipy.fft
-
-        workers = DEFAULT_WORKERS if workers is None else workers
-        return scipy.fft.rfft2(x, workers=workers, overwrite_x=True)
-    return xp.fft.rfft2(x)
-
-
-def irfft2(x, shape, xp, workers=None, overwrite: bool = True):
-    """Inverse of :func:`rfft2` to ``shape`` (rows, cols); ``overwrite`` lets it reuse ``x``."""
-    if _is_numpy(xp):
-        import scipy.fft
-
-        workers = DEFAULT_WORKERS if workers is None else workers
-        return scipy.fft.irfft2(x, s=shape, workers=workers, overwrite_x=overwrite)
-    return xp.fft.irfft2(x, s=shape)
 
 
 # --------------------------------------------------------------------------- windows, filters

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .align_tomo import leave_one_out_reprojection, make_projector
-from .register import get_array_module, register, shift_image, to_numpy
+from .arrays import get_array_module, to_numpy
+from .register import register, shift_image
 
 
 class ReprojectionError(ValueError):

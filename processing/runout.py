@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .register import get_array_module, register
+from .arrays import get_array_module
+from .register import register
 
 _HUBER_K = 1.5  # Huber threshold in robust standard deviations (95 % efficiency)
 

@@ -39,10 +39,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import get_array_module
 from .dpc_align import DPC_KEYS, dpc_channels, dpc_from_channels, dpc_moments, map_moments
 from .moment_align import MomentAlignmentError, fit_horizontal_moments, vertical_profile_shifts
 from .quality import RegistrationQuality
-from .register import get_array_module, register, shift_image
+from .register import register, shift_image
 from .reproject_align import reprojection_refine
 from .runout import RunoutError, RunoutModel, fit_runout, mirror_centre, refine_centre
 from .tilt_align import check_tilt, predict_drift, stretch_columns, stretch_factor

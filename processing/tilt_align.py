@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .register import get_array_module
+from .arrays import get_array_module
 
 
 class TiltAlignmentError(ValueError):

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 import zmq
 
-from ..storage import NXtomoWriter
+from ..storage import DEFAULT_COMPRESSION, NXtomoWriter, compression_options
 from ..transport import End, FrameReceiver, Limits, encode_end, encode_frame, encode_start
 
 FRAME_SHAPE = (1024, 2048)  # float32: 8 MiB
@@ -213,14 +213,16 @@ def _measure_slow_consumer(n_frames: int, maxsize: int, sleep_s: float, shape) -
 # ---------------------------------------------------------------------------- storage
 
 
-def _write_livetomo(path: Path, frames, n_frames: int) -> None:
-    with NXtomoWriter(path, run_uid="bench", primary_stream="bench") as writer:
-        writer.add_stream("bench", np.float32, frames[0].shape, exposure_units="s")
+def _write_livetomo(path: Path, frames, n_frames: int, compression: str = "none") -> None:
+    with NXtomoWriter(path, run_uid="bench", primary_stream="bench", compression=compression) as writer:
+        writer.add_stream("bench", frames[0].dtype, frames[0].shape, exposure_units="s")
         for i in range(n_frames):
             writer.append("bench", frames[i % N_DISTINCT], index=i, angle_deg=0.5 * i, exposure=0.01)
 
 
-def _write_h5py(path: Path, frames, n_frames: int, *, direct: bool = False) -> None:
+def _write_h5py(
+    path: Path, frames, n_frames: int, *, direct: bool = False, compression: str = "none"
+) -> None:
     shape = frames[0].shape
     with h5py.File(path, "w", libver="latest") as f:
         ds = f.create_dataset(
@@ -228,7 +230,8 @@ def _write_h5py(path: Path, frames, n_frames: int, *, direct: bool = False) -> N
             shape=(0, *shape),
             maxshape=(None, *shape),
             chunks=(1, *shape),
-            dtype=np.float32,
+            dtype=frames[0].dtype,
+            **compression_options(compression),
         )
         for i in range(n_frames):
             ds.resize(i + 1, axis=0)
@@ -294,6 +297,90 @@ def _storage(n_frames: int, repeats: int, shape) -> tuple[dict, dict, str]:
     return times, exact, str(Path(tmp).parent)
 
 
+# ---------------------------------------------------------------------------- compression
+
+
+def _xrf_spectra(n: int, raster: int = 64) -> list[np.ndarray]:
+    """Simulated Vortex spectra of ``n`` rasters, (raster, raster, 2048) uint32 counts, 3 ms dwell."""
+    from ...devices.sim import make_microprobe
+
+    probe = make_microprobe(shape=(16, raster, raster), seed=0).world.probe
+    angles = np.linspace(0.0, 180.0, n, endpoint=False)
+    return [probe.raster(float(a), dwell_s=3e-3, shape=(raster, raster)).spectra for a in angles]
+
+
+def _k3_frames(n: int, size: int = 256, tiles: int = 8) -> list[np.ndarray]:
+    """K3 counted frames (uint16 electrons per pixel, 3 e/Å² per tilt) of (size·tiles)² pixels:
+    the simulator's size² frames (simulating 2048² directly takes minutes) laid as tiles, each
+    tile one of the simulated frames rolled by a random offset, so counts keep their statistics."""
+    from ...devices.sim import make_tem
+
+    camera = make_tem(shape=(size, 16, size), seed=1).world.camera
+    sims = [camera.acquire(float(a), dose_e_per_A2=3.0).counts for a in np.linspace(-60.0, 60.0, 2 * n)]
+    rng = np.random.default_rng(0)
+
+    def tile():
+        return np.roll(sims[rng.integers(len(sims))], tuple(rng.integers(size, size=2)), axis=(0, 1))
+
+    frames = []
+    for _ in range(n):
+        rows = [np.concatenate([tile() for _ in range(tiles)], axis=1) for _ in range(tiles)]
+        frames.append(np.ascontiguousarray(np.concatenate(rows, axis=0), dtype=np.uint16))
+    return frames
+
+
+def _compressed_size(path: Path, dataset: str) -> int:
+    with h5py.File(path, "r") as f:
+        return f[dataset].id.get_storage_size()
+
+
+def _compression(kind: str, frames: list[np.ndarray], n_frames: int, repeats: int) -> dict:
+    """The writer with the default filter against raw h5py with the same filter, and the ratio
+    of every filter on these frames."""
+    assert len(frames) == N_DISTINCT, "the writers cycle through N_DISTINCT frames"
+    scratch = _scratch_dir(n_frames * frames[0].nbytes)
+    with tempfile.TemporaryDirectory(prefix="livetomo-bench-", dir=scratch) as tmp:
+        writers = {
+            "livetomo": lambda p: _write_livetomo(p, frames, n_frames, compression=DEFAULT_COMPRESSION),
+            "h5py": lambda p: _write_h5py(p, frames, n_frames, compression=DEFAULT_COMPRESSION),
+        }
+
+        def timed(name):
+            def go():
+                path = Path(tmp) / f"{kind}-{name}.h5"
+                path.unlink(missing_ok=True)
+                t0 = time.perf_counter()
+                writers[name](path)
+                return time.perf_counter() - t0
+
+            return go
+
+        times = _interleaved({name: timed(name) for name in writers}, repeats)
+        datasets = {"livetomo": "/entry/instrument/detector/data", "h5py": "/entry/instrument/bench/data"}
+        exact = {
+            name: _read_back_exact(Path(tmp) / f"{kind}-{name}.h5", datasets[name], frames, n_frames)
+            for name in writers
+        }
+        raw_bytes = n_frames * frames[0].nbytes
+        ratios = {}
+        for name in ("bitshuffle-lz4", "blosc-lz4", "blosc-zstd", "gzip"):
+            path = Path(tmp) / f"{kind}-ratio-{name}.h5"
+            _write_livetomo(path, frames, n_frames, compression=name)
+            ratios[name] = raw_bytes / _compressed_size(path, "/entry/instrument/detector/data")
+    mib = raw_bytes / 2**20
+    speed = {name: mib / statistics.median(t) for name, t in times.items()}
+    return {
+        "mib_per_s": speed,
+        "ratio": speed["livetomo"] / speed["h5py"],
+        "exact": exact,
+        "compression_ratio": ratios,
+        "times_s": times,
+        "frame_shape": list(frames[0].shape),
+        "frame_dtype": str(frames[0].dtype),
+        "n_frames": n_frames,
+    }
+
+
 # ---------------------------------------------------------------------------- the benchmark
 
 
@@ -342,7 +429,22 @@ def run(*, quick: bool = False, log=print) -> dict:
         + f"   (files in {where})"
     )
 
-    # 3. memory with a slow consumer
+    # 3. compression: the default filter on simulated XRF spectra and K3 frames
+    compressed = {
+        "xrf_spectra": _compression("xrf", _xrf_spectra(4, 32 if quick else 64), 8 if quick else 24, repeats),
+        "k3": _compression("k3", _k3_frames(4, 128 if quick else 256), 24 if quick else 64, repeats),
+    }
+    for kind, c in compressed.items():
+        log(
+            f"compress {kind} {c['frame_shape']} {c['frame_dtype']} ({DEFAULT_COMPRESSION}): livetomo "
+            f"{c['mib_per_s']['livetomo']:6.0f} MiB/s   raw h5py, same filter {c['mib_per_s']['h5py']:6.0f} "
+            f"MiB/s   ratio {c['ratio']:.2f} (target >= 0.80)   bit-exact: "
+            + ", ".join(f"{k} {v}" for k, v in c["exact"].items())
+            + "   compression ratio: "
+            + ", ".join(f"{k} {v:.1f}x" for k, v in c["compression_ratio"].items())
+        )
+
+    # 4. memory with a slow consumer
     maxsize, sleep_s = 4, 0.02
     n_slow = 24 if quick else 64
     bound = (maxsize + HWM + 3) * frame_mib
@@ -376,6 +478,22 @@ def run(*, quick: bool = False, log=print) -> dict:
         "write_bit_exact": wexact,
         "write_directory": where,
         "write_times_s": wtimes,
+        "compression": DEFAULT_COMPRESSION,
+        **{
+            f"compress_{kind}_{key}": value
+            for kind, c in compressed.items()
+            for key, value in (
+                ("livetomo_mib_per_s", c["mib_per_s"]["livetomo"]),
+                ("raw_h5py_same_filter_mib_per_s", c["mib_per_s"]["h5py"]),
+                ("ratio_livetomo_over_h5py", c["ratio"]),
+                ("bit_exact", c["exact"]),
+                ("compression_ratio", c["compression_ratio"]),
+                ("frame_shape", c["frame_shape"]),
+                ("frame_dtype", c["frame_dtype"]),
+                ("n_frames", c["n_frames"]),
+                ("times_s", c["times_s"]),
+            )
+        },
         "slow_consumer_frames": n_slow,
         "slow_consumer_sent_mib": n_slow * frame_mib,
         "slow_consumer_rss_peak_growth_mib": peak_mib,

@@ -7,6 +7,7 @@ scripts. A refused command prints the daemon's reason and exits with status 1.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -14,6 +15,17 @@ import yaml
 
 from ..control import ControlClient
 from . import _format as fmt
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _numbers(value):
+    """YAML 1.1 reads ``3e-3`` (no dot) as a string; people mean the number."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
 
 
 def parse_assignments(pairs: list[str]) -> dict:
@@ -24,7 +36,7 @@ def parse_assignments(pairs: list[str]) -> dict:
         if not sep or not key:
             raise SystemExit(f"parameter {pair!r} is not key=value (e.g. num=61, angles='[0, 90]')")
         try:
-            out[key] = yaml.safe_load(value)
+            out[key] = _numbers(yaml.safe_load(value))
         except yaml.YAMLError:
             out[key] = value  # the plan's checks say what it should have been
     return out
@@ -256,7 +268,11 @@ def cmd_keys(args) -> int:
 
     for name, path in make_keys(args.directory).items():
         print(f"{name}: {path}")
-    print(f"in the daemon's config:  curve: {{server_secret_key: {args.directory}/server.key_secret}}")
+    print(
+        f"in the daemon's config:  curve: {{server_secret_key: {args.directory}/server.key_secret, "
+        f"authorized_clients: {args.directory}/authorized_clients}}"
+    )
+    print("give each client its own pair (livetomo keys) and copy its .key into authorized_clients")
     return 0
 
 

@@ -30,8 +30,13 @@ def bar(done, planned, width: int = 30) -> str:
 
 
 def number(value, unit: str = "") -> str:
-    """A quantity rounded for people: 3 significant digits, with its unit."""
-    return "–" if value is None else f"{value:.3g} {unit}".rstrip()
+    """A quantity for people: three significant digits, large values with an SI prefix (4.71 MGy);
+    the page's ``quantity`` does the same."""
+    if value is None:
+        return "–"
+    prefixes = ((1e9, "G"), (1e6, "M"), (1e3, "k"))
+    scale, prefix = next(((s, p) for s, p in prefixes if abs(value) >= s), (1, ""))
+    return f"{float(f'{value / scale:.3g}'):g} {prefix}{unit}".rstrip()
 
 
 def parameters(kwargs: dict, limit: int = 60) -> str:

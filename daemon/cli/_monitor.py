@@ -20,6 +20,7 @@ import zmq
 
 from ..monitoring import MonitorState, run_state
 from ..transport import ResultsFollower
+from ._format import number
 
 SPARK = "▁▂▃▄▅▆▇█"
 RED, BOLD, DIM, RESET = "\x1b[31m", "\x1b[1m", "\x1b[2m", "\x1b[0m"
@@ -86,7 +87,7 @@ def render(
             "dose",
             p.get("dose_so_far"),
             p.get("dose_planned"),
-            f"{_num(p.get('dose_so_far'))}/{_num(p.get('dose_planned'))} {units}".rstrip(),
+            f"{number(p.get('dose_so_far'), units)} of {number(p.get('dose_planned'), units)}",
         ),
     ):
         shown = text or f"{done if done is not None else 0}/{planned if planned is not None else '?'}"

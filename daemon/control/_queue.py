@@ -40,6 +40,13 @@ class QueueItem:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self, max_list: int = 8) -> dict:
+        """``as_dict`` with long lists shortened (``status`` is polled often: its replies stay small)."""
+        out = self.as_dict()
+        out["kwargs"] = {k: _short(v, max_list) for k, v in self.kwargs.items()}
+        out["md"] = {k: _short(v, max_list) for k, v in self.md.items()}
+        return out
+
     @classmethod
     def from_dict(cls, data: dict) -> QueueItem:
         known = {f.name for f in fields(cls)}
@@ -48,6 +55,12 @@ class QueueItem:
     def again(self) -> QueueItem:
         """A fresh queued copy of this item (a new uid, as queueserver gives a re-queued plan)."""
         return QueueItem(plan=self.plan, kwargs=dict(self.kwargs), md=dict(self.md), requeued_from=self.uid)
+
+
+def _short(value, max_list: int):
+    if isinstance(value, list) and len(value) > max_list:
+        return [*value[: max_list - 1], f"... ({len(value)} in all)"]
+    return value
 
 
 class PlanQueue:

@@ -149,7 +149,7 @@ class PlanRunner:
             "re_state": self.state,
             "queue_running": self.running_queue.is_set(),
             "queue_stop_pending": self.stop_pending,
-            "current": item.as_dict() if item else None,
+            "current": item.summary() if item else None,
         }
 
     # -- the worker thread ---------------------------------------------------------------

@@ -248,7 +248,8 @@ class MonitorState:
     def _reset_run(self, run: dict | None) -> None:
         self._run = run
         planned = (run or {}).get("frames_planned")
-        n_angles = len((run or {}).get("angles_planned") or []) or planned
+        by_frame = (run or {}).get("progress_unit", "frames") == "frames"  # milling counts stages
+        n_angles = len((run or {}).get("angles_planned") or []) or (planned if by_frame else None)
         dose = (run or {}).get("dose_per_frame")
         self._progress = {
             "frames_done": 0,
@@ -482,7 +483,7 @@ class MonitorState:
         for key in ("frames_planned", "elapsed_s", "eta_s", "dose_so_far"):
             if run.get(key) is not None:
                 progress[key] = run[key]
-        if progress["angles_planned"] is None:
+        if progress["angles_planned"] is None and self._run.get("progress_unit", "frames") == "frames":
             progress["angles_planned"] = progress["frames_planned"]
         if self._run.get("frames_planned") is None:
             self._run["frames_planned"] = progress["frames_planned"]

@@ -31,6 +31,8 @@ import uvicorn
 import zmq
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -127,8 +129,12 @@ class _Broadcaster:
         self.state.remove_listener(self.on_delta)
 
 
-def create_app(state: MonitorState) -> Starlette:
-    """The monitoring page's ASGI app for ``state`` (served by ``start_web_server``)."""
+def create_app(state: MonitorState, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The monitoring page's ASGI app for ``state`` (served by ``start_web_server``).
+
+    ``allowed_hosts``: the Host header values it answers (DNS rebinding protection); None
+    answers any.
+    """
     broadcaster = _Broadcaster(state)
 
     @contextlib.asynccontextmanager
@@ -149,11 +155,13 @@ def create_app(state: MonitorState) -> Starlette:
         return Response(status_code=204)  # no icon; keeps the browser console free of 404s
 
     async def events(request):
-        # Register before taking the snapshot: deltas not newer than it are skipped by the viewer,
-        # so none is lost between the two.
-        queue = broadcaster.register()
+        if request.method != "GET":  # a HEAD request gets the headers only, and no viewer slot
+            return Response(status_code=200, media_type="text/event-stream")
 
         async def stream():
+            # Registered when the stream starts (a request that never reads it holds nothing), and
+            # before the snapshot: deltas not newer than it are skipped by the viewer, none is lost.
+            queue = broadcaster.register()
             try:
                 yield _sse_event("snapshot", state.snapshot())
                 while True:
@@ -168,7 +176,9 @@ def create_app(state: MonitorState) -> Starlette:
             stream(), ping=PING_S, send_timeout=SEND_TIMEOUT_S, headers={"Cache-Control": "no-cache"}
         )
 
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(
+        middleware=middleware,
         routes=[
             Route("/", index),
             Route("/events", events),
@@ -208,8 +218,10 @@ def _bind(host: str, port: int) -> socket.socket:
 class WebServer:
     """Handle of a running monitor page; ``stop()`` ends every viewer's stream and the server."""
 
-    def __init__(self, state: MonitorState, host: str, port: int, *, log_level: str = "warning"):
-        self.app = create_app(state)
+    def __init__(
+        self, state: MonitorState, host: str, port: int, *, allowed_hosts=None, log_level: str = "warning"
+    ):
+        self.app = create_app(state, allowed_hosts=list(allowed_hosts or LOCAL_NAMES) + [host])
         self._sock = _bind(host, port)
         self.host, self.port = host, self._sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
@@ -262,15 +274,23 @@ class WebServer:
         self.stop()
 
 
-def start_web_server(state: MonitorState, host: str = "127.0.0.1", port: int = 8080) -> WebServer:
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def start_web_server(
+    state: MonitorState, host: str = "127.0.0.1", port: int = 8080, allowed_hosts=None
+) -> WebServer:
     """Serve the monitor page for ``state`` on http://host:port/ from a background thread.
 
-    ``port=0`` picks a free port (read it from ``handle.port`` or ``handle.url``). Anything but a
-    loopback host is served too, with a warning: the page is read-only but unauthenticated.
+    ``port=0`` picks a free port (read it from ``handle.port`` or ``handle.url``). The page
+    answers requests whose Host header is ``host`` or one of ``allowed_hosts`` (default: the
+    loopback names), so a web site cannot reach it through DNS rebinding. The daemon's
+    configuration refuses a non-loopback host unless ``web.allow_remote`` is set; the page is
+    read-only but unauthenticated.
     """
     if not _is_loopback(host):
         log.warning("monitor page bound to %s: anyone who can reach it can watch the scan", host)
-    return WebServer(state, host, int(port)).start()
+    return WebServer(state, host, int(port), allowed_hosts=allowed_hosts).start()
 
 
 def follow_results(

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Processing
+from ..config import Processing, Storage
 from ..storage import NXtomoWriter, run_file
 from ..transport import End, Frame, Start
 from . import _messages as messages
@@ -76,6 +76,7 @@ class Pipeline:
     inbox : the frame receiver's queue; documents are added to it by ``on_document``.
     publish : ``publish(topic, payload)`` sends a results message (thread-safe).
     config : the daemon's effective configuration, written into every run file.
+    storage : how run files are written (compression, XRF spectra or only element maps).
     process_queue : frames that wait for processing with their pixels (``ProcessingInbox``).
     """
 
@@ -85,9 +86,11 @@ class Pipeline:
         *,
         storage_directory: str | Path,
         processing: Processing,
+        storage: Storage | None = None,
         publish: Callable[[str, dict], None],
         config: dict | None = None,
         process_queue: int = 64,
+        process_bytes: int | None = None,
         end_grace_s: float = END_GRACE_S,
         on_run_end: Callable[[RunContext, dict], None] | None = None,
     ):
@@ -95,11 +98,12 @@ class Pipeline:
         self.directory = Path(storage_directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.processing = processing
+        self.storage = storage or Storage()
         self.publish = publish
         self.config = config
         self.end_grace_s = float(end_grace_s)
         self.on_run_end = on_run_end
-        self.work = ProcessingInbox(process_queue)
+        self.work = ProcessingInbox(process_queue, process_bytes)
         self.finishing: queue.Queue = queue.Queue()
         self.stats = {name: StageStats() for name in STAGES}
         self.last_errors: deque[str] = deque(maxlen=20)
@@ -108,6 +112,7 @@ class Pipeline:
         self._active: dict[str, RunContext] = {}  # every run not yet ended, in start order
         self.finished_runs: deque[dict] = deque(maxlen=50)
         self.previews_skipped = 0
+        self._finishing_now = 0  # 1 while the finisher works on a run
         self._stats_lock = threading.Lock()  # counters only: held for microseconds
         self._closing = threading.Event()
         self._threads = [
@@ -161,13 +166,26 @@ class Pipeline:
             why = "unknown run" if run is None else "run already finished"
             self._error("store", f"{item.kind} of {item.stream!r} for {why} {item.run}")
             return
+        limit = run.max_frames
+        if limit is not None and (getattr(item, "seq", -1) >= limit or getattr(item, "count", 0) > limit):
+            # a frame the plan cannot have made: refused, so no stream grows past the plan
+            number = item.seq if isinstance(item, Frame) else item.count
+            self._error(
+                "store",
+                f"{item.kind} {number} of {item.stream!r} is beyond the {limit} frames the run can have",
+            )
+            if isinstance(item, End):
+                item = dataclasses.replace(item, count=limit)
+            else:
+                return
         with self._stage("store"):
             run.writer.write_message(item)
         if isinstance(item, Start):
             run.streams_open.add(item.stream)
         elif isinstance(item, Frame):
             run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
-            self.work.put("frame", run, item)
+            if item.stream not in run.writer.skipped:  # a stream the configuration does not keep
+                self.work.put("frame", run, item)
         elif isinstance(item, End):
             run.ends[item.stream] = item.count
             if run.stop is not None and run.all_streams_ended:
@@ -175,6 +193,7 @@ class Pipeline:
 
     def _doc_start(self, doc: dict) -> None:
         method = method_of(doc)
+        keep_spectra = self.storage.xrf_spectra
         writer = NXtomoWriter(
             run_file(self.directory, doc["uid"]),
             run_uid=doc["uid"],
@@ -183,6 +202,10 @@ class Pipeline:
             probe=method.probe,
             attrs={"plan_name": doc.get("plan_name", ""), "livetomo_method": method.name},
             config=self.config,
+            start=doc,
+            compression=self.storage.compression,
+            derived=dict(method.derived),
+            skip_streams=None if keep_spectra else (lambda stream: stream.endswith("_spectra")),
         )
         run = RunContext(doc["uid"], doc, method, writer, method.processor(doc, self.processing))
         self.runs[run.uid] = run
@@ -195,6 +218,8 @@ class Pipeline:
         run = self.runs.get(doc.get("run_start"))
         if run is not None:
             run.streams_expected |= {k for k, v in doc["data_keys"].items() if v.get("external") == "STREAM:"}
+            with self._stage("store"):
+                run.writer.add_descriptor(doc)  # device configuration, pixel sizes
             self.work.put("descriptor", run, doc)
 
     def _doc_event(self, doc: dict) -> None:
@@ -259,6 +284,13 @@ class Pipeline:
             self._frame(run, payload)
         elif kind == "end":
             run.state = "finishing"
+            ahead = self.finishing.qsize() + self._finishing_now
+            run.finishing = {
+                "text": f"waiting for {ahead} earlier run(s) to finish" if ahead else "starting",
+                "step": 0,
+                "total": 1,
+            }
+            self._publish(*messages.finishing(run.uid, **run.finishing))
             self.finishing.put(run)
 
     def _frame(self, run: RunContext, frame: Frame) -> None:
@@ -281,11 +313,14 @@ class Pipeline:
             run = self.finishing.get()
             if run is None:
                 return
+            self._finishing_now = 1
             try:
                 self._finish(run)
             except Exception as exc:
                 self._error("finish", f"{type(exc).__name__}: {exc}")
                 log.exception("finishing run %s", run.uid)
+            finally:
+                self._finishing_now = 0
 
     def _finish(self, run: RunContext) -> None:
         last = {"t": 0.0, "text": None}

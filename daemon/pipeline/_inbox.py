@@ -1,6 +1,7 @@
 """``ProcessingInbox``: the hand-off from the writer to processing, which never blocks the writer.
 
-Up to ``maxsize`` frames wait with their pixels. Beyond that a frame waits without them
+Up to ``maxsize`` frames (and ``max_bytes`` of pixels) wait with their pixels. Beyond that a
+frame waits without them
 (``deferred``) and processing reads it back from the run file, where the writer has just
 stored it: the writer keeps the detector's pace, memory stays bounded, and processing sees
 every frame, late. Documents and run-end markers are small and always queue.
@@ -16,10 +17,12 @@ from ..transport import Frame
 
 
 class ProcessingInbox:
-    def __init__(self, maxsize: int = 64):
+    def __init__(self, maxsize: int = 64, max_bytes: int | None = None):
         if maxsize < 1:
             raise ValueError(f"maxsize = {maxsize}; at least one frame must fit")
         self.maxsize = int(maxsize)
+        self.max_bytes = max_bytes
+        self.pixel_bytes = 0
         self._items: deque = deque()
         self._with_pixels = 0
         self._frames: Counter[int] = Counter()  # id(run) -> frames queued
@@ -31,11 +34,18 @@ class ProcessingInbox:
         with self._cond:
             if isinstance(payload, Frame):
                 self._frames[id(run)] += 1
-                if self._with_pixels >= self.maxsize:
+                size = payload.data.nbytes
+                over = (
+                    self.max_bytes is not None
+                    and self._with_pixels
+                    and self.pixel_bytes + size > self.max_bytes
+                )
+                if self._with_pixels >= self.maxsize or over:
                     payload = dataclasses.replace(payload, data=None)
                     self.deferred += 1
                 else:
                     self._with_pixels += 1
+                    self.pixel_bytes += size
             self._items.append((kind, run, payload))
             self._cond.notify()
 
@@ -52,6 +62,7 @@ class ProcessingInbox:
                     del self._frames[key]
                 if item[2].data is not None:
                     self._with_pixels -= 1
+                    self.pixel_bytes -= item[2].data.nbytes
             return item
 
     def frames_waiting(self, run) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..storage import DerivedStream, segment_sum
 from ._correlative import CorrelativeProcessor
 from ._milling import MillingProcessor
 from ._processor import StoreOnly
@@ -23,7 +24,9 @@ class Method:
     """How the pipeline treats one acquisition method.
 
     primary_stream : the frame stream NXtomo readers see as ``/entry/instrument/detector``
-        and that progress counts; None takes the run's first frame stream.
+        (rank-3 data: 2-D frames); None takes the run's first stream of 2-D frames.
+    derived : ``(name, DerivedStream)`` pairs: streams the writer computes from another
+        stream's frames as it stores them (e.g. a segmented detector's transmitted intensity).
     probe : NXsource probe ("x-ray", "electron") or None.
     dose_units : units of the dose per frame, or None where the plan states no dose.
     unit : what progress counts ("frames", "stages").
@@ -33,6 +36,7 @@ class Method:
     name: str
     processor: Callable
     primary_stream: str | None = None
+    derived: tuple[tuple[str, DerivedStream], ...] = ()
     probe: str | None = None
     dose_units: str | None = None
     unit: str = "frames"
@@ -46,13 +50,19 @@ class Method:
         return None
 
 
+# the transmitted intensity of the segmented DPC detector (the sum of its four segments): rank-3
+# NXtomo data that the writer computes itself, so it never waits for processing (DPC and phase
+# are computed in the processing thread; the phase volume is in /entry/processing/reconstruction)
+TRANSMISSION = (("dpc_sum", DerivedStream("dpc_segments", segment_sum, "transmitted intensity")),)
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method(
             "xrf-dpc",
             XRFDPCProcessor,
-            primary_stream="dpc_segments",
+            primary_stream="dpc_sum",
+            derived=TRANSMISSION,
             probe="x-ray",
             dose_units="Gy",
             description="XRF nanotomography aligned on DPC (xrf_dpc_tomo)",
@@ -60,6 +70,7 @@ METHODS: dict[str, Method] = {
         Method(
             "tomography",
             RotationProcessor,
+            derived=TRANSMISSION,
             probe="x-ray",
             description="rotation step scan of any image detector (tomo_scan)",
         ),

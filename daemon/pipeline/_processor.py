@@ -186,14 +186,12 @@ class BaseProcessor:
 
     def write_volume(self, run, name: str, volume, refined, slices: dict) -> None:
         """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
-        run.writer.write_processed(
-            f"reconstruction/{name}", volume, attrs={"method": "filtered back-projection"}
-        )
+        run.writer.write_volume(name, volume, attrs={"method": "filtered back-projection"})
         slices[name] = central_slices(volume)
         if refined is not None:
             method = self.processing.refine
-            run.writer.write_processed(
-                f"reconstruction/{name}_{method}",
+            run.writer.write_volume(
+                f"{name}_{method}",
                 refined,
                 attrs={"method": method, "iterations": self.processing.refine_iterations},
             )
@@ -201,16 +199,28 @@ class BaseProcessor:
                 slices[f"{name} ({method})"] = central_slices(refined)
 
     def write_alignment(self, run) -> None:
+        """Shifts, quality and rotation centre as the NXdata ``/entry/processing/alignment``."""
         if not self.records:
             return
+        aligner = getattr(self, "aligner", None)
         arrays = self.run_arrays()
-        writer = run.writer
-        writer.write_processed("alignment/seq", arrays.seq.astype(np.int64))
-        writer.write_processed("alignment/rotation_angle", arrays.angle, attrs={"units": "degree"})
-        writer.write_processed("alignment/shift", arrays.shift, attrs={"units": "pixel", "columns": "dy, dx"})
-        writer.write_processed("alignment/fwhm", arrays.fwhm, attrs={"units": "pixel"})
-        writer.write_processed("alignment/psr", arrays.psr)
-        writer.write_processed("alignment/ok", arrays.ok.astype(np.uint8))
+        fields = {
+            "shift": (arrays.shift, {"units": "pixel", "columns": "dy, dx"}),
+            "rotation_angle": (arrays.angle, {"units": "degree"}),
+            "seq": arrays.seq.astype(np.int64),
+            "fwhm": (arrays.fwhm, {"units": "pixel"}),
+            "psr": arrays.psr,
+            "ok": arrays.ok.astype(np.uint8),
+        }
+        centre = getattr(aligner, "centre_px", None)
+        if centre is not None:
+            fields["rotation_axis_position"] = (
+                np.float64(centre),
+                {"units": "pixel", "description": "rotation axis column (0 = first column's centre)"},
+            )
+        run.writer.write_group(
+            "alignment", fields, nx_class="NXdata", attrs={"signal": "shift", "axes": ["rotation_angle", "."]}
+        )
 
     def pictures(self, run, directory: Path, aligner, slices: dict) -> list[Path]:
         return write_run_pictures(self.run_arrays(aligner, slices), directory, run.uid)

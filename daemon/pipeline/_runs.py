@@ -45,6 +45,12 @@ class RunContext:
         return (self.streams_open | self.streams_expected) <= set(self.ends)
 
     @property
+    def max_frames(self) -> int | None:
+        """Frames any one stream of this run may hold: the plan's points and a margin."""
+        planned = self.start.get("num_points")
+        return None if not isinstance(planned, int) else planned + max(16, planned // 10)
+
+    @property
     def dose_per_frame(self) -> float | None:
         return self.method.dose_per_frame(self.start)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
 from ...processing.streaming_align import StreamingTiltAligner
-from ..storage import export_tilt_series
+from ..storage import export_imod
 from . import _messages as messages
 from ._processor import BaseProcessor, FrameContext, Report, RunEnd
 
@@ -16,7 +16,7 @@ from ._processor import BaseProcessor, FrameContext, Report, RunEnd
 class TiltSeriesProcessor(BaseProcessor):
     """Align every K3 tilt on the nearest aligned one (cosine stretch), reconstruct by FBP;
     at run end refine the alignment on a lamella slab (when its thickness is configured),
-    write the volume and its iterative refinement, and export MRC + .mdoc."""
+    write the volume and its iterative refinement, and export the IMOD set (docs/storage.md)."""
 
     channels = ("k3",)
     primary_stream = "k3_image"
@@ -79,8 +79,6 @@ class TiltSeriesProcessor(BaseProcessor):
         return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices))
 
     def export(self, run, directory: Path, report: Report) -> list[Path]:
-        report("MRC + .mdoc", 1, 1)
+        report("IMOD set (MRC + .mdoc, .tlt, .xf, aligned stack, tomogram)", 1, 1)
         pixel_size_A = None if self.pixel_size_nm is None else self.pixel_size_nm * 10.0
-        return list(
-            export_tilt_series(run.writer.path, directory / f"tilt-{run.uid}.mrc", pixel_size_A=pixel_size_A)
-        )
+        return export_imod(run.writer.path, directory / f"tilt-{run.uid}", pixel_size_A=pixel_size_A)

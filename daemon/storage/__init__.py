@@ -5,24 +5,41 @@ and the run catalogue (Tiled).
 
 from ._catalog import CATALOG_DIRECTORY, RunCatalog, open_embedded_catalog, run_catalog, tiled_missing
 from ._correlation import fiducial_overview_png, write_fiducial_result, write_intensity_result
+from ._filters import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from ._frame_files import HDF5FrameSink, read_stream
-from ._mrc import export_tilt_series, write_mrc_tilt_series
-from ._nxtomo import PER_FRAME, NXtomoWriter, run_file, stream_dataset, stream_group, stream_location
-from ._pyxrf import export_pyxrf_maps, write_pyxrf_map
+from ._mrc import export_imod, export_tilt_series, write_mrc_tilt_series
+from ._nxtomo import (
+    PER_FRAME,
+    DerivedStream,
+    NXtomoWriter,
+    run_file,
+    segment_sum,
+    stream_dataset,
+    stream_group,
+    stream_location,
+)
+from ._pyxrf import export_pyxrf_maps, pyxrf_name, write_pyxrf_map
 
 __all__ = [
     "CATALOG_DIRECTORY",
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "PER_FRAME",
+    "DerivedStream",
     "HDF5FrameSink",
     "NXtomoWriter",
     "RunCatalog",
+    "compression_options",
+    "export_imod",
     "export_pyxrf_maps",
     "export_tilt_series",
     "fiducial_overview_png",
     "open_embedded_catalog",
+    "pyxrf_name",
     "read_stream",
     "run_catalog",
     "run_file",
+    "segment_sum",
     "stream_dataset",
     "stream_group",
     "stream_location",

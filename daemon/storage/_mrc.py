@@ -23,6 +23,8 @@ def write_mrc_tilt_series(
     timestamps=None,
     sort_by_angle: bool = True,
     title: str = "livetomo tilt series",
+    voltage_kv: float | None = None,
+    tilt_axis_deg: float | None = None,
 ) -> tuple[Path, Path]:
     """Write a tilt series as an MRC image stack plus a SerialEM-style ``.mdoc`` beside it.
 
@@ -38,6 +40,10 @@ def write_mrc_tilt_series(
     timestamps : (n_tilts,) UNIX times for DateTime, optional.
     sort_by_angle : store sections in ascending tilt (what IMOD expects); the mdoc's
         sections follow the stored order and keep the acquisition index in ``AcquisitionIndex``.
+    voltage_kv : the microscope's voltage (global ``Voltage`` and each section's ``Voltage``).
+    tilt_axis_deg : the tilt axis in the image, degrees counter-clockwise from the Y axis (SerialEM's
+        and IMOD's convention): the title line ``Tilt axis angle = ...`` that etomo reads, and
+        each section's ``RotationAngle``.
 
     Returns (mrc_path, mdoc_path).
     """
@@ -68,15 +74,22 @@ def write_mrc_tilt_series(
     prior = None if dose is None else np.concatenate([[0.0], np.cumsum(dose)[:-1]])
     lines = [
         f"PixelSpacing = {pixel_size_A:g}",
+        *([f"Voltage = {voltage_kv:g}"] if voltage_kv is not None else []),
         f"ImageFile = {path.name}",
         f"ImageSize = {data.shape[2]} {data.shape[1]}",
         f"DataMode = {_MRC_DTYPES[data.dtype]}",
         "",
         f"[T = {title}]",
-        "",
     ]
+    if tilt_axis_deg is not None:
+        lines.append(f"[T =     Tilt axis angle = {tilt_axis_deg:.1f}, binning = 1]")
+    lines.append("")
     for z, i in enumerate(order):
         lines += [f"[ZValue = {z}]", f"TiltAngle = {angles[i]:.4f}", f"PixelSpacing = {pixel_size_A:g}"]
+        if voltage_kv is not None:
+            lines.append(f"Voltage = {voltage_kv:g}")
+        if tilt_axis_deg is not None:
+            lines.append(f"RotationAngle = {tilt_axis_deg:g}")
         if dose is not None:
             lines += [f"ExposureDose = {dose[i]:g}", f"PriorRecordDose = {prior[i]:g}"]
         if timestamps is not None and np.isfinite(timestamps[i]):
@@ -91,29 +104,161 @@ def write_mrc_tilt_series(
 _LENGTH_TO_A = {"A": 1.0, "angstrom": 1.0, "nm": 10.0, "um": 1e4, "m": 1e10}
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
+    """Projections (image_key 0) of a run file's stream with what IMOD's files need."""
+    with h5py.File(h5_path, "r", swmr=True) as f:
+        group = f[stream_group(stream) if stream else "/entry/instrument/detector"]
+        keys = group["image_key"][()]
+        keep = np.flatnonzero(keys == 0)
+        out = {
+            "index": keep,
+            "stack": group["data"][()][keep],
+            "angles": group["rotation_angle"][()][keep],
+            "times": group["timestamp"][()][keep],
+        }
+        exposure = group["exposure"]
+        units = _text(exposure.attrs.get("units", ""))
+        out["dose"] = exposure[()][keep] if units in ("e/A^2", "e/Å²", "e/A2") else None
+        if pixel_size_A is None:
+            if "x_pixel_size" not in group:
+                raise ValueError(f"{h5_path} has no x_pixel_size for this stream; pass pixel_size_A")
+            size = group["x_pixel_size"]
+            pixel_size_A = float(size[()]) * _LENGTH_TO_A[_text(size.attrs.get("units", "nm"))]
+        out["pixel_size_A"] = pixel_size_A
+        device = _text(group.attrs.get("device", ""))
+        config = f.get("entry/instrument/configuration")
+        for key, name in (("voltage_kv", "voltage"), ("tilt_axis_deg", "tilt_axis_angle")):
+            ds = None if config is None else config.get(f"{device}_{name}")
+            out[key] = None if ds is None else float(ds[()])
+        alignment = f.get("entry/processing/alignment")
+        shifts = np.zeros((len(keep), 2))
+        if alignment is not None and "seq" in alignment:
+            by_seq = dict(zip(alignment["seq"][()].tolist(), alignment["shift"][()], strict=True))
+            shifts = np.array([by_seq.get(int(i), (0.0, 0.0)) for i in keep], dtype=np.float64)
+        out["shifts"] = shifts
+        out["volume"] = None
+        recon = f.get("entry/processing/reconstruction")
+        if isinstance(recon, h5py.Group):
+            names = [n for n in recon if isinstance(recon[n], h5py.Group) and "data" in recon[n]]
+            plain = [n for n in names if n == device or n == stream or "_" not in n]
+            if names:
+                out["volume"] = recon[(plain or names)[0]]["data"][()]
+                out["volume_name"] = (plain or names)[0]
+    if not np.isfinite(out["angles"]).all():
+        bad = int((~np.isfinite(out["angles"])).sum())
+        raise ValueError(f"{h5_path}: {bad} projections have no tilt angle")
+    return out
+
+
 def export_tilt_series(
     h5_path: str | Path, mrc_path: str | Path, *, stream: str | None = None, pixel_size_A: float | None = None
 ) -> tuple[Path, Path]:
     """Export a stream of a run file (default: the NXtomo detector) as MRC + .mdoc.
 
     Only projections (image_key 0) are exported. Dose per image comes from the stream's
-    ``exposure`` when its units are e/Å²; the pixel size from ``x_pixel_size`` unless given.
+    ``exposure`` when its units are e/Å²; the pixel size from ``x_pixel_size`` unless given;
+    voltage and tilt axis from the device's configuration when the run stored them.
     """
-    with h5py.File(h5_path, "r", swmr=True) as f:
-        group = f[stream_group(stream) if stream else "/entry/instrument/detector"]
-        keep = group["image_key"][()] == 0
-        stack = group["data"][()][keep]
-        angles = group["rotation_angle"][()][keep]
-        exposure = group["exposure"]
-        dose = exposure[()][keep] if exposure.attrs.get("units") in ("e/A^2", "e/Å²", "e/A2") else None
-        times = group["timestamp"][()][keep]
-        if pixel_size_A is None:
-            if "x_pixel_size" not in group:
-                raise ValueError(f"{h5_path} has no x_pixel_size for this stream; pass pixel_size_A")
-            size = group["x_pixel_size"]
-            pixel_size_A = float(size[()]) * _LENGTH_TO_A[size.attrs.get("units", "nm")]
-    if not np.isfinite(angles).all():
-        raise ValueError(f"{h5_path}: {int((~np.isfinite(angles)).sum())} projections have no tilt angle")
+    ts = _read_tilt_series(h5_path, stream, pixel_size_A)
     return write_mrc_tilt_series(
-        mrc_path, stack, angles, pixel_size_A=pixel_size_A, dose_e_per_A2=dose, timestamps=times
+        mrc_path,
+        ts["stack"],
+        ts["angles"],
+        pixel_size_A=ts["pixel_size_A"],
+        dose_e_per_A2=ts["dose"],
+        timestamps=ts["times"],
+        voltage_kv=ts["voltage_kv"],
+        tilt_axis_deg=ts["tilt_axis_deg"],
     )
+
+
+def shift_image(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``image`` moved by (dy, dx) pixels, bilinear (as IMOD's ``newstack -linear`` applies an .xf)."""
+    from scipy import ndimage
+
+    return ndimage.shift(np.asarray(image, np.float32), (dy, dx), order=1, mode="nearest")
+
+
+def _bin(volume: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return volume
+    shape = [n // factor for n in volume.shape]
+    cut = volume[: shape[0] * factor, : shape[1] * factor, : shape[2] * factor]
+    return cut.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(axis=(1, 3, 5))
+
+
+def export_imod(
+    h5_path: str | Path,
+    stem: str | Path,
+    *,
+    stream: str | None = None,
+    pixel_size_A: float | None = None,
+    binning: int = 1,
+) -> list[Path]:
+    """The IMOD set of a tilt series' run file, named from ``stem`` (e.g. ``dir/tilt-<uid>``).
+
+    - ``stem.mrc`` + ``stem.mrc.mdoc``: the raw projections sorted by tilt (``export_tilt_series``);
+    - ``stem.rawtlt`` and ``stem.tlt``: the tilt of each section, one per line (livetomo does
+      not refine tilt angles, so both are the plan's angles);
+    - ``stem.xf``: per section ``A11 A12 A21 A22 DX DY`` with A = identity and (DX, DY) the
+      shift livetomo measured (``/entry/processing/alignment/shift``, pixels of the raw stack):
+      the raw section moved by (DX, DY) is the aligned one;
+    - ``stem_ali.mrc``: the aligned stack, each raw section moved by its .xf shift (bilinear);
+    - ``stem_rec.mrc``: the tomogram (the run's FBP volume), oriented as IMOD's rotated
+      tomograms: sections along the beam (Z), Y along the tilt axis, X across it; binned by
+      ``binning`` (voxel size = pixel size × binning).
+    """
+    import mrcfile
+
+    if int(binning) < 1:
+        raise ValueError(f"binning = {binning} must be a positive integer")
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    ts = _read_tilt_series(h5_path, stream, pixel_size_A)
+    px = ts["pixel_size_A"]
+    raw, mdoc = write_mrc_tilt_series(
+        stem.with_name(stem.name + ".mrc"),
+        ts["stack"],
+        ts["angles"],
+        pixel_size_A=px,
+        dose_e_per_A2=ts["dose"],
+        timestamps=ts["times"],
+        voltage_kv=ts["voltage_kv"],
+        tilt_axis_deg=ts["tilt_axis_deg"],
+    )
+    order = np.argsort(ts["angles"], kind="stable")  # the sections' order in the stacks
+    angles, shifts = ts["angles"][order], ts["shifts"][order]
+    paths = [raw, mdoc]
+    for suffix in (".rawtlt", ".tlt"):
+        path = stem.with_name(stem.name + suffix)
+        path.write_text("".join(f"{a:.2f}\n" for a in angles))
+        paths.append(path)
+    xf = stem.with_name(stem.name + ".xf")
+    xf.write_text(
+        "".join(f"{1.0:12.7f}{0.0:12.7f}{0.0:12.7f}{1.0:12.7f}{dx:12.3f}{dy:12.3f}\n" for dy, dx in shifts)
+    )
+    paths.append(xf)
+    stack = ts["stack"][order]
+    aligned = np.stack([shift_image(img, dy, dx) for img, (dy, dx) in zip(stack, shifts, strict=True)])
+    ali = stem.with_name(stem.name + "_ali.mrc")
+    with mrcfile.new(ali, overwrite=True) as mrc:
+        mrc.set_data(aligned.astype(np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = px
+        mrc.add_label("livetomo aligned tilt series (raw stack moved by the .xf shifts)")
+    paths.append(ali)
+    if ts["volume"] is not None:
+        # (rows along the tilt axis, beam, across) -> IMOD's (Z = beam, Y = tilt axis, X)
+        volume = _bin(np.transpose(np.asarray(ts["volume"], np.float32), (1, 0, 2)), int(binning))
+        rec = stem.with_name(stem.name + "_rec.mrc")
+        with mrcfile.new(rec, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+            mrc.set_volume()
+            mrc.voxel_size = px * int(binning)
+            mrc.add_label(f"livetomo tomogram ({ts['volume_name']}, FBP), binned {int(binning)}")
+        paths.append(rec)
+    return paths

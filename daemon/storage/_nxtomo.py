@@ -10,14 +10,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from ..transport import End, Frame, Message, Start
+from ._filters import DEFAULT_COMPRESSION, compression_options, frame_chunks
+from ._metadata import livetomo_version, plain_metadata, proposal_of, sample_name_of
 from ._names import check_name, now_iso
 
 logger = logging.getLogger(__name__)
@@ -104,19 +107,52 @@ def _fill(dtype: np.dtype):
     return np.nan if dtype.kind == "f" else 0
 
 
+@dataclass(frozen=True)
+class DerivedStream:
+    """A stream the writer computes from another as each of its frames is stored.
+
+    ``function(frame) -> frame`` maps a ``source`` frame to the derived one (same index, angle,
+    image key, exposure and timestamp); the derived stream is created with the source.
+    """
+
+    source: str
+    function: Callable[[np.ndarray], np.ndarray]
+    description: str = ""
+
+
+def segment_sum(frame: np.ndarray) -> np.ndarray:
+    """The transmitted intensity of a segmented detector's frame (segments, rows, cols): their sum."""
+    return np.sum(frame, axis=0, dtype=np.float32)
+
+
+# the fields of an NXtomo entry; no stream may take their names
+_RESERVED = {"detector", "source", "beam", "configuration"}
+_ANGSTROM = {"A", "angstrom", "Å"}
+
+
 class NXtomoWriter:
     """One HDF5 file per run in NeXus NXtomo layout, appended frame by frame, readable live (SWMR).
 
     Layout (docs/storage.md): each frame stream ``s`` is an NXdetector ``/entry/instrument/s``
-    with ``data`` (n_frames, *frame_shape), chunked one frame per chunk, and per-frame
+    with ``data`` (n_frames, *frame_shape), one frame per chunk, compressed with the filter
+    ``compression`` names (``bitshuffle-lz4`` by default; see ``_filters``), and per-frame
     ``image_key``, ``rotation_angle`` (degree), ``exposure`` and ``timestamp``. The primary
-    stream (``primary_stream``, else the first one added) is what NXtomo readers see:
-    ``/entry/instrument/detector`` and ``/entry/sample/rotation_angle`` are soft links to
-    it and ``/entry/data`` (NXdata) links its data, angles and keys. Processed results
-    live under ``/entry/processing`` (NXprocess), every dataset resizable.
+    stream (``primary_stream``, else the first stream with 2-D frames, else the first stream)
+    is what NXtomo readers see: ``/entry/instrument/detector`` and ``/entry/sample/rotation_angle``
+    are soft links to it and ``/entry/data`` (NXdata) links its data, angles and keys; every
+    other stream has an NXdata ``/entry/data_<stream>``. ``derived`` streams are computed by the
+    writer from another stream's frames (e.g. a segmented detector's transmitted intensity, the
+    sum of its segments, as the rank-3 NXtomo data). Processed results live under
+    ``/entry/processing`` (NXprocess): per-frame results (``declare_processed``), whole arrays
+    (``write_processed``), groups (``write_group``) and volumes as NXdata (``write_volume``).
 
     A frame's index is its sequence number; slots of frames that never came keep the fill
     value (NaN for floats, 0 for integers) and image_key 3 ("invalid").
+
+    ``start`` (the run's start document) gives the sample name, the proposal
+    (``/entry/experiment_identifier``), the incident energy (``energy_kev``), the raster pixel
+    size (``pixel_size_um``) and ``/entry/run_metadata``; ``add_descriptor`` stores each device's
+    configuration (and its ``<device>_pixel_size`` as ``x_pixel_size``/``y_pixel_size``).
 
     SWMR: ``swmr="auto"`` (default) switches the file to SWMR mode at the first frame with
     index >= 1, by when every stream a detector opens at its first trigger exists;
@@ -132,8 +168,9 @@ class NXtomoWriter:
     the writer's lock, so one thread may append while another reads a frame back
     (``read_frame``) or writes processed results.
 
-    ``config`` (a JSON-able mapping, e.g. the daemon's effective configuration) is stored as
-    the NXnote ``/entry/processing/configuration``.
+    ``skip_streams(name) -> bool`` names streams whose frames are not stored (e.g. XRF spectra
+    when only the element maps are wanted). ``config`` (a JSON-able mapping, e.g. the daemon's
+    effective configuration) is stored as the NXnote ``/entry/processing/configuration``.
     """
 
     def __init__(
@@ -142,14 +179,17 @@ class NXtomoWriter:
         *,
         run_uid: str | None = None,
         primary_stream: str | None = None,
-        sample_name: str = "unnamed sample",
+        sample_name: str | None = None,
         title: str | None = None,
         probe: str | None = None,
         attrs: dict | None = None,
         swmr: bool | str = "auto",
         flush_interval_s: float = 1.0,
-        compression: str | None = None,
+        compression: str | None = DEFAULT_COMPRESSION,
         config: dict | None = None,
+        start: dict | None = None,
+        derived: dict[str, DerivedStream] | None = None,
+        skip_streams: Callable[[str], bool] | None = None,
     ):
         if swmr not in (True, False, "auto"):
             raise ValueError(f"swmr = {swmr!r}; allowed: True, False, 'auto'")
@@ -159,19 +199,31 @@ class NXtomoWriter:
         self.run_uid = run_uid
         self.swmr = swmr
         self.flush_interval_s = flush_interval_s
-        self.compression = compression
+        self.compression = None if compression in (None, "none") else compression
+        self._filter = compression_options(self.compression)
         self.primary = check_name(primary_stream, "stream name") if primary_stream else None
+        self.derived = dict(derived or {})
+        for name, rule in self.derived.items():
+            check_name(name, "stream name")
+            check_name(rule.source, "stream name")
+        self.skip_streams = skip_streams
+        self.skipped: set[str] = set()
         self.streams: dict[str, dict] = {}
         self.frames_written: dict[str, int] = {}
         self.reopens = 0
         self._meta: dict[str, _PerFrame] = {}
         self._early_angles: dict[str, dict[int, float]] = {}  # angles of streams not started yet
         self._cache: dict[str, h5py.Dataset] = {}
+        self._pixel_by_device: dict[str, tuple[float, str]] = {}
+        self._pixel_default: tuple[float, str] | None = None
         self._swmr_on = False
         self._last_flush = time.monotonic()
         self._lock = threading.RLock()
+        start = dict(start or {})
+        if start.get("pixel_size_um") is not None:  # a raster's pixel: every stream of the run
+            self._pixel_default = (float(start["pixel_size_um"]), "um")
         self._file = h5py.File(self.path, "w", libver="latest", locking=False)
-        self._skeleton(sample_name, title, probe, attrs or {})
+        self._skeleton(sample_name or sample_name_of(start), title, probe, attrs or {}, start)
         if config is not None:
             note = self._file["/entry/processing"].create_group("configuration")
             note.attrs["NX_class"] = "NXnote"
@@ -184,7 +236,7 @@ class NXtomoWriter:
             self.start_swmr()
 
     # -- structure
-    def _skeleton(self, sample_name, title, probe, attrs) -> None:
+    def _skeleton(self, sample_name, title, probe, attrs, start) -> None:
         f = self._file
         f.attrs.update({"default": "entry", "creator": "livetomo", "HDF5_Version": h5py.version.hdf5_version})
         entry = f.create_group("entry")
@@ -192,6 +244,9 @@ class NXtomoWriter:
         entry["definition"] = "NXtomo"
         entry["title"] = title or (f"livetomo run {self.run_uid}" if self.run_uid else "livetomo run")
         entry["start_time"] = now_iso()
+        proposal = proposal_of(start)
+        if proposal is not None:
+            entry["experiment_identifier"] = proposal
         if self.run_uid:
             entry.attrs["run_uid"] = self.run_uid
         for key, value in attrs.items():
@@ -202,6 +257,11 @@ class NXtomoWriter:
             source = instrument.create_group("source")
             source.attrs["NX_class"] = "NXsource"
             source["probe"] = probe
+        if start.get("energy_kev") is not None:
+            beam = instrument.create_group("beam")
+            beam.attrs["NX_class"] = "NXbeam"
+            beam["incident_energy"] = float(start["energy_kev"])
+            beam["incident_energy"].attrs["units"] = "keV"
         sample = entry.create_group("sample")
         sample.attrs["NX_class"] = "NXsample"
         sample["name"] = sample_name
@@ -209,6 +269,15 @@ class NXtomoWriter:
         processing = entry.create_group("processing")
         processing.attrs["NX_class"] = "NXprocess"
         processing["program"] = "livetomo"
+        processing["version"] = livetomo_version()
+        processing["date"] = now_iso()
+        processing["sequence_index"] = np.int64(1)
+        if start:
+            md = entry.create_group("run_metadata")
+            md.attrs["NX_class"] = "NXcollection"
+            for key, value in plain_metadata(start).items():
+                if check_name_ok(key):
+                    md[key] = value
 
     @contextmanager
     def _structure(self) -> Iterator[h5py.File]:
@@ -237,11 +306,18 @@ class NXtomoWriter:
             if stream != "detector":
                 f["/entry/instrument/detector"] = h5py.SoftLink(group)
             f["/entry/sample/rotation_angle"] = h5py.SoftLink(f"{group}/rotation_angle")
+            if "x_pixel_size" in f.get(group, {}):
+                self._link_sample_pixel(f, group)
             nxdata = f["/entry/data"]
             nxdata["data"] = h5py.SoftLink(f"{group}/data")
             nxdata["rotation_angle"] = h5py.SoftLink(f"{group}/rotation_angle")
             nxdata["image_key"] = h5py.SoftLink(f"{group}/image_key")
             nxdata.attrs["signal"] = "data"
+
+    def _pixel_of(self, stream: str, device: str | None) -> tuple[float, str] | None:
+        if device is not None and device in self._pixel_by_device:
+            return self._pixel_by_device[device]
+        return self._pixel_default
 
     @_locked
     def add_stream(
@@ -255,33 +331,42 @@ class NXtomoWriter:
         exposure_units: str | None = None,
         pixel_size: float | None = None,
         pixel_units: str = "nm",
-    ) -> str:
+    ) -> str | None:
         """Create the datasets of stream ``stream`` (frames of ``shape``, ``dtype``); return the data path.
 
         ``channels`` name the entries of the first frame axis (e.g. XRF elements, DPC segments).
+        Streams derived from this one (``derived``) are created with it. A stream that
+        ``skip_streams`` names is not stored (None is returned).
         """
         check_name(stream, "stream name")
         if "/" in stream:
             raise ValueError(f"stream name {stream!r} must not contain '/'")
+        if self.skip_streams is not None and self.skip_streams(stream):
+            self.skipped.add(stream)
+            return None
         if stream in self.streams:
             raise ValueError(f"stream {stream!r} already exists in {self.path.name}")
-        if self._file.get(stream_group(stream), getlink=True) is not None:
+        if stream in _RESERVED or self._file.get(stream_group(stream), getlink=True) is not None:
             raise ValueError(f"stream name {stream!r} is taken by the NXtomo layout; rename the stream")
         dtype, shape = np.dtype(dtype).newbyteorder("<"), tuple(int(n) for n in shape)
+        pixel = (float(pixel_size), pixel_units) if pixel_size is not None else self._pixel_of(stream, device)
+        chunks = frame_chunks(shape, dtype)
         with self._structure() as f:
             g = f.create_group(stream_group(stream))
             g.attrs["NX_class"] = "NXdetector"
             if device:
                 g.attrs["device"] = device
-            g.create_dataset(
+            data = g.create_dataset(
                 "data",
                 shape=(0, *shape),
                 maxshape=(None, *shape),
-                chunks=(1, *shape),
+                chunks=chunks,
                 dtype=dtype,
                 fillvalue=_fill(dtype),
-                compression=self.compression,
+                **self._filter,
             )
+            if len(shape) == 2:
+                data.attrs["interpretation"] = "image"
             for name, (dt, fill, units) in PER_FRAME.items():
                 d = g.create_dataset(
                     name, shape=(0,), maxshape=(None,), chunks=(4096,), dtype=dt, fillvalue=fill
@@ -289,29 +374,125 @@ class NXtomoWriter:
                 units = exposure_units if name == "exposure" else units
                 if units:
                     d.attrs["units"] = units
+            if exposure_units == "s":  # NXtomo's count_time is the exposure in seconds
+                g["count_time"] = h5py.SoftLink(f"{stream_group(stream)}/exposure")
             if channels is not None:
                 g["channel_names"] = np.array([str(c).encode() for c in channels])
-            if pixel_size is not None:
-                for axis in ("x_pixel_size", "y_pixel_size"):
-                    g[axis] = float(pixel_size)
-                    g[axis].attrs["units"] = pixel_units
-            if self.primary is None:
+            if self.primary is None and len(shape) == 2:
                 self.primary = stream
+            if pixel is not None:
+                self._write_pixel(g, *pixel)
             if stream == self.primary:
                 f["/entry/data"].attrs["axes"] = ["rotation_angle"] + ["."] * len(shape)
-        if stream == self.primary and self._file["/entry/data"].get("data", getlink=True) is None:
-            self._link_primary(stream)
+            else:
+                self._stream_nxdata(f, stream, shape, channels is not None)
         self.streams[stream] = {
             "dtype": dtype,
             "shape": shape,
             "device": device,
             "exposure_units": exposure_units,
+            "chunked_as_frame": chunks == (1, *shape),
+            "derived": [],
         }
         self.frames_written[stream] = 0
         meta = self._meta[stream] = _PerFrame()
         for index, angle in self._early_angles.pop(stream, {}).items():
             meta.set(index, rotation_angle=angle)
+        for name, rule in self.derived.items():
+            if rule.source == stream and name not in self.streams:
+                probe = np.asarray(rule.function(np.zeros(shape, dtype)))
+                self.add_stream(name, probe.dtype, probe.shape, device=device, exposure_units=exposure_units)
+                self.streams[stream]["derived"].append(name)
+                if pixel is not None and pixel_size is not None:
+                    self.set_pixel_size(name, *pixel)
+        if self.primary is None:
+            self.primary = stream
+            with self._structure() as f:
+                f["/entry/data"].attrs["axes"] = ["rotation_angle"] + ["."] * len(shape)
+        if stream == self.primary and self._file["/entry/data"].get("data", getlink=True) is None:
+            self._link_primary(stream)
         return stream_dataset(stream)
+
+    def _write_pixel(self, group: h5py.Group, size: float, units: str) -> None:
+        for axis in ("x_pixel_size", "y_pixel_size"):
+            if axis in group:
+                del group[axis]
+            group[axis] = float(size)
+            group[axis].attrs["units"] = "angstrom" if units in _ANGSTROM else units
+        if self.primary and group.name == stream_group(self.primary):
+            self._link_sample_pixel(group.file, group.name)
+
+    @staticmethod
+    def _link_sample_pixel(f: h5py.File, group: str) -> None:
+        """NXtomo 1.5+ readers (tomoscan) take the sample's pixel size from /entry/sample."""
+        for axis in ("x_pixel_size", "y_pixel_size"):
+            if f.get(f"/entry/sample/{axis}", getlink=True) is None:
+                f[f"/entry/sample/{axis}"] = h5py.SoftLink(f"{group}/{axis}")
+
+    def _stream_nxdata(self, f: h5py.File, stream: str, shape, has_channels: bool) -> None:
+        """An NXdata ``/entry/data_<stream>`` over a non-primary stream, so viewers plot it."""
+        path = f"/entry/data_{stream}"
+        if path in f:
+            return
+        group = stream_group(stream)
+        nxdata = f.create_group(path)
+        nxdata.attrs["NX_class"] = "NXdata"
+        nxdata.attrs["signal"] = "data"
+        nxdata.attrs["axes"] = ["rotation_angle"] + ["."] * len(shape)
+        nxdata["data"] = h5py.SoftLink(f"{group}/data")
+        nxdata["rotation_angle"] = h5py.SoftLink(f"{group}/rotation_angle")
+        if has_channels:
+            nxdata["channel_names"] = h5py.SoftLink(f"{group}/channel_names")
+
+    @_locked
+    def set_pixel_size(self, stream: str, size: float, units: str = "nm") -> None:
+        """``x_pixel_size`` and ``y_pixel_size`` of a stream (square pixels), e.g. from a descriptor."""
+        group = self._file.get(stream_group(stream))
+        if group is None:
+            raise KeyError(f"stream {stream!r} was not added")
+        units = "angstrom" if units in _ANGSTROM else units
+        existing = group.get("x_pixel_size")
+        if existing is not None and existing.attrs.get("units") == units:
+            if float(existing[()]) != float(size):  # values may change in SWMR mode, attributes not
+                existing[()] = float(size)
+                group["y_pixel_size"][()] = float(size)
+            return
+        with self._structure() as f:
+            self._write_pixel(f[stream_group(stream)], float(size), units)
+
+    @_locked
+    def add_descriptor(self, doc: dict) -> None:
+        """Store a descriptor's device configuration (``/entry/instrument/configuration``, with
+        units) and take ``<device>_pixel_size`` as the pixel size of that device's streams."""
+        new = {}
+        for device, conf in (doc.get("configuration") or {}).items():
+            keys = conf.get("data_keys") or {}
+            for key, value in (conf.get("data") or {}).items():
+                if key == f"{device}_pixel_size" and isinstance(value, int | float):
+                    units = keys.get(key, {}).get("units") or "nm"
+                    self._pixel_by_device[device] = (float(value), units)
+                if check_name_ok(key) and f"/entry/instrument/configuration/{key}" not in self._file:
+                    new[key] = (value, keys.get(key, {}).get("units"))
+        if new:
+            with self._structure() as f:
+                group = f.require_group("/entry/instrument/configuration")
+                group.attrs["NX_class"] = "NXcollection"
+                for key, (value, units) in new.items():
+                    stored = plain_metadata({key: value}).get(key)
+                    if stored is None:
+                        continue
+                    group[key] = stored
+                    if units:
+                        group[key].attrs["units"] = units
+        for stream, layout in self.streams.items():
+            device = layout["device"]
+            if device in self._pixel_by_device:
+                self.set_pixel_size(stream, *self._pixel_by_device[device])
+
+    def configuration(self, key: str, default=None):
+        """A device configuration value stored by ``add_descriptor`` (e.g. ``k3_voltage``)."""
+        ds = self._file.get(f"/entry/instrument/configuration/{key}")
+        return default if ds is None else ds[()]
 
     def _ds(self, path: str) -> h5py.Dataset:
         ds = self._cache.get(path)
@@ -332,15 +513,18 @@ class NXtomoWriter:
         exposure: float | None = None,
         exposure_units: str | None = None,
         timestamp: float | None = None,
-    ) -> int:
+    ) -> int | None:
         """Store one frame of ``stream`` at ``index`` (default: after the last); return the index.
 
         ``angle_deg`` None keeps an angle given by ``set_angle`` (or NaN). ``exposure_units``
         fills in the stream's units if ``add_stream`` did not give them (written at close:
-        HDF5 cannot add attributes in SWMR mode).
+        HDF5 cannot add attributes in SWMR mode). Streams derived from this one get their
+        frame at the same index. A skipped stream's frame is not stored (None is returned).
         """
         layout = self.streams.get(stream)
         if layout is None:
+            if stream in self.skipped:
+                return None
             raise KeyError(f"stream {stream!r} was not added; streams: {', '.join(self.streams) or 'none'}")
         if np.shape(frame) != layout["shape"]:
             raise ValueError(
@@ -351,7 +535,7 @@ class NXtomoWriter:
         index = meta.n if index is None else int(index)
         if index >= data.shape[0]:
             data.resize(index + 1, axis=0)
-        if self.compression is None:
+        if self.compression is None and layout["chunked_as_frame"]:
             # One chunk is exactly one frame and the array's bytes are the file's bytes, so
             # the chunk goes to the file as it is, skipping HDF5's selection and conversion:
             # 3329 against 1964 MiB/s for data[index] = frame (8 MiB float32 frames, measured
@@ -360,18 +544,24 @@ class NXtomoWriter:
             data.id.write_direct_chunk((index,) + (0,) * chunk.ndim, chunk)
         else:
             data[index] = frame
-        meta.set(
-            index,
-            image_key=image_key,
-            rotation_angle=angle_deg,
-            exposure=exposure,
-            timestamp=time.time() if timestamp is None else timestamp,
-        )
+        timestamp = time.time() if timestamp is None else timestamp
+        meta.set(index, image_key=image_key, rotation_angle=angle_deg, exposure=exposure, timestamp=timestamp)
         meta.n = max(meta.n, index + 1)
         if exposure_units and not layout.get("exposure_units"):
             layout["exposure_units"] = exposure_units
             layout["units_pending"] = True
         self.frames_written[stream] += 1
+        for name in layout["derived"]:
+            self.append(
+                name,
+                self.derived[name].function(np.asarray(frame)),
+                index=index,
+                angle_deg=angle_deg,
+                image_key=image_key,
+                exposure=exposure,
+                exposure_units=exposure_units,
+                timestamp=timestamp,
+            )
         if self.swmr == "auto" and not self._swmr_on and index >= 1:
             self.start_swmr()
         self._maybe_flush()
@@ -390,6 +580,8 @@ class NXtomoWriter:
             self._early_angles.setdefault(stream, {})[int(index)] = float(angle_deg)
         else:
             meta.set(int(index), rotation_angle=float(angle_deg))
+            for name in self.streams[stream]["derived"]:
+                self.set_angle(name, index, angle_deg)
 
     @_locked
     def write_message(self, msg: Message) -> int | None:
@@ -418,13 +610,34 @@ class NXtomoWriter:
                 timestamp=msg.timestamp or None,
             )
         if isinstance(msg, End):
-            self.flush()
+            self.end_stream(msg.stream, msg.count)
             return None
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
+
+    @_locked
+    def end_stream(self, stream: str, count: int) -> None:
+        """The stream's sender sent ``count`` frames: slots of those that never arrived become
+        placeholders (image_key 3, fill value), so the file shows every frame that was sent."""
+        meta = self._meta.get(stream)
+        if meta is not None and count > meta.n:
+            data = self._ds(stream_dataset(stream))
+            data.resize(count, axis=0)
+            meta.set(count - 1)  # grows the per-frame arrays; the slot keeps image_key 3
+            meta.n = count
+        self.flush()
 
     # -- processed results
     def _processed_path(self, name: str) -> str:
         return f"/entry/processing/{check_name(name, 'processed dataset name')}"
+
+    @staticmethod
+    def _parents(f: h5py.File, path: str) -> None:
+        """Create the groups above ``path`` that do not exist yet, as NXcollection."""
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            group = "/" + "/".join(parts[:i])
+            if group not in f:
+                f.create_group(group).attrs["NX_class"] = "NXcollection"
 
     @_locked
     def declare_processed(
@@ -438,6 +651,7 @@ class NXtomoWriter:
         dtype, item_shape = np.dtype(dtype), tuple(int(n) for n in item_shape)
         rows = max(1, (64 << 10) // max(1, dtype.itemsize * int(np.prod(item_shape, dtype=np.int64))))
         with self._structure() as f:
+            self._parents(f, path)
             d = f.create_dataset(
                 path,
                 shape=(0, *item_shape),
@@ -470,7 +684,7 @@ class NXtomoWriter:
 
     @_locked
     def write_processed(self, name: str, array, *, attrs: dict | None = None) -> str:
-        """Store a whole array (e.g. a reconstruction volume) at ``/entry/processing/name``, replacing it.
+        """Store a whole array (e.g. a result map) at ``/entry/processing/name``, replacing it.
 
         The dataset is resizable along every axis, so later versions of any size fit.
         """
@@ -481,6 +695,7 @@ class NXtomoWriter:
             with self._structure() as f:
                 if path in f:
                     del f[path]
+                self._parents(f, path)
                 d = f.create_dataset(
                     path, shape=array.shape, maxshape=(None,) * array.ndim, chunks=True, dtype=array.dtype
                 )
@@ -493,6 +708,90 @@ class NXtomoWriter:
         ds[...] = array
         self._maybe_flush()
         return path
+
+    @_locked
+    def write_group(
+        self,
+        name: str,
+        fields: dict,
+        *,
+        nx_class: str = "NXcollection",
+        attrs: dict | None = None,
+        parent_class: str | None = None,
+    ) -> str:
+        """Write the group ``/entry/processing/name`` with ``fields`` in one go, replacing it.
+
+        ``fields`` maps names to arrays, or to ``(array, {attribute: value})``; ``parent_class``
+        classes the group above it if it is created now (e.g. an NXprocess of several NXdata).
+        Volumes and maps are compressed with the file's filter.
+        """
+        path = self._processed_path(name)
+        with self._structure() as f:
+            if path in f:
+                del f[path]
+            parent = path.rsplit("/", 1)[0]
+            if parent_class and parent not in f:
+                self._parents(f, path)
+                f[parent].attrs["NX_class"] = parent_class
+            self._parents(f, path)
+            group = f.create_group(path)
+            group.attrs["NX_class"] = nx_class
+            for key, value in (attrs or {}).items():
+                group.attrs[key] = value
+            for key, value in fields.items():
+                value, field_attrs = value if isinstance(value, tuple) else (value, {})
+                value = np.asarray(value)
+                options = {}
+                if value.ndim >= 2 and value.size >= 4096:
+                    options = {"chunks": True, **self._filter}
+                ds = group.create_dataset(key, data=value, **options)
+                for k, v in field_attrs.items():
+                    ds.attrs[k] = v
+        self._cache.clear()
+        self._maybe_flush()
+        return path
+
+    def pixel_size(self, stream: str | None = None) -> tuple[float, str] | None:
+        """(size, units) of a stream's pixels (default: the primary stream), or None if unknown."""
+        group = self._file.get(stream_group(stream or self.primary or ""))
+        if group is None or "x_pixel_size" not in group:
+            return None
+        size = group["x_pixel_size"]
+        units = size.attrs.get("units", "nm")
+        return float(size[()]), units.decode() if isinstance(units, bytes) else str(units)
+
+    @_locked
+    def write_volume(
+        self,
+        name: str,
+        volume,
+        *,
+        voxel_size: tuple[float, str] | None = None,
+        long_name: str | None = None,
+        attrs: dict | None = None,
+    ) -> str:
+        """A reconstructed (z, y, x) volume as NXdata ``/entry/processing/reconstruction/<name>``.
+
+        ``data`` with axes ``z``, ``y``, ``x`` (voxel centres from 0, in the voxel size's units;
+        default: the primary stream's pixel size, else pixels) so h5web and silx show it as an
+        image stack; ``voxel_size`` is also stored as a field.
+        """
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ValueError(f"volume {name!r} of shape {volume.shape}; expected (z, y, x)")
+        voxel_size = voxel_size or self.pixel_size()
+        size, units = voxel_size if voxel_size is not None else (1.0, "pixel")
+        fields: dict = {"data": (volume, {"long_name": long_name or name})}
+        for axis, n in zip("zyx", volume.shape, strict=True):
+            fields[axis] = (np.arange(n) * size, {"units": units})
+        fields["voxel_size"] = (np.float64(size), {"units": units})
+        return self.write_group(
+            f"reconstruction/{name}",
+            fields,
+            nx_class="NXdata",
+            attrs={"signal": "data", "axes": ["z", "y", "x"], **(attrs or {})},
+            parent_class="NXprocess",
+        )
 
     # -- SWMR, flushing, closing
     @_locked
@@ -544,3 +843,11 @@ class NXtomoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_name_ok(name: str) -> bool:
+    try:
+        check_name(name, "name")
+    except ValueError:
+        return False
+    return "/" not in name

@@ -30,6 +30,8 @@ def write_pyxrf_map(
     incident_energy_keV: float | None = None,
     scan_uid: str | None = None,
     scan_id: int | None = None,
+    channel_energies_keV=None,
+    metadata: dict | None = None,
     compression: str | None = "gzip",
 ) -> Path:
     """Write one 2-D XRF map in PyXRF's HDF5 layout (what ``pyxrf``'s file loader reads).
@@ -45,6 +47,10 @@ def write_pyxrf_map(
     scalers, scaler_names : (rows, cols, n) normalisation counters (e.g. i0) -> ``xrfmap/scalers``.
     incident_energy_keV, scan_uid, scan_id : ``xrfmap/scan_metadata`` attributes
         (``instrument_mono_incident_energy`` is what PyXRF reads for the beam energy).
+    channel_energies_keV : (channels,) energy of every spectrum channel -> ``xrfmap/detsum/energy``
+        (and ``energy_offset``/``energy_per_channel`` metadata: PyXRF's ``e_offset``/``e_linear``).
+    metadata : further ``scan_metadata`` attributes in PyXRF's names (``sample_name``,
+        ``proposal_num``, ``param_theta``, ``param_dwell``, ...).
     """
     path = Path(path)
     maps = [m for m in (spectra, roi_maps, fit_maps) if m is not None]
@@ -78,9 +84,22 @@ def write_pyxrf_map(
             f["xrfmap/scalers/name"] = _names(
                 scaler_names or [f"scaler{i}" for i in range(np.shape(scalers)[-1])]
             )
+        if channel_energies_keV is not None:
+            energies = np.asarray(channel_energies_keV, np.float64)
+            detsum["energy"] = energies
+            detsum["energy"].attrs["units"] = "keV"
         md = f.create_group("xrfmap/scan_metadata")
+        md.attrs["file_type"] = "XRF-MAP"
+        md.attrs["file_format"] = "NSLS2-XRF-MAP"
+        md.attrs["file_format_version"] = "1.0"
         md.attrs["file_software"] = "livetomo"
         md.attrs["file_created_time"] = now_iso()
+        if channel_energies_keV is not None and len(energies) > 1:
+            md.attrs["detector_energy_offset_keV"] = float(energies[0])
+            md.attrs["detector_energy_per_channel_keV"] = float(energies[1] - energies[0])
+        for key, value in (metadata or {}).items():
+            if value is not None:
+                md.attrs[key] = value
         if incident_energy_keV is not None:
             md.attrs["instrument_mono_incident_energy"] = float(incident_energy_keV)
         if scan_uid is not None:
@@ -88,6 +107,20 @@ def write_pyxrf_map(
         if scan_id is not None:
             md.attrs["scan_id"] = int(scan_id)
     return path
+
+
+def pyxrf_name(element: str, line: str = "K") -> str:
+    """PyXRF's name of an element's emission line: "Zn" -> "Zn_K" (names with a line are kept)."""
+    return element if "_" in element else f"{element}_{line}"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _um(dataset) -> float:
+    units = _text(dataset.attrs.get("units", "um"))
+    return float(dataset[()]) * {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0, "nm": 1e-3}.get(units, 1.0)
 
 
 def export_pyxrf_maps(
@@ -101,8 +134,12 @@ def export_pyxrf_maps(
 ) -> list[Path]:
     """One PyXRF file per projection of a run file's XRF streams: ``<run>_proj<i>_<angle>deg.h5``.
 
-    ``roi_stream`` frames are (elements, rows, cols) with ``channel_names``; ``spectra_stream``
-    frames (rows, cols, channels). Either may be None or absent from the file.
+    ``roi_stream`` frames are (elements, rows, cols) with ``channel_names`` (stored under PyXRF's
+    names, ``Zn_K``); ``spectra_stream`` frames (rows, cols, channels). Either may be None or
+    absent from the file. Positions come from the stream's ``x_pixel_size`` (µm grid), the
+    incident energy from ``/entry/instrument/beam/incident_energy``, the channel energies from
+    the XRF device's configuration, the sample and proposal from the run's metadata (each
+    unless given).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,22 +156,54 @@ def export_pyxrf_maps(
         first = next(iter(groups.values()))
         angles = first["rotation_angle"][()]
         keys = first["image_key"][()]
+        if pixel_size_um is None and "x_pixel_size" in first:
+            pixel_size_um = _um(first["x_pixel_size"])
+        beam = f.get("entry/instrument/beam/incident_energy")
+        if incident_energy_keV is None and beam is not None:
+            incident_energy_keV = float(beam[()])
+        energies = None
+        if "spectra" in groups:
+            device = _text(groups["spectra"].attrs.get("device", "xrf"))
+            config = f.get("entry/instrument/configuration")
+            if config is not None and f"{device}_energy_per_channel" in config:
+                offset = float(config[f"{device}_energy_offset"][()])
+                gain = float(config[f"{device}_energy_per_channel"][()])
+                energies = offset + gain * np.arange(groups["spectra"]["data"].shape[-1])
         roi_names = None
         if "roi" in groups and "channel_names" in groups["roi"]:
-            roi_names = [n.decode() for n in groups["roi"]["channel_names"][()]]
+            roi_names = [pyxrf_name(_text(n)) for n in groups["roi"]["channel_names"][()]]
+        run_md = f.get("entry/run_metadata")
+        sample = f.get("entry/sample/name")
+        proposal = f.get("entry/experiment_identifier")
+        common = {
+            "sample_name": _text(sample[()]) if sample is not None else None,
+            "proposal_num": _text(proposal[()]) if proposal is not None else None,
+            "scan_instrument_name": "livetomo",
+            "param_theta_units": "deg",
+            "param_dwell": float(run_md["dwell_s"][()]) if "dwell_s" in (run_md or {}) else None,
+            "param_type": "XRF-DPC tomography (one map per rotation angle)",
+        }
         for i in np.flatnonzero(keys == 0):
             roi = groups["roi"]["data"][i] if "roi" in groups else None
             angle = f"{angles[i]:+.2f}deg" if np.isfinite(angles[i]) else "noangle"
+            spectra = groups["spectra"]["data"][i] if "spectra" in groups else None
+            shape = np.shape(spectra)[:2] if spectra is not None else np.shape(roi)[1:]
             paths.append(
                 write_pyxrf_map(
                     out_dir / f"{str(uid)[:8]}_proj{i:04d}_{angle}.h5",
-                    spectra=groups["spectra"]["data"][i] if "spectra" in groups else None,
+                    spectra=spectra,
                     roi_maps=roi,
                     roi_names=roi_names or (None if roi is None else [f"roi{j}" for j in range(len(roi))]),
                     pixel_size_um=pixel_size_um,
                     incident_energy_keV=incident_energy_keV,
                     scan_uid=str(uid),
                     scan_id=int(i),
+                    channel_energies_keV=energies,
+                    metadata={
+                        **common,
+                        "param_theta": float(angles[i]) if np.isfinite(angles[i]) else None,
+                        "param_shape": np.asarray(shape, np.int64),
+                    },
                 )
             )
     return paths

@@ -45,7 +45,9 @@ REASONS = (
     "duplicate_stream",  # a second start message for the same run and stream
     "shape_mismatch",  # frame dtype or shape differ from what the stream's start declared
     "duplicate_sequence",  # a sequence number that was already received
-    "out_of_order",  # a sequence number other than the next expected one
+    "out_of_order",  # a frame whose slot was already given up as missing
+    "out_of_window",  # a sequence number further ahead of the next expected one than the window
+    "too_many_streams",  # a stream start beyond the most streams a run may have
     "missing_frames",  # the end message counts more frames than were accepted
     "extra_frames",  # the end message counts fewer frames than were received
     "queue_full",  # accepted but dropped because the hand-off queue was full (policy "drop")

@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 
 import zmq
@@ -35,9 +35,12 @@ logger = logging.getLogger(__name__)
 class StreamStatus:
     """Where one stream of one run stands.
 
-    ``accepted`` frames are good and handed on; ``rejected`` arrived in their turn but were
-    bad (wrong size, NaN, dropped); ``missing`` sequence numbers never arrived in order.
-    ``expected`` is the count from the end message (None until it came).
+    ``accepted`` frames are good and handed on; ``rejected`` frames of this stream arrived
+    but were refused (bad content, wrong shape, out of the window); ``missing`` holds the
+    sequence numbers given up as ranges ``[start, stop)``, each of which becomes an
+    ``image_key = 3`` slot in the run file; ``n_missing`` counts them. ``expected`` is the
+    count from the end message (None until it came). ``waiting`` frames arrived ahead of a
+    gap and wait to be handed on in order.
     """
 
     run: str
@@ -48,14 +51,16 @@ class StreamStatus:
     next_seq: int = 0
     accepted: int = 0
     rejected: int = 0
-    missing: list[int] = field(default_factory=list)
+    missing: list[list[int]] = field(default_factory=list)
+    n_missing: int = 0
     expected: int | None = None
     closed: bool = False
+    waiting: int = 0
 
     @property
     def complete(self) -> bool:
         """The end message came and every one of its frames was accepted."""
-        return self.closed and self.expected == self.accepted and not self.missing and not self.rejected
+        return self.closed and self.expected == self.accepted and not self.n_missing
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -64,17 +69,50 @@ class StreamStatus:
         return out
 
 
-MAX_LISTED = 10_000  # missing sequence numbers kept per stream: a wild number must not eat memory
+MAX_RANGES = 64  # missing ranges listed per stream (beyond, only counted): a wild stream cannot eat memory
+SHOWN = 10  # names or numbers an error message lists at most
 
 
-def never_arrived(status: StreamStatus, limit: int = 10) -> tuple[int, list[int]]:
-    """How many frames below the end message's count never arrived, and the first ``limit`` of them."""
-    if status.expected is None:
-        return 0, []
-    listed = [s for s in status.missing if s < status.expected]
-    tail = max(0, status.expected - status.next_seq)
-    first = (listed + list(range(status.next_seq, status.next_seq + min(tail, limit))))[:limit]
-    return len(listed) + tail, first
+def never_arrived(status: StreamStatus, limit: int = SHOWN) -> tuple[int, list[list[int]]]:
+    """How many frames of the stream were given up, and the first ``limit`` ranges of them."""
+    return status.n_missing, [list(r) for r in status.missing[:limit]]
+
+
+def _ranges_text(ranges) -> str:
+    parts = [f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in ranges[:SHOWN]]
+    return ", ".join(parts) + (" ..." if len(ranges) > SHOWN else "")
+
+
+class _Stream:
+    """A stream's bookkeeping: its status plus the frames waiting ahead of a gap."""
+
+    def __init__(self, status: StreamStatus):
+        self.status = status
+        self.waiting: dict[int, Frame] = {}
+        self.bad: set[int] = set()  # sequence numbers that arrived bad, not yet given up
+
+    def give_up(self, stop: int) -> None:
+        """Frames ``next_seq .. stop - 1`` will not come: record them missing, move on."""
+        s = self.status
+        if stop <= s.next_seq:
+            return
+        s.n_missing += stop - s.next_seq
+        if s.missing and s.missing[-1][1] == s.next_seq:
+            s.missing[-1][1] = stop
+        elif len(s.missing) < MAX_RANGES:
+            s.missing.append([s.next_seq, stop])
+        self.bad = {b for b in self.bad if b >= stop}
+        s.next_seq = stop
+
+    def release(self) -> list[Frame]:
+        """The waiting frames that are now in turn, in order."""
+        out, s = [], self.status
+        while s.next_seq in self.waiting:
+            out.append(self.waiting.pop(s.next_seq))
+            s.next_seq += 1
+        s.waiting = len(self.waiting)
+        s.accepted += len(out)
+        return out
 
 
 class StreamTracker:
@@ -82,19 +120,34 @@ class StreamTracker:
 
     Runs become known through ``announce_run`` (the start document) or, unless
     ``require_announced_runs`` is set, through a stream's start message, which carries the
-    run uid itself. Only the ``max_runs`` most recent runs are remembered.
+    run uid itself. Only the ``max_runs`` most recent runs are remembered, and a run has at
+    most ``max_streams`` streams.
 
-    Sequence rule: frame ``seq`` must be the stream's next expected number. A lower number
-    that was seen is ``duplicate_sequence``; any other is ``out_of_order``. After a jump
-    ahead the stream resynchronises on the new number, so one lost frame costs that frame
-    and the jump, not the rest of the stream; the skipped numbers are listed as missing.
+    Sequence rule: frames are handed on in sequence order. A frame up to ``window`` numbers
+    ahead of the next expected one waits (at most ``window`` frames wait); one further ahead is
+    refused (``out_of_window``) and moves nothing, so a wild sequence number cannot make the
+    real frames late. A gap is given up (its numbers recorded as missing, for ``image_key =
+    3`` slots) when the frame in it arrived bad and a later one has come, when ``window``
+    frames wait behind it, or at the stream's end. A refused frame never moves the stream's
+    expectations: the good frame with the same number is still accepted if it comes.
     """
 
-    def __init__(self, *, require_announced_runs: bool = False, max_runs: int = 64):
+    def __init__(
+        self,
+        *,
+        require_announced_runs: bool = False,
+        max_runs: int = 64,
+        window: int = 16,
+        max_streams: int = 32,
+    ):
+        if window < 1 or max_streams < 1:
+            raise ValueError(f"window = {window} and max_streams = {max_streams} must be at least 1")
         self.require_announced_runs = require_announced_runs
         self.max_runs = max_runs
+        self.window = int(window)
+        self.max_streams = int(max_streams)
         self._lock = threading.Lock()
-        self._runs: OrderedDict[str, dict[str, StreamStatus]] = OrderedDict()
+        self._runs: OrderedDict[str, dict[str, _Stream]] = OrderedDict()
         self._announced: set[str] = set()
         self.accepted: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -129,7 +182,7 @@ class StreamTracker:
             self._count(exc)
         return exc
 
-    def _run(self, uid: str) -> dict[str, StreamStatus]:
+    def _run(self, uid: str) -> dict[str, _Stream]:
         if uid not in self._runs:
             self._runs[uid] = {}
             while len(self._runs) > self.max_runs:
@@ -138,40 +191,39 @@ class StreamTracker:
         return self._runs[uid]
 
     # -- messages
-    def admit(self, msg: Message) -> StreamStatus:
-        """Check ``msg`` against its stream and record it; raise ``FrameRejected`` if it does not fit.
+    def admit(self, msg: Message) -> list[Message]:
+        """Check ``msg`` against its stream and record it; the messages to hand on now, in order.
 
-        Returns the stream's status after the message. An end message that does not close
-        a complete stream is still admitted (the stream is closed) and its shortfall is
-        counted as ``missing_frames`` or ``extra_frames``; read ``status.complete``.
+        A frame ahead of a gap returns nothing (it waits); the frame that fills a gap returns
+        itself and the frames that waited behind it. An end message returns the waiting
+        frames (gaps given up) and itself; a shortfall is counted as ``missing_frames`` or
+        ``extra_frames`` (read ``stream_status(...).complete``). Raises ``FrameRejected``.
         """
         with self._lock:
             try:
                 if isinstance(msg, Start):
-                    status = self._start(msg)
+                    out = self._start(msg)
                 elif isinstance(msg, Frame):
-                    status = self._frame(msg)
+                    out = self._frame(msg)
                 else:
-                    status = self._end(msg)
+                    out = self._end(msg)
             except FrameRejected as exc:
                 self._count(exc)
                 raise
             self.accepted[msg.kind] += 1
-            return status
+            return out
 
     def reject(self, exc: FrameRejected) -> None:
-        """Count a message ``decode`` refused; a bad frame with a readable header uses up its number.
-
-        So the next good frame is in order: frame 3 with NaN, then frame 4, accepts frame 4.
-        """
+        """Count a message ``decode`` refused. It moves nothing; a bad frame in the window is
+        remembered, so a later frame gives its number up at once instead of waiting."""
         with self._lock:
             self._count(exc)
             if exc.kind == "frame" and exc.seq is not None:
                 stream = self._runs.get(exc.run, {}).get(exc.stream)
-                if stream is not None and not stream.closed and exc.seq >= stream.next_seq:
-                    stream.missing.extend(range(stream.next_seq, min(exc.seq, stream.next_seq + MAX_LISTED)))
-                    stream.next_seq = exc.seq + 1
-                    stream.rejected += 1
+                if stream is not None and not stream.status.closed:
+                    stream.status.rejected += 1
+                    if stream.status.next_seq <= exc.seq <= stream.status.next_seq + self.window:
+                        stream.bad.add(exc.seq)
 
     def drop(self, msg: Frame, why: str = "queue_full") -> None:
         """An admitted frame was not handed on after all (e.g. the queue was full)."""
@@ -179,98 +231,115 @@ class StreamTracker:
             self._count(FrameRejected(why, f"frame {msg.seq} of {msg.stream!r} dropped: {why}"))
             stream = self._runs.get(msg.run, {}).get(msg.stream)
             if stream is not None:
-                stream.accepted -= 1
-                stream.rejected += 1
+                stream.status.accepted -= 1
+                stream.status.rejected += 1
+                stream.status.n_missing += 1
 
     def _count(self, exc: FrameRejected) -> None:
         self.rejected[exc.reason] += 1
         self.last_error = f"{exc.reason}: {exc.message}"
         self.last_error_time = time.time()
 
-    def _start(self, msg: Start) -> StreamStatus:
+    def _start(self, msg: Start) -> list[Message]:
+        ident = {"kind": "start", "run": msg.run, "stream": msg.stream}
         if self.require_announced_runs and msg.run not in self._announced:
             raise FrameRejected(
                 "unknown_run",
                 f"start of stream {msg.stream!r} for run {msg.run} that no start document announced",
-                kind="start",
-                run=msg.run,
-                stream=msg.stream,
+                **ident,
             )
         streams = self._run(msg.run)
         if msg.stream in streams:
             raise FrameRejected(
-                "duplicate_stream",
-                f"stream {msg.stream!r} of run {msg.run} was already started",
-                kind="start",
-                run=msg.run,
-                stream=msg.stream,
+                "duplicate_stream", f"stream {msg.stream!r} of run {msg.run} was already started", **ident
             )
-        status = StreamStatus(msg.run, msg.stream, msg.device, msg.dtype.str, msg.shape)
-        streams[msg.stream] = status
-        return status
+        if len(streams) >= self.max_streams:
+            raise FrameRejected(
+                "too_many_streams",
+                f"run {msg.run} already has {len(streams)} streams, the most a run may have",
+                **ident,
+            )
+        streams[msg.stream] = _Stream(StreamStatus(msg.run, msg.stream, msg.device, msg.dtype.str, msg.shape))
+        return [msg]
 
-    def _stream(self, msg: Frame | End) -> StreamStatus:
+    def _stream(self, msg: Frame | End) -> _Stream:
         ident = {"kind": msg.kind, "run": msg.run, "stream": msg.stream, "seq": getattr(msg, "seq", None)}
         streams = self._runs.get(msg.run)
         if streams is None:
             raise FrameRejected(
                 "unknown_run", f"{msg.kind} of stream {msg.stream!r} for unknown run {msg.run}", **ident
             )
-        status = streams.get(msg.stream)
-        if status is None:
+        stream = streams.get(msg.stream)
+        if stream is None:
+            names = list(streams)
+            shown = ", ".join(names[:SHOWN]) + (
+                f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+            )
             raise FrameRejected(
                 "unknown_stream",
                 f"{msg.kind} for stream {msg.stream!r} of run {msg.run}, which has no start message; "
-                f"started streams: {', '.join(streams) or 'none'}",
+                f"started streams: {shown or 'none'}",
                 **ident,
             )
-        if status.closed:
+        if stream.status.closed:
             raise FrameRejected(
                 "stream_closed",
                 f"{msg.kind} for stream {msg.stream!r} of run {msg.run} after its end message",
                 **ident,
             )
-        return status
+        return stream
 
-    def _frame(self, msg: Frame) -> StreamStatus:
-        status = self._stream(msg)
+    def _frame(self, msg: Frame) -> list[Message]:
+        stream = self._stream(msg)
+        status = stream.status
         ident = {"kind": "frame", "run": msg.run, "stream": msg.stream, "seq": msg.seq}
-        if msg.seq < status.next_seq:
-            late = msg.seq in status.missing
-            reason = "out_of_order" if late else "duplicate_sequence"
-            what = "arrived after later frames" if late else "was already received"
+        first = status.next_seq
+        if msg.seq < first or msg.seq in stream.waiting:
+            given_up = any(a <= msg.seq < b for a, b in status.missing)
+            reason = "out_of_order" if given_up else "duplicate_sequence"
+            what = "came after its slot was given up" if given_up else "was already received"
+            status.rejected += 1
             raise FrameRejected(reason, f"frame {msg.seq} of {msg.stream!r} {what}", **ident)
-        if msg.seq > status.next_seq:
-            expected = status.next_seq
-            status.missing.extend(range(expected, min(msg.seq, expected + MAX_LISTED)))
-            status.next_seq = msg.seq + 1
+        if msg.seq > first + self.window:
             status.rejected += 1
             raise FrameRejected(
-                "out_of_order",
-                f"frame {msg.seq} of {msg.stream!r} arrived where {expected} was expected "
-                f"({msg.seq - expected} skipped); the stream continues from {msg.seq + 1}",
+                "out_of_window",
+                f"frame {msg.seq} of {msg.stream!r} is {msg.seq - first} ahead of the next expected frame "
+                f"{first}; frames are accepted up to {self.window} ahead",
                 **ident,
             )
-        status.next_seq += 1  # a frame in its turn uses up its number, good or not
         if msg.data.dtype.str != status.dtype or msg.data.shape != status.shape:
             status.rejected += 1
+            stream.bad.add(msg.seq)
             raise FrameRejected(
                 "shape_mismatch",
                 f"frame {msg.seq} of {msg.stream!r} is {msg.data.dtype} {msg.data.shape}; the stream "
                 f"declared {status.dtype} {status.shape}",
                 **ident,
             )
-        status.accepted += 1
-        return status
+        stream.bad.discard(msg.seq)
+        stream.waiting[msg.seq] = msg
+        # gaps below this frame that will not be filled: frames that came bad, or a full window
+        while status.next_seq not in stream.waiting and (
+            status.next_seq in stream.bad or len(stream.waiting) >= self.window
+        ):
+            stream.give_up(min(s for s in stream.waiting if s > status.next_seq))
+        return list(stream.release())
 
-    def _end(self, msg: End) -> StreamStatus:
-        """Close the stream. Frames that never arrived count once as ``missing_frames``; frames
-        that arrived but were bad were counted under their own reason already."""
-        status = self._stream(msg)
-        status.closed = True
-        status.expected = msg.count
+    def _end(self, msg: End) -> list[Message]:
+        """Close the stream: waiting frames go on (their gaps given up), then the end message.
+        Frames that never came count once as ``missing_frames``; frames that came but were bad
+        were counted under their own reason already."""
+        stream = self._stream(msg)
+        status = stream.status
+        out: list[Message] = []
+        while stream.waiting:
+            stream.give_up(min(stream.waiting))
+            out += stream.release()
         received = status.next_seq
-        n_never, first = never_arrived(status)
+        if msg.count > received:
+            stream.give_up(msg.count)
+        status.closed, status.expected = True, msg.count
         if msg.count < received:
             self._count(
                 FrameRejected(
@@ -278,41 +347,103 @@ class StreamTracker:
                     f"end of {msg.stream!r} (run {msg.run}) says {msg.count} frames, but {received} arrived",
                 )
             )
-        elif n_never:
-            shown = ", ".join(map(str, first)) + (" ..." if n_never > len(first) else "")
+        elif status.n_missing:
             self._count(
                 FrameRejected(
                     "missing_frames",
                     f"end of {msg.stream!r} (run {msg.run}) says {msg.count} frames; "
-                    f"{status.accepted} accepted, {status.rejected} rejected, "
-                    f"{n_never} never arrived (seq {shown})",
+                    f"{status.accepted} accepted, {status.rejected} refused, {status.n_missing} missing "
+                    f"(seq {_ranges_text(status.missing)})",
                 )
             )
-        return status
+        return [*out, msg]
 
     # -- status
     def stream_status(self, run: str, stream: str) -> StreamStatus:
         with self._lock:
-            status = self._runs[run][stream]
-            return StreamStatus(**{**asdict(status), "missing": list(status.missing)})
+            status = self._runs[run][stream].status
+            return StreamStatus(**{**asdict(status), "missing": [list(r) for r in status.missing]})
 
     def streams(self, run: str) -> list[str]:
         with self._lock:
             return list(self._runs.get(run, {}))
 
-    def counts(self) -> dict:
-        """A JSON-able snapshot: accepted per kind, rejected per reason, last error, streams."""
+    def counts(self, streams: bool = False) -> dict:
+        """A JSON-able snapshot: accepted per kind, rejected per reason, last error (and, with
+        ``streams``, every remembered stream's status)."""
         with self._lock:
-            return {
+            out = {
                 "accepted": dict(self.accepted),
                 "rejected": dict(self.rejected),
                 "last_error": self.last_error,
                 "last_error_time": self.last_error_time,
-                "runs": {
-                    uid: {name: s.as_dict() for name, s in streams.items()}
-                    for uid, streams in self._runs.items()
-                },
             }
+            if streams:
+                out["runs"] = {
+                    uid: {name: s.status.as_dict() for name, s in run.items()}
+                    for uid, run in self._runs.items()
+                }
+            return out
+
+
+def message_bytes(item) -> int:
+    """The pixel bytes a queued message holds (documents and start/end messages count as 0)."""
+    data = getattr(item, "data", None)
+    return int(getattr(data, "nbytes", 0) or 0)
+
+
+class BytesQueue:
+    """A FIFO bounded in messages (``maxsize``) and in the pixel bytes they hold (``max_bytes``).
+
+    The ``queue.Queue`` calls the pipeline uses (``put``, ``put_nowait``, ``get``, ``qsize``,
+    ``empty``), raising ``queue.Full`` and ``queue.Empty``. One message always fits into an
+    empty queue, so a single frame larger than the budget still passes, alone.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int | None = None):
+        self.maxsize = int(maxsize)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
+        self.nbytes = 0
+        self._items: deque = deque()
+        self._cond = threading.Condition()
+
+    def _fits(self, size: int) -> bool:
+        if not self._items:
+            return True
+        if len(self._items) >= self.maxsize:
+            return False
+        return self.max_bytes is None or self.nbytes + size <= self.max_bytes
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        size = message_bytes(item)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._fits(size), timeout if block else 0):
+                raise queue.Full
+            self._items.append((item, size))
+            self.nbytes += size
+            self._cond.notify_all()
+
+    def put_nowait(self, item) -> None:
+        self.put(item, block=False)
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items, timeout if block else 0):
+                raise queue.Empty
+            item, size = self._items.popleft()
+            self.nbytes -= size
+            self._cond.notify_all()
+            return item
+
+    def get_nowait(self):
+        return self.get(block=False)
+
+    def qsize(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
 
 
 class _Throttle:
@@ -344,6 +475,7 @@ class FrameReceiver:
     address : where to bind; loopback by default. ``tcp://127.0.0.1:0`` picks a free port,
         read back the bound endpoint from ``address`` after ``start``.
     maxsize : bound of the hand-off queue (messages; a frame message holds one frame).
+    max_bytes : bound of the pixel bytes in the hand-off queue (None: messages only).
     when_full : "block" (default, lossless): the receiver waits for room; meanwhile ZeroMQ
         stops reading, the PULL socket's receive high-water mark (``rcvhwm`` messages) and
         then the sender's send HWM fill, and the sender's ``send`` blocks: backpressure
@@ -356,6 +488,9 @@ class FrameReceiver:
     hold_unknown_s : how long messages of a run not yet announced wait for its start document
         (needs a tracker with ``require_announced_runs``); 0 rejects them at once.
     max_held : at most this many messages wait; beyond, they are rejected as ``unknown_run``.
+
+    The socket refuses any message part larger than ``limits.max_frame_bytes`` (plus the
+    header limit) as it arrives (``ZMQ_MAXMSGSIZE``): an oversized message is never read whole.
 
     Memory bound of the receiving side: (maxsize + rcvhwm + 3) frames (the queue, the
     socket's pipe, one being received by ZeroMQ's I/O thread, one waiting to be queued,
@@ -378,6 +513,7 @@ class FrameReceiver:
         name: str = "livetomo-frame-receiver",
         hold_unknown_s: float = 0.0,
         max_held: int = 64,
+        max_bytes: int | None = None,
     ):
         if when_full not in ("block", "drop"):
             raise ValueError(f"when_full = {when_full!r}; allowed: 'block', 'drop'")
@@ -385,7 +521,7 @@ class FrameReceiver:
             raise ValueError(f"maxsize = {maxsize}; the hand-off queue must hold at least 1 message")
         self.requested_address = address
         self.address: str | None = None
-        self.queue: queue.Queue = queue.Queue(maxsize)
+        self.queue = BytesQueue(maxsize, max_bytes)
         self.when_full = when_full
         self.limits = limits
         self.tracker = tracker if tracker is not None else StreamTracker()
@@ -413,6 +549,7 @@ class FrameReceiver:
         """Bind (errors such as an address in use raise here) and start the thread."""
         sock = self._context.socket(zmq.PULL)
         sock.rcvhwm = self.rcvhwm
+        sock.maxmsgsize = self.limits.max_frame_bytes + self.limits.max_header_bytes
         sock.linger = 0
         if self._socket_setup is not None:
             self._socket_setup(sock)
@@ -523,35 +660,33 @@ class FrameReceiver:
 
     def _admit(self, msg: Message, deadline: float | None = None) -> None:
         try:
-            self.tracker.admit(msg)
+            ready = self.tracker.admit(msg)
         except FrameRejected as exc:
             self._log(exc.reason, exc.message)
             return
         if isinstance(msg, End):
             status = self.tracker.stream_status(msg.run, msg.stream)
             if not status.complete:
-                n_never = never_arrived(status)[0]
                 text = (
                     f"stream {msg.stream!r} of run {msg.run} ended incomplete: {msg.count} frames sent, "
-                    f"{status.accepted} accepted, {status.rejected} rejected, {n_never} never arrived"
+                    f"{status.accepted} accepted, {status.rejected} refused, {status.n_missing} missing"
                 )
                 if msg.count < status.next_seq:
                     self._log("extra_frames", text)
-                elif n_never:
-                    self._log("missing_frames", text)
                 else:
-                    logger.info(text)  # only bad frames, each already logged with its reason
-        if isinstance(msg, Frame) and self.when_full == "drop":
-            try:
-                self.queue.put_nowait(msg)
-            except queue.Full:
-                self.tracker.drop(msg)
-                self._log(
-                    "queue_full",
-                    f"frame {msg.seq} of {msg.stream!r} dropped: queue of {self.queue.maxsize} full",
-                )
-            return
-        self._put(msg, deadline)
+                    self._log("missing_frames", text)
+        for item in ready:
+            if isinstance(item, Frame) and self.when_full == "drop":
+                try:
+                    self.queue.put_nowait(item)
+                except queue.Full:
+                    self.tracker.drop(item)
+                    self._log(
+                        "queue_full",
+                        f"frame {item.seq} of {item.stream!r} dropped: queue of {self.queue.maxsize} full",
+                    )
+                continue
+            self._put(item, deadline)
 
     def _put(self, item, deadline: float | None = None) -> bool:
         """Blocking put that still notices ``stop`` (then gives up at ``deadline``)."""
@@ -579,6 +714,7 @@ class FrameReceiver:
             "received_bytes": nbytes,
             "queue_depth": self.queue.qsize(),
             "queue_maxsize": self.queue.maxsize,
+            "queue_bytes": self.queue.nbytes,
             "held_unknown_run": self._n_held,
             "when_full": self.when_full,
             "error": None if self.error is None else repr(self.error),

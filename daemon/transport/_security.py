@@ -16,32 +16,64 @@ from zmq.auth.thread import ThreadAuthenticator
 
 
 def make_keys(directory: str | Path) -> dict[str, Path]:
-    """Create server and client CURVE key pairs in ``directory``; return their paths."""
+    """Create server and client CURVE key pairs in ``directory`` and an allow-list directory
+    ``authorized_clients`` holding the client's public key; return their paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in ("server", "client"):
         public, secret = zmq.auth.create_certificates(directory, name)
         out[f"{name}_public"], out[f"{name}_secret"] = Path(public), Path(secret)
+    allowed = directory / "authorized_clients"
+    allowed.mkdir(exist_ok=True)
+    (allowed / "client.key").write_bytes(out["client_public"].read_bytes())
+    out["authorized_clients"] = allowed
     return out
 
 
+class AllowList:
+    """The client keys CURVE lets in: the public keys in a directory, read again when it changes,
+    plus ``own`` (the daemon's own key, held by its own detectors)."""
+
+    def __init__(self, directory: str | Path, own: bytes):
+        self.directory = Path(directory)
+        self.own = own
+        self._stamp = None
+        self._keys: set[bytes] = set()
+
+    def keys(self) -> set[bytes]:
+        stamp = max((p.stat().st_mtime_ns for p in self.directory.glob("*.key")), default=0)
+        if stamp != self._stamp:
+            self._keys = set(zmq.auth.load_certificates(str(self.directory)))
+            self._stamp = stamp
+        return self._keys | {self.own}
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys()
+
+
 class CurveSecurity:
-    """Applies CURVE server options to the daemon's sockets (and runs the authenticator).
+    """Applies CURVE server options to the daemon's sockets and runs the authenticator.
 
     server_secret_key : the server's ``.key_secret`` file (``livetomo keys DIR``).
-    authorized_clients : a directory of client public ``.key`` files; None lets any CURVE client in.
+    authorized_clients : a directory of the public ``.key`` files of the clients let in. CURVE
+        without it would encrypt but let anyone with any key pair in, so it is required. The
+        daemon's own detectors hold the server's key pair, which is always let in.
     """
 
     def __init__(self, server_secret_key: str | Path, context: zmq.Context, authorized_clients=None):
+        if not authorized_clients:
+            raise ValueError(
+                "CURVE needs authorized_clients: a directory of the client public keys to let in"
+            )
         public, secret = zmq.auth.load_certificate(server_secret_key)
         if secret is None:
             raise ValueError(f"{server_secret_key} holds no secret key; give the .key_secret file")
         self.public, self.secret = public, secret
+        self.allowed = AllowList(authorized_clients, public)
         self.authenticator = ThreadAuthenticator(context)
         self.authenticator.start()
-        location = str(authorized_clients) if authorized_clients else zmq.auth.CURVE_ALLOW_ANY
-        self.authenticator.configure_curve(domain="*", location=location)
+        self.authenticator.configure_curve_callback(domain="*", credentials_provider=self.allowed)
 
     def __call__(self, socket: zmq.Socket) -> None:
         socket.curve_secretkey = self.secret

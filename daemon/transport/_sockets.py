@@ -7,11 +7,19 @@ from urllib.parse import urlparse
 
 
 def is_loopback(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
-    url = urlparse(endpoint)
-    if url.scheme in ("ipc", "inproc"):
+    """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost.
+
+    An endpoint with several addresses (ZeroMQ's ``tcp://source;address``) is loopback only
+    if every address is: ``tcp://127.0.0.1:5;0.0.0.0:6`` is not.
+    """
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
         return True
-    host = url.hostname or ""
+    return bool(rest) and all(_loopback_host(f"{scheme}://{part}") for part in rest.split(";"))
+
+
+def _loopback_host(address: str) -> bool:
+    host = urlparse(address).hostname or ""
     if host == "localhost":
         return True
     try:

@@ -41,8 +41,12 @@ class Beamline:
     exposure: dict[str, Callable[[], tuple[float, str]]] = field(default_factory=dict)
 
     def frame_metadata(self, device: str, data_key: str) -> dict:
-        """``angle_deg``, ``exposure`` and ``exposure_units`` of the frame ``device`` writes now."""
+        """``angle_deg``, ``exposure`` and ``exposure_units`` of the frame ``device`` writes now, and
+        ``channels`` (the names along the frame's first axis) where the device names them."""
         out = {"image_key": 0}
+        channels = getattr(self.devices.get(device), "frame_channels", {}).get(data_key)
+        if channels is not None:
+            out["channels"] = list(channels)
         axis = self.angle_axis.get(device)
         if axis is not None:
             out["angle_deg"] = float(self.devices[axis].position)

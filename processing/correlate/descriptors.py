@@ -18,7 +18,7 @@ import itertools
 
 import numpy as np
 
-from ._xp import fft_for, get_xp, ndimage_for
+from ..arrays import fft_module, get_array_module, ndimage_for
 from .errors import CorrelationError
 
 _KIRSCH_RING = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0), (1, 0)]  # clockwise 3x3 border
@@ -53,7 +53,7 @@ _LDP_TABLE = _ldp_class_table()
 
 def ldp_classes(image):
     """Rotation-invariant LDP class (0..6) of every pixel of a 2D image; int array, same shape."""
-    xp = get_xp(image)
+    xp = get_array_module(image)
     ndi = ndimage_for(xp)
     img = xp.asarray(image, dtype=xp.float32)
     if img.ndim != 2:
@@ -74,14 +74,14 @@ def ldp_classes(image):
 
 def log_bins(log_image, *, scale: float, n_bins: int = 16, max_value: float = 8.0):
     """Bin index (0..n_bins-1) of ``|log_image| / scale`` over [0, max_value), last bin open."""
-    xp = get_xp(log_image)
+    xp = get_array_module(log_image)
     v = xp.abs(xp.asarray(log_image, dtype=xp.float32)) / max(float(scale), 1e-30)
     return xp.clip((v * (n_bins / max_value)).astype(xp.int64), 0, n_bins - 1)
 
 
 def robust_scale(image) -> float:
     """1.4826 * median absolute deviation from the median (a noise-robust spread)."""
-    xp = get_xp(image)
+    xp = get_array_module(image)
     med = xp.median(image)
     return float(1.4826 * xp.median(xp.abs(image - med))) or float(xp.std(image)) or 1.0
 
@@ -117,7 +117,7 @@ def ring_histogram_field(labels, n_classes: int, *, radius: float, rings: int = 
         block centres whose disk lies inside the image.
     centres : (n_rows,), (n_cols,) pixel coordinates (row, column) of those block centres.
     """
-    xp = get_xp(labels)
+    xp = get_array_module(labels)
     ny, nx = labels.shape
     if 2 * radius + 1 > min(ny, nx):
         raise CorrelationError(
@@ -156,7 +156,7 @@ def ring_histogram_field(labels, n_classes: int, *, radius: float, rings: int = 
 
 def ring_histograms(labels, n_classes: int, *, centre, radius: float, rings: int = 3):
     """(rings, n_classes) normalised ring histograms of ``labels`` about ``centre`` (row, col)."""
-    xp = get_xp(labels)
+    xp = get_array_module(labels)
     ny, nx = labels.shape
     yy, xx = xp.mgrid[0:ny, 0:nx]
     r = xp.sqrt((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2)
@@ -170,21 +170,21 @@ def ring_histograms(labels, n_classes: int, *, centre, radius: float, rings: int
 
 def histogram(labels, n_classes: int):
     """Normalised histogram (n_classes,) of integer ``labels``."""
-    xp = get_xp(labels)
+    xp = get_array_module(labels)
     h = xp.bincount(xp.ravel(labels), minlength=n_classes)[:n_classes].astype(xp.float32)
     return h / max(float(h.sum()), 1.0)
 
 
 def cosine_similarity(h, hists):
     """Cosine of the angle between ``h`` (k,) and each histogram in ``hists`` (..., k), per histogram."""
-    xp = get_xp(hists)
+    xp = get_array_module(hists)
     num = (hists * h).sum(axis=-1)
     return num / (xp.linalg.norm(hists, axis=-1) * float(xp.linalg.norm(h)) + 1e-12)
 
 
 def intersection_similarity(h, hists):
     """Histogram intersection ``sum(min(h, g))`` of normalised histograms, 0..1."""
-    xp = get_xp(hists)
+    xp = get_array_module(hists)
     return xp.minimum(hists, h).sum(axis=-1)
 
 
@@ -201,8 +201,8 @@ class MaskedNCC:
     """
 
     def __init__(self, image, max_template_shape: tuple[int, int]):
-        xp = self.xp = get_xp(image)
-        self.fft = fft_for(xp)
+        xp = self.xp = get_array_module(image)
+        self.fft = fft_module(xp)
         img = xp.asarray(image, dtype=xp.float64)
         img = (img - img.mean()).astype(xp.float32)  # NCC ignores offsets; float32 FFTs are 2x faster
         self.image_shape = img.shape

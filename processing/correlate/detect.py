@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import get_xp, ndimage_for, to_numpy
+from ..arrays import get_array_module, ndimage_for, to_numpy
 from .errors import CorrelationError
 
 POLARITIES = ("bright", "dark", "absorbing")
@@ -49,7 +49,7 @@ def per_axis(value, ndim: int, name: str) -> np.ndarray:
 
 def check_image(image, name: str = "image"):
     """``image`` as a float array of 2 or 3 dimensions with finite values, else a clear error."""
-    xp = get_xp(image)
+    xp = get_array_module(image)
     arr = xp.asarray(image)
     if arr.ndim not in (2, 3):
         raise CorrelationError(f"{name} must be a 2D image or a 3D stack, got {arr.ndim} dimensions")
@@ -69,7 +69,7 @@ def bead_signal(image, polarity: str = "bright"):
     contrast the same on thin ice and under a thick cell (Beer-Lambert adds depths).
     The input is not modified.
     """
-    xp = get_xp(image)
+    xp = get_array_module(image)
     arr = check_image(image)
     if polarity == "bright":
         return arr
@@ -111,7 +111,7 @@ def normalised_log(signal, sigma_px):
     -------
     response : array of ``signal``'s shape, positive at bright blobs of about that scale.
     """
-    xp = get_xp(signal)
+    xp = get_array_module(signal)
     ndi = ndimage_for(xp)
     sig = np.asarray(sigma_px, dtype=np.float64)[::-1]  # array axis order
     out = xp.zeros(signal.shape, dtype=xp.float32)
@@ -186,7 +186,7 @@ def detect_beads(
     detections : :class:`BeadDetections`, positions at pixel precision (refine them with
         :func:`livetomo.processing.correlate.localize.localize_beads`).
     """
-    xp = get_xp(image)
+    xp = get_array_module(image)
     ndi = ndimage_for(xp)
     signal = bead_signal(image, polarity)
     sigma = blob_sigma_px(

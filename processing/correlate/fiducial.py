@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import get_xp
+from ..arrays import get_array_module
 from .accuracy import leave_one_out, residual_variance, tre_map
 from .detect import check_image, detect_beads, per_axis
 from .errors import CorrelationError, TooFewBeadsError
@@ -308,7 +308,7 @@ def register_fiducial(
     return register_beads(
         fixed,
         moving,
-        fixed_shape=get_xp(fixed_arr).asarray(fixed_arr).shape,
+        fixed_shape=get_array_module(fixed_arr).asarray(fixed_arr).shape,
         model=model,
         tolerance_nm=tolerance_nm,
         scale_range=scale_range,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._xp import get_xp, ndimage_for
+from ..arrays import get_array_module, ndimage_for
 from .errors import CorrelationError
 
 
@@ -23,7 +23,7 @@ def warp_image(moving, matrix_px, output_shape, *, order: int = 1, cval: float =
     -------
     warped : float32 array of ``output_shape``; the input is not modified.
     """
-    xp = get_xp(moving)
+    xp = get_array_module(moving)
     ndi = ndimage_for(xp)
     moving = xp.asarray(moving, dtype=xp.float32)
     d = moving.ndim
@@ -57,7 +57,7 @@ def hsi_to_rgb(hue_deg, saturation, intensity):
     -------
     rgb : array of shape ``(*intensity.shape, 3)`` clipped to [0, 1].
     """
-    xp = get_xp(intensity)
+    xp = get_array_module(intensity)
     i = xp.asarray(intensity, dtype=xp.float32)
     s = xp.broadcast_to(xp.asarray(saturation, dtype=xp.float32), i.shape)
     h = xp.broadcast_to(xp.asarray(hue_deg, dtype=xp.float32) % 360.0, i.shape)
@@ -99,7 +99,7 @@ def fuse_hsi(
     -------
     rgb : float32 array ``(*structure.shape, 3)`` in [0, 1]; the inputs are not modified.
     """
-    xp = get_xp(structure)
+    xp = get_array_module(structure)
     structure = xp.asarray(structure, dtype=xp.float32)
     fluorescence = xp.asarray(fluorescence, dtype=xp.float32)
     if structure.shape != fluorescence.shape:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._xp import get_xp, ndimage_for, to_numpy
+from ..arrays import get_array_module, ndimage_for, to_numpy
 from .detect import per_axis
 from .errors import RegistrationError
 from .laplacian import log_filter
@@ -60,7 +60,7 @@ _STAGE_OPTIONS = {
 
 def _density(log_image, spacing, sigma_um: float):
     """Structure density: |LoG| smoothed at ``sigma_um`` (same wherever either modality has detail)."""
-    xp = get_xp(log_image)
+    xp = get_array_module(log_image)
     ndi = ndimage_for(xp)
     sig = tuple(float(sigma_um / s) for s in np.asarray(spacing, float)[::-1])
     return ndi.gaussian_filter(xp.abs(xp.asarray(log_image, dtype=xp.float32)), sig, mode="constant")
@@ -104,7 +104,7 @@ class IntensityRegistration:
 
 def bin_stack(stack, factors):
     """Block-average a [z, y, x] stack by integer ``factors`` (x, y, z); trailing voxels dropped."""
-    xp = get_xp(stack)
+    xp = get_array_module(stack)
     fx, fy, fz = (int(f) for f in factors)
     nz, ny, nx = (s // f for s, f in zip(stack.shape, (fz, fy, fx), strict=True))
     if min(nz, ny, nx) < 1:
@@ -208,7 +208,7 @@ def register_stacks(
         initial = np.eye(4)
         initial[:3, 3] = 0.5 * lm_extent - roi_centre
         if sigma_lm_um is None or sigma_em_um is None:
-            mip = get_xp(lm_stack).asarray(lm_stack, dtype=np.float32).max(axis=0)
+            mip = get_array_module(lm_stack).asarray(lm_stack, dtype=np.float32).max(axis=0)
             auto = log_scales(
                 mip, em_stack, lm_spacing_um=lm_sp, em_spacing_um=em_sp, roi=box, slices=roi_slices(box, 8)
             )
@@ -222,7 +222,7 @@ def register_stacks(
         common_spacing_um = np.array([lm_sp[0], lm_sp[1], 0.5 * lm_sp[2]])
     factors = np.maximum(np.round(per_axis(common_spacing_um, 3, "common_spacing_um") / em_sp), 1).astype(int)
     z0, z1 = _z_overlap(initial, box, em_sp, lm_extent[2], factors[2])
-    em_roi = bin_stack(get_xp(em_stack).asarray(em_stack)[z0:z1, y0:y1, x0:x1], factors)
+    em_roi = bin_stack(get_array_module(em_stack).asarray(em_stack)[z0:z1, y0:y1, x0:x1], factors)
     common = em_sp * factors
     # A binned voxel's centre sits half a bin in from the ROI corner.
     em_origin = (np.array([x0, y0, z0]) + (factors - 1) / 2.0) * em_sp
@@ -293,7 +293,7 @@ def _lm_crop(lm_stack, lm_sp, initial, box, em_sp, margin_um):
             "the EM region of interest falls outside the LM stack under the initial transform; "
             "check the voxel sizes or give a roi"
         )
-    crop = get_xp(lm_stack).asarray(lm_stack)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+    crop = get_array_module(lm_stack).asarray(lm_stack)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
     return to_numpy(crop).astype(np.float32), lo * lm_sp
 
 

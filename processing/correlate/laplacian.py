@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import get_xp, ndimage_for, to_numpy
+from ..arrays import get_array_module, ndimage_for, to_numpy
 from .detect import per_axis
 from .errors import CorrelationError
 
@@ -31,7 +31,7 @@ def log_filter(image, sigma_um: float, *, spacing=1.0):
     log : float32 array of ``image``'s shape: ``sigma^2 * sum_i d2/dx_i^2 (G * image)``;
         negative on bright blobs of size ~sigma, positive on dark ones.
     """
-    xp = get_xp(image)
+    xp = get_array_module(image)
     ndi = ndimage_for(xp)
     arr = xp.asarray(image, dtype=xp.float32)
     sp = per_axis(spacing, arr.ndim, "spacing")[::-1]  # array order
@@ -90,7 +90,7 @@ def select_log_scale(
     -------
     selection : :class:`ScaleSelection`.
     """
-    xp = get_xp(image)
+    xp = get_array_module(image)
     ndi = ndimage_for(xp)
     arr = xp.asarray(image, dtype=xp.float32)
     sp = per_axis(spacing, arr.ndim, "spacing")

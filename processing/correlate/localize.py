@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, optimize
 
-from ._xp import to_numpy
+from ..arrays import to_numpy
 from .detect import bead_signal
 from .errors import CorrelationError
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import to_numpy
+from ..arrays import to_numpy
 from .detect import per_axis
 from .errors import RegistrationError
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import get_xp, ndimage_for, to_numpy
+from ..arrays import get_array_module, ndimage_for, to_numpy
 from .descriptors import (
     LDP_CLASSES,
     MaskedNCC,
@@ -128,7 +128,7 @@ def log_scales(lm_mip, em_stack, *, lm_spacing_um, em_spacing_um, roi, slices) -
     modalities. A single EM slice holds few blobs (tens), so the counts of every other slice
     in ``slices`` are summed before taking the scale with the most.
     """
-    xp = get_xp(lm_mip)
+    xp = get_array_module(lm_mip)
     lm_sp, em_sp = np.asarray(lm_spacing_um, float), np.asarray(em_spacing_um, float)
     x0, y0, _, x1, y1, _ = (int(v) for v in roi)
     sigmas = float(lm_sp[:2].max()) * np.geomspace(2.0, 12.0, 10)
@@ -243,7 +243,7 @@ def prealign_xy(
     -------
     prealignment : :class:`Prealignment`.
     """
-    xp = get_xp(lm_stack)
+    xp = get_array_module(lm_stack)
     ndi = ndimage_for(xp)
     lm = xp.asarray(lm_stack, dtype=xp.float32)
     em = xp.asarray(em_stack)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ._xp import get_xp
+from ..arrays import get_array_module
 from .errors import CorrelationError, TooFewBeadsError
 
 MODELS = ("rigid", "similarity", "affine")
@@ -38,14 +38,14 @@ def min_points(model: str, ndim: int) -> int:
 
 def apply_transform(matrix, points):
     """Map (n, ndim) ``points`` through the homogeneous ``matrix``; returns (n, ndim) float64."""
-    xp = get_xp(points)
+    xp = get_array_module(points)
     points = xp.asarray(points, dtype=xp.float64)
     matrix = xp.asarray(matrix, dtype=xp.float64)
     return points @ matrix[:-1, :-1].T + matrix[:-1, -1]
 
 
 def _check_pairs(src, dst, model: str):
-    xp = get_xp(src)
+    xp = get_array_module(src)
     src = xp.asarray(src, dtype=xp.float64)
     dst = xp.asarray(dst, dtype=xp.float64)
     if src.ndim != 2 or src.shape != dst.shape or src.shape[1] not in (2, 3):

@@ -55,7 +55,7 @@ def _linear(qk, u, last):
     return a + f * (qk[i + 1] - a)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def backproject_nearest(q, qrow, b0, rowstep, step, rowcoord, out):
     """out[r, t] += Σ_k q[k, qrow[r], nearest(b0[k] + rowcoord[r]·rowstep[k] + t·step[k])]."""
     nk = q.shape[0]
@@ -85,7 +85,7 @@ def backproject_nearest(q, qrow, b0, rowstep, step, rowcoord, out):
             k += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def backproject_linear(q, qrow, b0, rowstep, step, rowcoord, out):
     """As :func:`backproject_nearest` with linear interpolation between samples."""
     nk = q.shape[0]
@@ -175,7 +175,7 @@ def _t_range(uu, c, s, cy, cx, ny, nx, nt, ct):
     return lo, hi
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def ray_forward(vt, cosv, sinv, cu, nu, nt, out):
     """out[k, j, s] = Σ_t bilinear(vt[:, :, s]) at the t-th unit-step sample of ray (k, j)."""
     ny, nx, ns = vt.shape
@@ -199,7 +199,7 @@ def ray_forward(vt, cosv, sinv, cu, nu, nt, out):
             out[k, j, z] = acc[z]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _scatter_angles(pt, cosv, sinv, cu, nt, k0, k1, z0, z1, v, nx, ny):
     """v[:, z0:z1] += bilinear scatter of pt[k0:k1, :, z0:z1] (v is (ny*nx, ns))."""
     nu = pt.shape[1]
@@ -223,7 +223,7 @@ def _scatter_angles(pt, cosv, sinv, cu, nt, k0, k1, z0, z1, v, nx, ny):
                     v[i11, z] += w11 * pz
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def ray_adjoint(pt, cosv, sinv, cu, nt, vt, nblocks):
     """vt[:, :, s] += Σ_k,j,t bilinear scatter of pt[k, j, s]: the exact transpose of ray_forward.
 
@@ -238,7 +238,7 @@ def ray_adjoint(pt, cosv, sinv, cu, nt, vt, nblocks):
         )
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def ray_adjoint_by_angle(pt, cosv, sinv, cu, nt, acc):
     """Adjoint for few slices: thread-private accumulators acc[b] over blocks of angles.
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import get_array_module, next_fast_len, to_numpy
 from . import _kernels_xp
-from ._xp import get_xp, next_fast_len, to_numpy, use_numba
+from ._backend import use_numba
 from .angles import angular_weights, tilt_weights
 from .errors import NonFiniteProjectionError, ReconstructionError
 from .filters import PADDINGS, check_filter, filter_rows, fourier_filter
@@ -287,7 +288,7 @@ def fbp(
     NonFiniteProjectionError : a projection holds NaN or inf.
     ReconstructionError : inconsistent shapes or options.
     """
-    xp = get_xp(projections)
+    xp = get_array_module(projections)
     p = xp.asarray(projections)
     angles = np.atleast_1d(np.asarray(angles_deg, dtype=np.float64)).ravel()
     if p.ndim < 2:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import get_array_module
 from ..dpc import integrate_gradients
-from ._xp import get_xp
 from .errors import ReconstructionError
 
 
@@ -40,7 +40,7 @@ def normalized_counts(counts, *, live_fraction=None, reference=None):
     -------
     projection : float32 array (rows, cols).
     """
-    xp = get_xp(counts)
+    xp = get_array_module(counts)
     out = xp.asarray(counts, dtype=xp.float32)
     for name, factor in (("live_fraction", live_fraction), ("reference", reference)):
         if factor is not None:
@@ -74,7 +74,7 @@ def phase_from_dpc(horizontal, vertical, *, sensitivity: float, background: str 
         )
     if background not in ("edge", "mean"):
         raise ReconstructionError(f"background must be 'edge' or 'mean', got {background!r}")
-    xp = get_xp(horizontal, vertical)
+    xp = get_array_module(horizontal, vertical)
     gx = xp.asarray(horizontal, dtype=xp.float32) / np.float32(sensitivity)
     gy = xp.asarray(vertical, dtype=xp.float32) / np.float32(sensitivity)
     if gx.shape != gy.shape or gx.ndim != 2:
@@ -102,7 +102,7 @@ def absorption_from_transmission(intensity, flat=1.0, *, dark=0.0, floor: float 
     -------
     projection : float32 array (rows, cols), dimensionless (μ × length).
     """
-    xp = get_xp(intensity)
+    xp = get_array_module(intensity)
     i = xp.asarray(intensity, dtype=xp.float32) - xp.asarray(dark, dtype=xp.float32)
     i0 = xp.asarray(flat, dtype=xp.float32) - xp.asarray(dark, dtype=xp.float32)
     if bool(xp.any(i0 <= 0)):
@@ -123,7 +123,7 @@ def contrast_from_counts(counts, *, mean=None):
     -------
     contrast : float32 array (rows, cols), dimensionless.
     """
-    xp = get_xp(counts)
+    xp = get_array_module(counts)
     c = xp.asarray(counts, dtype=xp.float32)
     m = float(xp.mean(c)) if mean is None else float(mean)
     if not m > 0:

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._xp import irfft, rfft
+from ..arrays import irfft, rfft
 from .errors import ReconstructionError
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann", "hamming", "none")

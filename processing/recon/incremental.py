@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._xp import to_numpy
+from ..arrays import to_numpy
 from .angles import angular_weights, tilt_weights
 from .backprojection import (
     FilterPlan,

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from ._xp import get_xp, to_numpy
+from ..arrays import get_array_module, to_numpy
 from .backprojection import check_finite, split_stack
 from .errors import ReconstructionError
 from .projector import Projector
@@ -60,7 +60,7 @@ def estimate_noise(projections) -> np.ndarray:
     sigma : float64 array of shape stack[:-1] (one value per channel; a scalar for one
         channel), in the units of the projections; the median over projections.
     """
-    xp = get_xp(projections)
+    xp = get_array_module(projections)
     p = xp.asarray(projections, dtype=xp.float32)
     if p.ndim < 2:
         raise ReconstructionError(f"projections must have shape (N, *stack, n_u), got {p.shape}")
@@ -101,7 +101,7 @@ class _Refiner:
         backend: str = "auto",
         matrix_cache: dict | None = None,
     ):
-        xp = get_xp(projections, x0)
+        xp = get_array_module(projections, x0)
         data = xp.asarray(projections, dtype=xp.float32)
         if data.ndim < 2:
             raise ReconstructionError(f"projections must have shape (N, *stack, n_u), got {data.shape}")

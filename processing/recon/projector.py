@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import get_array_module
 from . import _kernels_xp
-from ._xp import get_xp, use_numba
+from ._backend import use_numba
 from .backprojection import detector_centres
 from .errors import ReconstructionError
 from .shifts import as_shifts
@@ -216,7 +217,7 @@ def project(
     -------
     projections : array, shape (N, *stack, n_u), float32.
     """
-    xp = get_xp(volume)
+    xp = get_array_module(volume)
     v = xp.asarray(volume)
     return Projector(
         v.shape[-2:],

@@ -50,7 +50,9 @@ def test_queued_scan_is_stored_bit_exact_in_order_with_document_angles(daemon):
     doc_angles = daemon.collector.column("rotation")
     assert doc_angles == pytest.approx(angles)
     with h5py.File(summary["file"], "r") as f:
-        stored = f["entry/instrument/detector/data"][()]  # the primary stream: DPC segments
+        stored = f["entry/instrument/dpc_segments/data"][()]
+        # NXtomo's projections: the transmitted intensity, the sum of the four segments
+        np.testing.assert_allclose(f["entry/instrument/detector/data"][()], stored.sum(axis=1), rtol=1e-6)
         np.testing.assert_array_equal(stored, np.stack([r.segments for r in world.history]))
         np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], doc_angles)
         assert (f["entry/instrument/detector/image_key"][()] == 0).all()
@@ -59,7 +61,7 @@ def test_queued_scan_is_stored_bit_exact_in_order_with_document_angles(daemon):
         spectra = f["entry/instrument/xrf_spectra/data"]
         np.testing.assert_array_equal(spectra[3], world.history[3].spectra)
         assert f["entry/processing/alignment/shift"].shape == (8, 2)
-        assert f["entry/processing/reconstruction/phase"].shape == (12, 32, 32)
+        assert f["entry/processing/reconstruction/phase/data"].shape == (12, 32, 32)
     seen = []
     while (message := results.recv(timeout_s=2.0)) is not None:
         seen.append(message)
@@ -131,7 +133,7 @@ def test_nan_frame_from_a_faulty_detector_is_rejected_and_the_run_goes_on(daemon
     _wait(lambda: daemon.pipeline.finished_runs)
     status = client("status")
     assert status["rejected_by_reason"]["non_finite"] == 1
-    assert "frame 1 of stream 'k3_image' contains NaN" in status["last_errors"][-1]
+    assert "1 refused, 1 missing (seq 1)" in status["last_errors"][-1]  # its slot is a placeholder
     run = status["finished_runs"][-1]
     assert run["frames_received"] == 4 and not run["complete"]  # 5 planned, 1 rejected: reported, not hidden
     with h5py.File(run["file"], "r") as f:
@@ -173,8 +175,24 @@ def test_cli_submits_watches_aborts_and_shuts_the_daemon_down(tmp_path):
         assert (
             refused.returncode == 1 and "angles[1] = 400 deg is outside the allowed range" in refused.stderr
         )
-        bad = _cli("submit", "xrf_dpc_tomo", "start=0", "stop=180", "num=61.5", "dwell_s=0.003", *control)
-        assert bad.returncode == 1 and "num = 61.5 is not an integer" in bad.stderr
+        for params, message in [
+            (
+                ["start=0", "stop=180", "num=61.5", "dwell_s=0.003"],
+                "xrf_dpc_tomo: num = 61.5 is not an integer",
+            ),
+            (
+                ["start=zero", "stop=180", "num=61", "dwell_s=0.003"],
+                "xrf_dpc_tomo: start = 'zero' is not a number",
+            ),
+            (
+                ["start=0", "stop=180", "num=abc", "dwell_s=0.003"],
+                "xrf_dpc_tomo: num = 'abc' is not an integer",
+            ),
+        ]:
+            bad = _cli("submit", "xrf_dpc_tomo", *params, *control)
+            assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+        bad = _cli("submit", "mill_lamella", "recipe=standard_lamelle", *control)
+        assert "unknown recipe 'standard_lamelle'; known recipes: standard_lamella" in bad.stderr
         started = _cli("submit", "xrf_dpc_tomo", *args[:2], "num=600", *args[3:], "--start", *control)
         assert started.returncode == 0, started.stderr
         _wait(lambda: json.loads(_cli("status", "--json", *control).stdout)["re_state"] == "running")

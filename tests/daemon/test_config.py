@@ -3,6 +3,7 @@
 import json
 
 import h5py
+import numpy as np
 import pytest
 
 from livetomo.daemon.config import ConfigError, load_config
@@ -80,6 +81,19 @@ def test_yaml_config_is_checked(tmp_path):
             r"unknown key config.endpoint \(did you mean 'endpoints'\?\)",
         ),
         ({"beamline": {"sead": 3}}, r"unknown key beamline.sead \(did you mean 'seed'\?\)"),
+        # storage
+        (
+            {"storage": {"compression": "zip"}},
+            r"config.storage.compression = 'zip' is not allowed; allowed: 'bitshuffle-lz4', 'blosc-lz4', "
+            r"'blosc-zstd', 'gzip', 'none'",
+        ),
+        ({"storage": {"compression": None}}, r"config.storage.compression = None is not allowed"),
+        ({"storage": {"xrf_spectra": "no"}}, r"config.storage.xrf_spectra = 'no' must be true or false"),
+        (
+            {"storage": {"compresion": "gzip"}},
+            r"unknown key config.storage.compresion \(did you mean 'compression'\?\)",
+        ),
+        ({"storage": "gzip"}, r"config.storage must be a mapping of keys, got str"),
         # unknown beamline kind
         (
             {"beamline": {"kind": "epcs"}},
@@ -126,3 +140,29 @@ def test_the_effective_configuration_is_written_into_each_run_file(tmp_path):
     )
     assert stored == json.loads(json.dumps(expected.as_dict()))
     assert stored["processing"]["refine"] is None and stored["beamline"]["kind"] == "simulated"
+
+
+def test_storage_settings_choose_the_filter_and_whether_xrf_spectra_are_kept(tmp_path):
+    """``storage: {compression: gzip, xrf_spectra: false}``: frames gzip-compressed (any HDF5 reader),
+    XRF element maps stored, the per-pixel spectra not; the PyXRF export then holds the maps."""
+    storage = {"compression": "gzip", "xrf_spectra": False}
+    with running_daemon(tmp_path, storage=storage, processing={"refine": None}) as daemon:
+        daemon.api.queue_add(
+            "xrf_dpc_tomo", {"angles": [0, 60, 120], "dwell_s": 0.003, "raster_shape": [12, 32]}
+        )
+        daemon.runner.start_queue()
+        summary = wait_until(
+            lambda: daemon.pipeline.finished_runs and daemon.pipeline.finished_runs[-1], what="run"
+        )
+        world = daemon.beamline.truth["microprobe"]
+    assert summary["complete"] and summary["error"] is None
+    with h5py.File(summary["file"], "r") as f:  # plain h5py: gzip needs no plugin
+        instrument = f["entry/instrument"]
+        assert "xrf_spectra" not in instrument and "xrf_roi" in instrument
+        for stream in ("dpc_segments", "dpc_sum", "xrf_roi"):
+            assert instrument[f"{stream}/data"].compression == "gzip"
+        segments = instrument["dpc_segments/data"][()]
+        np.testing.assert_array_equal(segments, [r.segments for r in world.history])
+        assert json.loads(f["entry/processing/configuration/data"][()])["storage"] == storage
+    with h5py.File(summary["exports"][0], "r") as f:
+        assert "counts" not in f["xrfmap/detsum"] and f["xrfmap/detsum/xrf_roi"].shape == (7, 12, 32)

@@ -304,7 +304,7 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
             assert Path(summary["file"]).parent == daemon_dir / "data"
             assert f["entry"].attrs["plan_name"] == "xrf_dpc_tomo"
             np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], angles, atol=1e-6)
-            assert f["entry/instrument/detector/data"].shape == (7, 4, 12, 32)
+            assert f["entry/instrument/dpc_segments/data"].shape == (7, 4, 12, 32)
             assert (f["entry/instrument/detector/image_key"][()] == 0).all()
             shifts = f["entry/processing/alignment/shift"][()]
             assert shifts.shape == (7, 2) and np.isfinite(shifts).all()
@@ -319,4 +319,4 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
         segments = catalog[uid]["primary"]["dpc_segments"]
         assert catalog[uid].metadata["start"]["plan_name"] == "xrf_dpc_tomo"
         with h5py.File(summary["file"], "r", swmr=True, locking=False) as f:
-            np.testing.assert_array_equal(segments.read(), f["entry/instrument/detector/data"][()])
+            np.testing.assert_array_equal(segments.read(), f["entry/instrument/dpc_segments/data"][()])

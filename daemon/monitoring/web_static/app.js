@@ -40,6 +40,13 @@ function connect() {
 
 function setText(id, text) { const el = $(id); if (el.textContent !== text) el.textContent = text; }
 function num(v, digits) { return v === null || v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits); }
+// A quantity for people: three significant digits, large values with an SI prefix (4.71 MGy).
+function quantity(v, units) {
+  if (v === null || v === undefined || !Number.isFinite(v)) return "–";
+  const prefixes = [[1e9, "G"], [1e6, "M"], [1e3, "k"]];
+  const [scale, prefix] = prefixes.find(([s]) => Math.abs(v) >= s) || [1, ""];
+  return `${Number((v / scale).toPrecision(3))} ${prefix}${units || ""}`.trim();
+}
 function duration(s) {
   if (s === null || s === undefined || !Number.isFinite(s)) return "–";
   s = Math.max(0, Math.round(s));
@@ -108,11 +115,14 @@ function renderProgress() {
   bar("bar-dose", p.dose_so_far, p.dose_planned);
   const unit = (model.run || {}).progress_unit || "frames";
   setText("progress-frames-label", unit);
+  $("row-angles").hidden = !p.angles_planned;  // a milling run has stages, no angles
+  $("row-dose").hidden = !p.dose_units;
+  for (const card of document.querySelectorAll(".frames-only")) card.hidden = unit !== "frames";
   setText("progress-frames", `${p.frames_done ?? 0} / ${p.frames_planned ?? "?"}`);
   setText("progress-angles", `${p.angles_done ?? 0} / ${p.angles_planned ?? "?"}`);
   const units = p.dose_units || "";
   setText("progress-dose", p.dose_so_far === null || p.dose_so_far === undefined ? "–"
-    : `${num(p.dose_so_far, 2)} / ${p.dose_planned ? num(p.dose_planned, 2) : "?"} ${units}`);
+    : `${quantity(p.dose_so_far, units)} of ${p.dose_planned ? quantity(p.dose_planned, units) : "?"}`);
   setText("progress-elapsed", duration(p.elapsed_s));
   setText("progress-eta", duration(p.eta_s));
   setText("progress-angle", p.last_angle === null || p.last_angle === undefined ? "–" : `${num(p.last_angle, 2)}°`);

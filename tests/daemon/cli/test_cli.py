@@ -17,13 +17,14 @@ def test_demo_runs_the_daemon_chain_and_aligns_against_the_true_runout(tmp_path)
     with h5py.File(result.nxtomo, "r") as f:
         assert f["entry/definition"][()] == b"NXtomo"
         np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], np.linspace(0, 180, n))
-        assert f["entry/instrument/detector/data"].shape == (n, 4, 16, 32)  # DPC segments, primary stream
+        assert f["entry/instrument/dpc_segments/data"].shape == (n, 4, 16, 32)  # the DPC segments
+        assert f["entry/instrument/detector/data"].shape == (n, 16, 32)  # NXtomo: their sum
         assert (f["entry/instrument/detector/image_key"][()] == 0).all()
         assert f["entry/instrument/xrf_roi/data"].shape[0] == n
-        assert f["entry/processing/reconstruction/phase"].shape == (16, 32, 32)
-        assert f["entry/processing/reconstruction/Zn"].shape == (16, 32, 32)
-        zn_fbp = f["entry/processing/reconstruction/Zn"][()]
-        zn_tv = f["entry/processing/reconstruction/Zn_tv"][()]
+        assert f["entry/processing/reconstruction/phase/data"].shape == (16, 32, 32)
+        assert f["entry/processing/reconstruction/Zn/data"].shape == (16, 32, 32)
+        zn_fbp = f["entry/processing/reconstruction/Zn/data"][()]
+        zn_tv = f["entry/processing/reconstruction/Zn_tv/data"][()]
     # TV refinement at run end brings the Zn volume closer to the simulator's true Zn distribution
     truth = make_cell((16, 32, 32), voxel_size_nm=300.0, seed=0).elements["Zn"]
     assert np.corrcoef(zn_tv.ravel(), truth.ravel())[0, 1] > np.corrcoef(zn_fbp.ravel(), truth.ravel())[0, 1]

@@ -176,3 +176,15 @@ def test_a_stalled_viewer_is_resynchronised_not_buffered(monkeypatch):
 
     backlog = asyncio.run(scenario())
     assert [kind for kind, _ in backlog] == ["resync", "delta"]
+
+
+def test_head_requests_leave_no_viewer_behind_and_strange_hosts_are_refused(live):
+    state, publisher, server = live
+    with httpx.Client(timeout=5.0) as client:
+        for _ in range(200):
+            assert client.head(server.url + "events").status_code == 200
+        assert client.get(server.url + "healthz").json()["viewers"] == 0
+        assert server.viewers == 0
+        # DNS rebinding: a page served under another name must not read this one
+        assert client.get(server.url + "snapshot", headers={"Host": "attacker.example"}).status_code == 400
+        assert client.get(server.url + "snapshot", headers={"Host": "localhost"}).status_code == 200

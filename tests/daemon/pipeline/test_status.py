@@ -114,7 +114,7 @@ def test_tomo_scan_is_aligned_and_reconstructed_like_the_other_rotation_scans(da
     with h5py.File(summary["file"], "r") as f:
         angles = f["entry/processing/alignment/rotation_angle"][()]
         shifts = f["entry/processing/alignment/shift"][()]
-        assert f["entry/processing/reconstruction/image"].shape == (12, 32, 32)  # (z, y, x) of the cell
+        assert f["entry/processing/reconstruction/image/data"].shape == (12, 32, 32)  # (z, y, x) of the cell
     ev, eh, _ = gauge_errors(shifts, truth, angles, keep_centre=False)
     rv, rh, _ = gauge_errors(np.zeros_like(shifts), truth, angles, keep_centre=False)
     assert np.sqrt(np.mean(ev**2 + eh**2)) < 0.5 * np.sqrt(np.mean(rv**2 + rh**2))  # against the true runout

@@ -21,7 +21,7 @@ from livetomo.daemon.storage import (
 )
 from livetomo.daemon.transport import decode, encode_end, encode_frame, encode_start
 from livetomo.devices.sim import make_microprobe, make_tem
-from livetomo.plans import tilt_series, xrf_dpc_tomo
+from livetomo.plans import tilt_series
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,7 @@ def test_processed_results_sit_beside_the_raw_data_and_resize(tmp_path, tilt_run
 _READER = textwrap.dedent(
     """
     import json, sys, time
+    import hdf5plugin  # the compression filter of the run file (docs/storage.md)
     import h5py, numpy as np
     path, half, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     f = h5py.File(path, "r", swmr=True)
@@ -240,21 +241,10 @@ def test_mrc_export_refuses_mismatched_input(tmp_path):
 
 @pytest.fixture(scope="module")
 def xrf_run():
-    from livetomo.daemon.testing import make_run_engine
+    from livetomo.daemon.testing import make_run_engine, xrf_dpc_plan
 
     probe = make_microprobe(shape=(6, 12, 12), seed=3)
-    make_run_engine()(
-        xrf_dpc_tomo(
-            probe.dpc,
-            probe.xrf,
-            probe.rotation,
-            probe.scan,
-            [0.0, 90.0],
-            raster_shape=(6, 12),
-            pixel_size_um=0.3,
-            dwell_s=0.003,
-        )  # fmt: skip
-    )
+    make_run_engine()(xrf_dpc_plan(probe, raster_shape=(6, 12)))
     return probe
 
 
@@ -276,8 +266,8 @@ def test_xrf_maps_export_in_pyxrf_layout(tmp_path, xrf_run):
         np.testing.assert_array_equal(counts, spectra[1].astype(np.float32))
         names = [n.decode() for n in f["xrfmap/detsum/xrf_roi_name"]]
         maps = dict(zip(names, f["xrfmap/detsum/xrf_roi"][()], strict=True))
-        assert names == list(probe.xrf.elements)
-        np.testing.assert_array_equal(maps["Zn"], probe.xrf.roi_maps(probe.world.history[1].spectra)[-1])
+        assert names == [f"{el}_K" for el in probe.xrf.elements]  # PyXRF's names of the K lines
+        np.testing.assert_array_equal(maps["Zn_K"], probe.xrf.roi_maps(probe.world.history[1].spectra)[-1])
         pos_names = [n.decode() for n in f["xrfmap/positions/name"]]
         pos = dict(zip(pos_names, f["xrfmap/positions/pos"][()], strict=True))
         assert pos["x_pos"][0, 1] - pos["x_pos"][0, 0] == pytest.approx(0.3) and pos["y_pos"].shape == (6, 12)

@@ -73,7 +73,7 @@ def test_a_plan_delivers_every_frame_bit_exact_and_in_order(RE, docs, tmp_path):
     uid = docs.start["uid"]
     status = daemon.receiver.status()
     assert status["rejected"] == {}
-    streams = status["runs"][uid]
+    streams = daemon.receiver.tracker.counts(streams=True)["runs"][uid]
     assert set(streams) == {"dpc_segments", "xrf_roi", "xrf_spectra"}
     assert all(s["complete"] and s["accepted"] == 5 for s in streams.values())
     # in order: per stream, start, frames 0..4, end
