@@ -245,8 +245,8 @@ def _assert_aligned_and_reconstructed(f, n: int) -> None:
     shifts = f["entry/processing/alignment/shift"][()]
     assert shifts.shape == (n, 2) and np.isfinite(shifts).all()
     assert f["entry/instrument/detector/image_key"][()].tolist() == [0] * n
-    volumes = f["entry/processing/reconstruction"]
+    volumes = f["entry/processing/reconstruction"]  # NXdata per channel: data (z, y, x)
     assert len(volumes) >= 1
     for name in volumes:
-        if isinstance(volumes[name], h5py.Dataset):
-            assert np.isfinite(volumes[name][()]).all(), name
+        data = volumes[name]["data"][()]
+        assert data.ndim == 3 and np.isfinite(data).all(), name

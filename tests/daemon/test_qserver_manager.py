@@ -310,7 +310,8 @@ def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, re
             assert shifts.shape == (7, 2) and np.isfinite(shifts).all()
             reconstruction = f["entry/processing/reconstruction"]
             assert {"phase", "Zn"} <= set(reconstruction)
-            assert np.isfinite(reconstruction["phase"][()]).all() and reconstruction["phase"].shape[0] == 12
+            phase = reconstruction["phase/data"]  # NXdata (z, y, x)
+            assert np.isfinite(phase[()]).all() and phase.shape[0] == 12
     finally:
         _stop(daemon, timeout=60)  # SIGTERM: the daemon closes its files and its catalogue
         daemon_log.close()
