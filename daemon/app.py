@@ -31,7 +31,7 @@ from .config import DaemonConfig, load_config
 from .control import ControlAPI, ControlServer, PlanCatalog, PlanQueue, PlanRunner, QueueStore
 from .monitoring import MonitorState, start_web_server
 from .pipeline import Pipeline
-from .storage import clear_write_flags, record_interruption, run_file, stream_location
+from .storage import clear_write_flags, record_interruption, run_catalog, run_file, stream_location
 from .transport import (
     CurveSecurity,
     DocumentPublisher,
@@ -79,6 +79,7 @@ class Daemon:
         )
         self.results = ResultsPublisher(config.endpoints.results, self.context, self.security)
         self.monitor = MonitorState()
+        self.tiled = run_catalog(config.tiled, self.storage)  # every run's documents to Tiled, or None
         self.pipeline = Pipeline(
             self.receiver.queue,
             storage_directory=self.storage,
@@ -183,6 +184,8 @@ class Daemon:
         """Documents of the daemon's RunEngine or an outside one: into the pipeline, then announce
         a new run so the receiver admits (or releases) its frames, which must follow its start."""
         self.pipeline.on_document(name, doc)
+        if self.tiled is not None:
+            self.tiled(name, doc)
         if name == "start":
             self.tracker.announce_run(doc["uid"])
 
@@ -219,6 +222,7 @@ class Daemon:
             "last_errors": errors,
             "storage_directory": str(self.storage.resolve()),
             "beamline": self.config.beamline.kind,
+            "catalog": None if self.tiled is None else self.tiled.status(),
             **pipeline,
         }
 
@@ -231,6 +235,8 @@ class Daemon:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> Daemon:
+        if self.tiled is not None:
+            self.tiled.start()
         self.receiver.start()
         self.pipeline.start()
         if self.documents_in is not None:
@@ -261,6 +267,8 @@ class Daemon:
         if self.documents_in is not None:
             self.documents_in.stop()
         self.pipeline.close()
+        if self.tiled is not None:
+            self.tiled.close()
         self.control.close()
         self.queue.store.close()
         self.documents.close()

@@ -15,7 +15,7 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +120,23 @@ class Web:
 
 
 @dataclass
+class Tiled:
+    """The run catalogue: every run's documents, and its frames by reference (stream_resource into
+    the run file), written to Tiled with bluesky-tiled-plugins' TiledWriter.
+
+    ``enabled``: "auto" catalogues when the ``tiled`` extra is installed (and says at start-up
+    that it is off when not), true requires it, false turns it off. ``uri`` null: the embedded
+    catalog in ``<storage_directory>/catalog`` (SQLite, the frames read from the run files);
+    else a Tiled server, which must be able to read the storage directory. ``api_key`` for that
+    server (null: the ``TILED_API_KEY`` environment variable); never written into run files.
+    """
+
+    enabled: bool | Literal["auto"] = "auto"
+    uri: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
 class Beamline:
     """Which devices the daemon's RunEngine drives: ``kind`` names a beamline module, ``settings``
     are that module's own (in YAML they sit beside ``kind``)."""
@@ -141,6 +158,7 @@ class DaemonConfig:
     beamline: Beamline = field(default_factory=Beamline)
     curve: Curve = field(default_factory=Curve)
     web: Web = field(default_factory=Web)
+    tiled: Tiled = field(default_factory=Tiled)
 
     def __post_init__(self):
         if self.beamline.settings is None:
@@ -149,6 +167,8 @@ class DaemonConfig:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["beamline"] = self.beamline.as_dict()
+        if out["tiled"]["api_key"]:
+            out["tiled"]["api_key"] = "(set)"  # a secret: not into run files or the control API
         return out
 
 
@@ -165,12 +185,36 @@ def _describe(tp) -> str:
     if origin is tuple and args[-1] is Ellipsis:
         return f"a list of {_describe(args[0]).split(' ', 1)[1]}s"
     if origin is tuple:
-        return f"a list of {len(args)} {_describe(args[0])}s"
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} {_plural(args[0])}"
+    if origin is dict:
+        return f"a mapping of {_plural(args[0])} to {_plural(args[1])}"
+    if is_dataclass(tp):
+        return "a mapping of keys"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+def _plural(tp) -> str:
+    words = _describe(tp)
+    return {"a number": "numbers", "true or false": "booleans"}.get(
+        words, words.removeprefix("an ").removeprefix("a ") + "s"
+    )
+
+
+def _section_type(tp):
+    """The dataclass of a section annotated ``Section`` or ``Section | None``, else None."""
+    if is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1 and is_dataclass(options[0]):
+            return options[0]
+    return None
+
+
 def _check_value(value, tp, where: str):
-    """``value`` converted to ``tp`` (int, float, bool, str, Literal, Optional, tuple[int, ...])."""
+    """``value`` converted to ``tp`` (int, float, bool, str, Literal, Optional, tuples, dict[str, X])."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
         if value in args and not isinstance(value, bool) or (value is None and None in args):
@@ -199,11 +243,22 @@ def _check_value(value, tp, where: str):
             raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
         return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+            return tuple(_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
         return tuple(
             _check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} = {value!r} must be {_describe(tp)}")
+        return {
+            _check_value(k, args[0], f"{where} key {k!r}"): _check_value(v, args[1], f"{where}.{k}")
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} = {value!r} must be true or false")
@@ -247,7 +302,7 @@ def _unknown(keys, known, where: str) -> ConfigError:
 def build_section(cls, data, where: str):
     """An instance of dataclass ``cls`` from a mapping, every value checked against its annotation."""
     if data is None:
-        return cls()
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
@@ -262,9 +317,24 @@ def build_section(cls, data, where: str):
         if is_dataclass(default):
             values[name] = build_section(type(default), value, key)
             continue
+        section = _section_type(hints[name])
+        if section is not None:  # a nested section, required or optional (null: absent)
+            if value is None and section is not hints[name]:
+                values[name] = None
+            else:
+                values[name] = build_section(section, {} if value is None else value, key)
+            continue
         values[name] = _check_value(value, hints[name], key)
         if "range" in f.metadata:
             _check_range(values[name], f.metadata["range"], key)
+    missing = [
+        name
+        for name, f in known.items()
+        if name not in values and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        keys = ", ".join(f"{where}.{name}" for name in missing)
+        raise ConfigError(f"{keys} {'is' if len(missing) == 1 else 'are'} required but missing")
     try:
         return cls(**values)
     except ValueError as exc:  # the section's own cross-checks (__post_init__)

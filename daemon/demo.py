@@ -64,6 +64,7 @@ def run_demo(
                 "storage_directory": str(out),
                 "beamline": {"seed": seed, "microprobe_shape": [size // 2, size, size]},
                 "web": {"enabled": False},
+                "tiled": {"enabled": False},
             }
         )
         daemon = Daemon(config).start()

@@ -65,7 +65,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str
 
 def daemon_overrides(directory: str | Path, **sections) -> dict:
     """Configuration overrides for a daemon confined to ``directory``: ipc endpoints there, its
-    storage in ``directory/data``, the page on a free port, a small simulated beamline; then
+    storage in ``directory/data``, the page on a free port, a small simulated beamline, no Tiled
+    catalogue; then
     ``sections`` (e.g. ``processing={"refine": None}``), merged section by section."""
     directory = Path(directory)
     out = {
@@ -73,6 +74,7 @@ def daemon_overrides(directory: str | Path, **sections) -> dict:
         "storage_directory": str(directory / "data"),
         "beamline": {"microprobe_shape": [12, 32, 32], "tem_shape": [24, 8, 24]},
         "web": {"port": 0},
+        "tiled": {"enabled": False},  # the run catalogue costs seconds at start-up: tests that need it ask
     }
     for key, value in sections.items():
         out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value

@@ -8,7 +8,7 @@ from bluesky import plans as bp
 from ..devices.base import ParameterError
 from ..devices.cameras import K3Settings
 from .tilt_order import tilt_order
-from .tomo import _metadata, check_angles
+from .tomo import _metadata, check_angles, step_then_checkpoint
 
 
 def tilt_series(
@@ -47,7 +47,7 @@ def tilt_series(
     index = {"n": 0}
 
     def per_step(detectors, step, pos_cache):
-        yield from bps.one_nd_step(detectors, step, pos_cache)
+        yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt
         if on_tilt is not None:
             hook = on_tilt(next(iter(step.values())), index["n"])
             if hook is not None:

@@ -40,6 +40,17 @@ def check_angles(axis, angles: Sequence[float]) -> None:
         axis.check(angle, parameter=f"angles[{i}]")
 
 
+def step_then_checkpoint(detectors, step, pos_cache):
+    """bluesky's step (checkpoint, move, trigger and read), then a checkpoint.
+
+    A pause rewinds to the last checkpoint: without one after the read, a pause that lands
+    between a step's event and the next step's move would repeat that step, recording its
+    angle twice.
+    """
+    yield from bps.one_nd_step(detectors, step, pos_cache)
+    yield from bps.checkpoint()
+
+
 def _metadata(md, **extra) -> dict:
     return {**extra, **(md or {})}
 
@@ -62,7 +73,7 @@ def tomo_scan(
     angles = resolve_angles(angles, start=start, stop=stop, num=num)
     check_angles(rotation, angles)
     md = _metadata(md, plan_name="tomo_scan", livetomo_method="tomography", rotation_angles=angles)
-    return (yield from bp.list_scan(list(detectors), rotation, angles, md=md))
+    return (yield from bp.list_scan(list(detectors), rotation, angles, per_step=step_then_checkpoint, md=md))
 
 
 def xray_dose_gy(flux_photons_per_s: float, dwell_s: float, pixel_size_um: float, energy_kev: float) -> float:
@@ -122,6 +133,7 @@ def xrf_dpc_tomo(
         yield from bps.kickoff(scan, wait=True)
         yield from bps.complete(scan, wait=True)
         yield from bps.trigger_and_read([*detectors, *step.keys(), scan])
+        yield from bps.checkpoint()  # a pause from here on does not repeat this angle
 
     md = _metadata(
         md,

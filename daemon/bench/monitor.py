@@ -222,6 +222,7 @@ def daemon_chain(size: int = 64):
                 "storage_directory": f"{tmp}/data",
                 "beamline": {"microprobe_shape": [size // 2, size, size]},
                 "web": {"port": 0},
+                "tiled": {"enabled": False},  # measured: the pipeline and the page, nothing else
             }
         )
         daemon = Daemon(config).start()

@@ -15,7 +15,8 @@ Three threads, none sharing a lock with the control plane (``status`` only copie
   never waits for processing: it keeps the detector's pace.
 - **processing**: runs each method's processor on documents and frames in order. When it
   falls behind, frames arrive without their pixels (re-read from the file) and previews are
-  made only for the newest frame of a backlog; no frame is skipped.
+  made for the newest frame of a backlog and at least every ``PREVIEW_EVERY_S``; no frame is
+  skipped, and when the run's last frame is in, every reconstruction's slices go out.
 - **finisher**: run-end work (refinement, volumes, pictures, exports), reported as it goes
   ("finishing: refining Zn (tv) 10/30"), then the ``run_end`` summary. The next run is
   stored and processed meanwhile.
@@ -50,6 +51,7 @@ log = logging.getLogger("livetomo.pipeline")
 
 STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
 END_GRACE_S = 30.0  # after the stop document, how long to wait for missing end messages
+PREVIEW_EVERY_S = 0.5  # while processing is behind, previews still come this often
 FINISHING_PUBLISH_S = 0.25  # finishing progress goes out at most this often (and at every new step)
 
 
@@ -182,8 +184,10 @@ class Pipeline:
             run.writer.write_message(item)
         if isinstance(item, Start):
             run.streams_open.add(item.stream)
+            run.stream_device[item.stream] = item.device
         elif isinstance(item, Frame):
             run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
+            run.stored_seqs.setdefault(item.stream, set()).add(item.seq)
             if item.stream not in run.writer.skipped:  # a stream the configuration does not keep
                 self.work.put("frame", run, item)
         elif isinstance(item, End):
@@ -225,6 +229,9 @@ class Pipeline:
     def _doc_event(self, doc: dict) -> None:
         run = self.current
         if run is not None and not run.forwarded_end:
+            for key, value in doc["data"].items():  # which frame of each detector this event reads
+                if key.endswith("_frames") and isinstance(value, int) and value > 0:
+                    run.event_frames.setdefault(key[: -len("_frames")], set()).add(value - 1)
             self.work.put("event", run, doc)
 
     def _doc_stop(self, doc: dict) -> None:
@@ -249,7 +256,18 @@ class Pipeline:
             return
         run.forwarded_end, run.end_reason = True, reason
         run.state = "processing"
+        run.superseded = run.find_superseded()
+        for stream, seqs in run.superseded.items():
+            run.writer.mark_superseded(stream, seqs)
+            run.stored[stream] -= len(seqs)
+            log.warning(
+                "run %s: frames %s of %s were sent again after a pause; kept, marked invalid",
+                run.uid,
+                seqs,
+                stream,
+            )
         run.writer.flush()
+        self.work.put("superseded", run, run.superseded)
         self.runs.pop(run.uid, None)
         self.work.put("end", run)
 
@@ -282,7 +300,11 @@ class Pipeline:
                 self._publish(*message)
         elif kind == "frame":
             self._frame(run, payload)
+        elif kind == "superseded":
+            processor.superseded(payload)
         elif kind == "end":
+            for message in processor.previews(run):  # previews of every frame, however many were coalesced
+                self._publish(*message)
             run.state = "finishing"
             ahead = self.finishing.qsize() + self._finishing_now
             run.finishing = {
@@ -297,8 +319,13 @@ class Pipeline:
         if frame.data is None:  # deferred while processing was behind: the file has it
             with self._stage("store"):
                 frame = dataclasses.replace(frame, data=run.writer.read_frame(frame.stream, frame.seq))
-        previews = self.work.frames_waiting(run) == 0
-        if not previews:
+        # previews for the newest frame of a backlog, and at least every PREVIEW_EVERY_S while behind
+        now = time.monotonic()
+        last = run.last_preview.get(frame.stream, 0.0)  # per stream: DPC and element maps alike
+        previews = self.work.frames_waiting(run) == 0 or now - last >= PREVIEW_EVERY_S
+        if previews:
+            run.last_preview[frame.stream] = now
+        else:
             with self._stats_lock:
                 self.previews_skipped += 1
         ctx = FrameContext(stage=lambda name: self._stage(name, ctx.latency), previews=previews)
@@ -371,7 +398,12 @@ class Pipeline:
             frames_stored=sum(run.stored.values()),
             # per stream: what its sender's end message said it sent, and what is stored
             streams={
-                s: {"sent": run.ends.get(s), "stored": run.stored.get(s, 0)} for s in sorted(run.streams_open)
+                s: {
+                    "sent": run.ends.get(s),
+                    "stored": run.stored.get(s, 0),
+                    "superseded": len(run.superseded.get(s, ())),
+                }
+                for s in sorted(run.streams_open)
             },
         )
         self._publish(topic, summary)

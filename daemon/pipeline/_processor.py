@@ -66,6 +66,10 @@ class Processor(Protocol):
 
     def progress(self) -> tuple[int, int | None]: ...
 
+    def superseded(self, frames: dict[str, list[int]]) -> None: ...
+
+    def previews(self, run) -> list[tuple[str, dict]]: ...
+
     def complete(self, run) -> bool: ...
 
     def finish(self, run, directory: Path, report: Report) -> RunEnd: ...
@@ -105,6 +109,15 @@ class BaseProcessor:
 
     def progress(self) -> tuple[int, int | None]:
         return self.done, self.start.get("num_points")
+
+    def previews(self, run) -> list:
+        """The latest previews (slices of every reconstruction) once the run's last frame is in."""
+        return []
+
+    def superseded(self, frames: dict[str, list[int]]) -> None:
+        """Frames of these streams were sent twice for one step: they do not count as progress."""
+        primary = self.primary_stream or self._first_stream
+        self.done -= len(frames.get(primary, ()))
 
     def complete(self, run) -> bool:
         done, planned = self.progress()

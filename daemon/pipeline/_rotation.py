@@ -106,6 +106,13 @@ class RotationProcessor(BaseProcessor):
                 out.append(messages.reconstruction_slices(run.uid, channel, self.recon))
         return out
 
+    def previews(self, run) -> list:
+        return (
+            []
+            if self.recon is None
+            else [messages.reconstruction_slices(run.uid, self.recon_channel, self.recon)]
+        )
+
     def _preview(self, frame, ctx: FrameContext) -> bool:
         return ctx.previews and frame.seq % self.processing.preview_every == 0
 
@@ -183,6 +190,15 @@ class XRFDPCProcessor(RotationProcessor):
 
     def _reconstructions(self) -> tuple:
         return (self.recon, self.maps)
+
+    def previews(self, run) -> list:
+        out = super().previews(run)
+        if self.maps is not None and self.elements:
+            element = "Zn" if "Zn" in self.elements else self.elements[-1]
+            out.append(
+                messages.reconstruction_slices(run.uid, element, self.maps, self.elements.index(element))
+            )
+        return out
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:
         super()._finish_volumes(run, report, slices)

@@ -33,7 +33,12 @@ class RunContext:
     stored: dict = field(default_factory=dict)  # stream -> frames stored
     end_reason: str | None = None  # why the run was finished without every end message
     finishing: dict = field(default_factory=dict)  # run-end work: text, step, total
+    stream_device: dict = field(default_factory=dict)  # stream -> the device that sends it
+    stored_seqs: dict = field(default_factory=dict)  # stream -> sequence numbers stored
+    event_frames: dict = field(default_factory=dict)  # device -> frame indices its events read
+    superseded: dict = field(default_factory=dict)  # stream -> frames whose step was repeated
     forwarded_end: bool = False
+    last_preview: dict = field(default_factory=dict)  # stream -> monotonic time of its last previews
 
     @property
     def all_streams_ended(self) -> bool:
@@ -56,8 +61,23 @@ class RunContext:
 
     @property
     def streams_complete(self) -> bool:
-        """Every stream's end message counts exactly the frames stored."""
-        return self.all_streams_ended and all(self.stored.get(s, 0) == n for s, n in self.ends.items())
+        """Every stream's end message counts exactly the frames stored (superseded ones included)."""
+        return self.all_streams_ended and all(
+            self.stored.get(s, 0) + len(self.superseded.get(s, ())) == n for s, n in self.ends.items()
+        )
+
+    def find_superseded(self) -> dict[str, list[int]]:
+        """Frames stored that no event reads: their step was cut by a pause after the frame was
+        sent and before its event was saved, then repeated. Needs the devices' frame counters
+        (``<device>_frames`` in the events); streams of devices without them are left alone."""
+        out = {}
+        for stream, seqs in self.stored_seqs.items():
+            read = self.event_frames.get(self.stream_device.get(stream))
+            if read:
+                extra = sorted(seqs - read)
+                if extra:
+                    out[stream] = extra
+        return out
 
     def progress(self) -> dict:
         """Units done and planned (frames, or stages for milling), times, dose so far."""

@@ -63,6 +63,9 @@ class TiltSeriesProcessor(BaseProcessor):
                 out.append(messages.reconstruction_slices(run.uid, "k3", self.recon))
         return out
 
+    def previews(self, run) -> list:
+        return [] if self.recon is None else [messages.reconstruction_slices(run.uid, "k3", self.recon)]
+
     def finish(self, run, directory: Path, report: Report) -> RunEnd:
         if self.aligner is not None and self.aligner.n_frames >= 3 and self.aligner.thickness_px:
             report("refining the alignment (lamella slab)", 1, 1)

@@ -12,6 +12,14 @@ the list (``tests/daemon/test_qserver_manager.py`` checks that it matches the st
 
     qserver-list-plans-devices --startup-module livetomo.daemon.qserver_startup \\
         --file-dir "$(python -m livetomo.daemon.qserver_profile)"
+
+The shipped list is the simulated beamline's. For another beamline (``LIVETOMO_CONFIG`` naming a
+daemon configuration with ``beamline.kind: epics``), write the list of its devices into a
+directory of your own, copy ``user_group_permissions.yaml`` beside it, and give start-re-manager
+that directory::
+
+    LIVETOMO_CONFIG=daemon.yaml qserver-list-plans-devices \\
+        --startup-module livetomo.daemon.qserver_startup --file-dir ./qserver_profile
 """
 
 from pathlib import Path

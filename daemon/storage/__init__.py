@@ -1,7 +1,9 @@
 """The only place that writes files: the live NXtomo run file (SWMR), detector frame files,
-and the exports users' own tools open (MRC + .mdoc for IMOD, PyXRF maps, correlation results).
+the exports users' own tools open (MRC + .mdoc for IMOD, PyXRF maps, correlation results)
+and the run catalogue (Tiled).
 """
 
+from ._catalog import CATALOG_DIRECTORY, RunCatalog, open_embedded_catalog, run_catalog, tiled_missing
 from ._correlation import fiducial_overview_png, write_fiducial_result, write_intensity_result
 from ._filters import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from ._frame_files import HDF5FrameSink, read_stream
@@ -20,26 +22,31 @@ from ._pyxrf import export_pyxrf_maps, pyxrf_name, write_pyxrf_map
 from ._repair import clear_write_flags, record_interruption
 
 __all__ = [
+    "CATALOG_DIRECTORY",
     "COMPRESSIONS",
     "DEFAULT_COMPRESSION",
     "PER_FRAME",
     "DerivedStream",
     "HDF5FrameSink",
     "NXtomoWriter",
+    "RunCatalog",
     "clear_write_flags",
     "compression_options",
     "export_imod",
     "export_pyxrf_maps",
     "export_tilt_series",
     "fiducial_overview_png",
+    "open_embedded_catalog",
     "pyxrf_name",
     "read_stream",
     "record_interruption",
+    "run_catalog",
     "run_file",
     "segment_sum",
     "stream_dataset",
     "stream_group",
     "stream_location",
+    "tiled_missing",
     "write_fiducial_result",
     "write_intensity_result",
     "write_mrc_tilt_series",

@@ -209,6 +209,7 @@ class NXtomoWriter:
         self.skip_streams = skip_streams
         self.skipped: set[str] = set()
         self.streams: dict[str, dict] = {}
+        self.superseded: dict[str, set[int]] = {}
         self.frames_written: dict[str, int] = {}
         self.reopens = 0
         self._meta: dict[str, _PerFrame] = {}
@@ -615,6 +616,18 @@ class NXtomoWriter:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 
     @_locked
+    def mark_superseded(self, stream: str, seqs) -> None:
+        """Frames whose step was repeated (a pause cut the step after the frame was sent): kept,
+        but marked invalid (image_key 3) and listed in the stream's ``superseded_frames``."""
+        meta = self._meta.get(stream)
+        if meta is None:
+            return
+        for seq in seqs:
+            meta.set(int(seq), image_key=3)
+        self.superseded.setdefault(stream, set()).update(int(s) for s in seqs)
+        self.flush()
+
+    @_locked
     def end_stream(self, stream: str, count: int) -> None:
         """The stream's sender sent ``count`` frames: slots of those that never arrived become
         placeholders (image_key 3, fill value), so the file shows every frame that was sent."""
@@ -833,6 +846,8 @@ class NXtomoWriter:
         for stream, n in self.frames_written.items():
             group = self._file[stream_group(stream)]
             group.attrs["frames_written"] = n
+            if self.superseded.get(stream):
+                group.attrs["superseded_frames"] = np.asarray(sorted(self.superseded[stream]), np.int64)
             if self.streams[stream].get("units_pending"):
                 group["exposure"].attrs["units"] = self.streams[stream]["exposure_units"]
         self._file.close()

@@ -126,6 +126,10 @@ class ZMQFrameSink:
             parameters={
                 "dataset": dataset,
                 "chunk_shape": [1, *(int(n) for n in shape)],
+                # the daemon's run file is written in SWMR mode without file locks: readers such as
+                # Tiled's HDF5 adapter open it the same way, also in the writer's own process
+                "swmr": True,
+                "locking": False,
                 "transport": self.address,
             },
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 BEAMLINES = {
     "simulated": "livetomo.devices.beamlines.simulated",
+    "epics": "livetomo.devices.beamlines.epics",
 }
 
 

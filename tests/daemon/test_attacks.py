@@ -177,7 +177,11 @@ def test_a_far_sequence_number_with_the_real_run_uid_loses_no_frame(daemon):
         push.send_multipart(encode_frame(run, "dpc_segments", 10**9, frame))
 
     summary = _run_scan_under_attack(daemon, attack)
-    assert summary["complete"] and summary["streams"]["dpc_segments"] == {"sent": 41, "stored": 41}
+    assert summary["complete"] and summary["streams"]["dpc_segments"] == {
+        "sent": 41,
+        "stored": 41,
+        "superseded": 0,
+    }
     with h5py.File(summary["file"], "r") as f:
         assert (f["entry/instrument/dpc_segments/image_key"][()] == 0).sum() == 41
     assert daemon.status()["rejected_by_reason"]["out_of_window"] == 1

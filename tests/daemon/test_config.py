@@ -95,7 +95,10 @@ def test_yaml_config_is_checked(tmp_path):
         ),
         ({"storage": "gzip"}, r"config.storage must be a mapping of keys, got str"),
         # unknown beamline kind
-        ({"beamline": {"kind": "epcs"}}, r"beamline.kind = 'epcs' is not a known beamline; known: simulated"),
+        (
+            {"beamline": {"kind": "epcs"}},
+            r"beamline.kind = 'epcs' is not a known beamline; known: epics, simulated",
+        ),
     ],
 )
 def test_each_configuration_mistake_is_refused_naming_the_key(overrides, message):

@@ -5,6 +5,7 @@ loopback ports changed to free ones; the five plans are queued through the manag
 (``bluesky_queueserver_api``, ZeroMQ) and must all finish successfully.
 """
 
+import contextlib
 import os
 import re
 import shlex
@@ -16,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -137,10 +140,10 @@ def redis_port(tmp_path):
         _stop(process)
 
 
-def test_the_documented_manager_runs_all_five_plans(tmp_path, redis_port):
-    api = pytest.importorskip(
-        "bluesky_queueserver_api", reason="bluesky-queueserver-api is part of the test extra"
-    )
+@contextlib.contextmanager
+def documented_manager(tmp_path, redis_port, **env):
+    """The README's start-re-manager command on free loopback ports, its environment opened;
+    yields its ``REManagerAPI``; closes the environment and stops the manager afterwards."""
     from bluesky_queueserver_api.zmq import REManagerAPI
 
     control, info = _free_port(), _free_port()
@@ -153,8 +156,9 @@ def test_the_documented_manager_runs_all_five_plans(tmp_path, redis_port):
     command += f" --redis-name-prefix livetomo_test_{redis_port}"
     # `python` and `start-re-manager` of this interpreter's environment
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "LIVETOMO_DATA": str(tmp_path / "data")}
-    log = (tmp_path / "manager.log").open("w")
+    env = {**os.environ, "PATH": path, "LIVETOMO_DATA": str(tmp_path / "data"), **env}
+    log_path = tmp_path / "manager.log"
+    log = log_path.open("w")
     manager = subprocess.Popen(
         ["bash", "-c", command],
         cwd=tmp_path,
@@ -170,16 +174,31 @@ def test_the_documented_manager_runs_all_five_plans(tmp_path, redis_port):
         )
         deadline = time.monotonic() + 60
         while True:  # the manager answers once it is up
-            assert manager.poll() is None, (tmp_path / "manager.log").read_text()[-3000:]
+            assert manager.poll() is None, log_path.read_text()[-3000:]
             try:
                 RM.status()
                 break
             except Exception:
-                assert time.monotonic() < deadline, (tmp_path / "manager.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.2)
         RM.environment_open()
         RM.wait_for_idle(timeout=120)
-        assert RM.status()["worker_environment_exists"]
+        assert RM.status()["worker_environment_exists"], log_path.read_text()[-3000:]
+        yield RM
+        RM.environment_close()
+        RM.wait_for_idle(timeout=60)
+    finally:
+        if RM is not None:
+            RM.close()
+        _stop(manager)
+        log.close()
+
+
+def test_the_documented_manager_runs_all_five_plans(tmp_path, redis_port):
+    api = pytest.importorskip(
+        "bluesky_queueserver_api", reason="bluesky-queueserver-api is part of the test extra"
+    )
+    with documented_manager(tmp_path, redis_port) as RM:
         items = [
             api.BPlan("tomo_scan", ["fm"], "rotation", start=0, stop=90, num=3),
             api.BPlan(
@@ -212,10 +231,93 @@ def test_the_documented_manager_runs_all_five_plans(tmp_path, redis_port):
         assert sorted(p.name.split("_")[0] for p in (tmp_path / "data").glob("*.h5")) == sorted(
             ["fm", "dpc", "xrf", "k3", "sxt", "fm"]
         )  # every image detector wrote its frames
-        RM.environment_close()
-        RM.wait_for_idle(timeout=60)
+
+
+def test_a_queueserver_run_scan_is_processed_live_by_livetomo_serve(tmp_path, redis_port):
+    """LIVETOMO_CONFIG names a running daemon's configuration: the manager's detectors push frames
+    to its frames endpoint, its RunEngine publishes documents to its documents_in endpoint."""
+    api = pytest.importorskip(
+        "bluesky_queueserver_api", reason="bluesky-queueserver-api is part of the test extra"
+    )
+    from livetomo.daemon.control import ControlClient
+    from livetomo.daemon.storage import open_embedded_catalog, tiled_missing
+    from livetomo.daemon.testing import daemon_overrides, wait_until
+
+    daemon_dir = tmp_path / "daemon"
+    daemon_dir.mkdir()
+    overrides = daemon_overrides(
+        daemon_dir,
+        endpoints={"documents_in": f"ipc://{daemon_dir}/documents_in.sock"},
+        processing={"refine": None},
+        tiled={"enabled": tiled_missing() is None},  # and catalogued, where Tiled is installed
+    )
+    config = daemon_dir / "daemon.yaml"
+    config.write_text(yaml.safe_dump(overrides))
+    daemon_log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "livetomo.daemon.cli", "serve", "--config", str(config)],
+        stdout=daemon_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = ControlClient(overrides["endpoints"]["control"], timeout_s=2.0)
+    try:
+
+        def answers():
+            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            try:
+                return client("status")
+            except Exception:
+                return None
+
+        wait_until(answers, timeout=120, what="livetomo serve's control endpoint")
+        with documented_manager(tmp_path, redis_port, LIVETOMO_CONFIG=str(config)) as RM:
+            angles = [0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0]
+            item = api.BPlan(
+                "xrf_dpc_tomo", "dpc", "xrf", "rotation", "scan", angles,
+                raster_shape=[12, 32], pixel_size_um=0.3, dwell_s=0.003,
+            )  # fmt: skip
+            response = RM.item_add(item)
+            assert response["success"], response["msg"]
+            RM.queue_start()
+            RM.wait_for_idle(timeout=300)
+            (done,) = RM.history_get()["items"]
+            assert done["result"]["exit_status"] == "completed", done["result"]
+            (uid,) = done["result"]["run_uids"]
+
+            def finished():
+                runs = answers()["finished_runs"]
+                return next((r for r in runs if r.get("run_uid") == uid), None)
+
+            summary = wait_until(finished, timeout=120, what=f"run {uid} finished in livetomo serve")
+            if overrides["tiled"]["enabled"]:  # its documents written to the catalogue, up to the stop
+
+                def catalogued():
+                    status = answers()["catalog"]
+                    return status["state"] != "starting" and not status["documents_queued"]
+
+                wait_until(catalogued, timeout=300, what="the catalogue written")
+        assert summary["complete"] and summary["exit_status"] == "success", summary
+        assert summary["frames_received"] == summary["frames_expected"] == len(angles)
+        assert not list((tmp_path / "data").glob("*.h5"))  # no frame went to files of the manager's own
+        with h5py.File(summary["file"], "r") as f:
+            assert Path(summary["file"]).parent == daemon_dir / "data"
+            assert f["entry"].attrs["plan_name"] == "xrf_dpc_tomo"
+            np.testing.assert_allclose(f["entry/sample/rotation_angle"][()], angles, atol=1e-6)
+            assert f["entry/instrument/dpc_segments/data"].shape == (7, 4, 12, 32)
+            assert (f["entry/instrument/detector/image_key"][()] == 0).all()
+            shifts = f["entry/processing/alignment/shift"][()]
+            assert shifts.shape == (7, 2) and np.isfinite(shifts).all()
+            reconstruction = f["entry/processing/reconstruction"]
+            assert {"phase", "Zn"} <= set(reconstruction)
+            phase = reconstruction["phase/data"]  # NXdata (z, y, x)
+            assert np.isfinite(phase[()]).all() and phase.shape[0] == 12
     finally:
-        if RM is not None:
-            RM.close()
-        _stop(manager)
-        log.close()
+        _stop(daemon, timeout=60)  # SIGTERM: the daemon closes its files and its catalogue
+        daemon_log.close()
+    if tiled_missing() is None:  # the queueserver-run scan in the daemon's Tiled catalog, frames included
+        catalog = open_embedded_catalog(daemon_dir / "data")
+        segments = catalog[uid]["primary"]["dpc_segments"]
+        assert catalog[uid].metadata["start"]["plan_name"] == "xrf_dpc_tomo"
+        with h5py.File(summary["file"], "r", swmr=True, locking=False) as f:
+            np.testing.assert_array_equal(segments.read(), f["entry/instrument/dpc_segments/data"][()])

@@ -14,7 +14,20 @@ def test_queueserver_loads_the_startup_module_and_runs_its_plans(tmp_path, monke
         nspace=nspace
     )
     assert set(plans) == {"tomo_scan", "xrf_dpc_tomo", "tilt_series", "mill_lamella", "correlative_acquire"}
-    assert set(devices) == {"rotation", "scan", "dpc", "xrf", "txm", "tilt", "k3", "fib", "sxt", "fm"}
+    assert set(devices) == {
+        "rotation",
+        "scan",
+        "dpc",
+        "xrf",
+        "txm",
+        "tilt",
+        "k3",
+        "fib",
+        "sxt",
+        "fm",
+        "beam_current",
+        "stage_temperature",
+    }
     collector = RunCollector(validate=True)
     RE = nspace["RE"]
     RE(

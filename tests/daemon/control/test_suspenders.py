@@ -48,7 +48,7 @@ def test_a_fault_suspends_the_scan_which_resumes_and_stores_every_frame_once(tmp
         assert len(events) > n_suspended  # it went on by itself
     assert daemon.queue.history[-1].state == "completed"
     assert summary["complete"] and summary["frames_received"] == N
-    assert summary["streams"]["dpc_segments"] == {"sent": N, "stored": N}
+    assert summary["streams"]["dpc_segments"] == {"sent": N, "stored": N, "superseded": 0}
     assert len(events) == N and np.allclose(sorted(events), np.linspace(0, 180, N), atol=1e-6)
     with h5py.File(summary["file"], "r") as f:  # one frame per angle, none twice, none missing
         keys = f["entry/instrument/dpc_segments/image_key"][()]

@@ -144,3 +144,15 @@ def test_a_paused_plan_shows_as_paused_everywhere_and_resumes(daemon):
     wait_until(lambda: daemon.pipeline.finished_runs, 60, "the run end")
     wait_until(lambda: daemon.monitor.snapshot()["run"].get("ended"), 10, "the run_end message")
     assert run_state(daemon.monitor.snapshot())[0] == "ended incomplete: aborted"
+
+
+def test_a_frame_sent_twice_for_one_step_is_kept_marked_and_not_counted():
+    """A pause can cut a step after its frame was sent and before its event was saved; bluesky
+    then repeats the step. Events say which frame each reads: the other one is superseded."""
+    from livetomo.daemon.pipeline import METHODS, RunContext
+
+    run = RunContext("u", {"num_points": 3}, METHODS["generic"], writer=None, processor=None)
+    run.stream_device = {"dpc_segments": "dpc", "xrf_roi": "xrf", "other": "cam"}
+    run.stored_seqs = {"dpc_segments": {0, 1, 2, 3}, "xrf_roi": {0, 1, 2, 3}, "other": {0, 1}}
+    run.event_frames = {"dpc": {0, 2, 3}, "xrf": {0, 2, 3}}  # the step of frame 1 was repeated as frame 2
+    assert run.find_superseded() == {"dpc_segments": [1], "xrf_roi": [1]}  # "cam" has no counter: left alone
