@@ -19,6 +19,7 @@ BENCHMARKS = {
     "streaming": "livetomo.daemon.bench.streaming",
     "correlate": "livetomo.daemon.bench.correlate",
     "monitor": "livetomo.daemon.bench.monitor",
+    "learned": "livetomo.daemon.bench.learned",
 }
 
 
