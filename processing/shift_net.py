@@ -26,10 +26,11 @@ Frames of any size (:func:`learned_register`):
   binned 2 × 2 (4 × 4) first (:func:`choose_bin`): summing counts keeps Poisson
   statistics and the band that carries the signal, and puts the texture at the scale the
   network was trained on;
-- the whole frames' feature maps are correlated once; the integer peak of that surface
-  gives the coarse shift and its peak-to-sidelobe ratio gives the quality score, exactly
-  as in :func:`~livetomo.processing.register.register` (featureless or pure-noise input
-  has no significant peak and is flagged ``ok=False``);
+- the binned frames are cross-correlated once
+  (:func:`~livetomo.processing.register.register` at integer resolution): its peak gives
+  the coarse, integer shift and its quality the significance of the match (featureless or
+  pure-noise input has no significant peak and is flagged ``ok=False``, as for
+  ``register``);
 - the reference is cut into non-overlapping 64 × 64 patches, the moving patches are taken
   at the coarse shift, and the network gives each pair's residual shift and uncertainty;
   the patches are combined by inverse-variance weighting after rejecting those far from
@@ -55,8 +56,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .arrays import to_numpy
-from .quality import FWHM_PER_SIGMA, MIN_SCORE, RegistrationQuality, failed_quality
-from .register import Registration, RegistrationError
+from .quality import MIN_SCORE, RegistrationQuality, failed_quality
+from .register import Registration, RegistrationError, register
 
 PATCH = 64  # px, the patch size the network was trained on
 HALF_WINDOW = 3  # the head reads (2 h + 1)^2 correlation values around the peak
@@ -310,6 +311,7 @@ def learned_register(
     bin_factor: int | None = None,
     net: ShiftNet | None = None,
     min_score: float = MIN_SCORE,
+    consensus_px: float = 0.35,
 ) -> Registration:
     """Shift that registers ``moving`` onto ``reference`` by the learned estimator.
 
@@ -322,16 +324,19 @@ def learned_register(
     bin_factor : 1, 2, 4, ...; default :func:`choose_bin` of the reference.
     net : weights; default the shipped ones (:func:`load_shift_net`).
     min_score : significance needed for ``ok`` (as :func:`register`).
+    consensus_px : or, when the coarse peak is not significant, the largest robust spread
+        of the patch estimates and combined uncertainty (binned pixels) that still make
+        the result ``ok`` (at least 4 patches).
 
     Returns
     -------
     Registration
         ``shift`` (dy, dx) pixels (``ndimage.shift(moving, shift) ≈ reference``) and a
-        :class:`~livetomo.processing.quality.RegistrationQuality`: ``psr``/``score`` of the
-        whole-frame learned correlation peak, ``correlation`` its coefficient,
-        ``uncertainty_px`` the combined, calibrated standard deviation of the patches,
-        ``fwhm_px`` the FWHM of the median patch's Gaussian (2.355 σ, pixels); ``ok`` when
-        the score reaches ``min_score`` and at least one patch was usable.
+        :class:`~livetomo.processing.quality.RegistrationQuality`: ``fwhm_px``, ``psr``,
+        ``score`` and ``correlation`` of the coarse (integer) cross-correlation of the
+        binned frames, ``uncertainty_px`` the combined, calibrated standard deviation of
+        the network's patch estimates; ``ok`` when the coarse match is significant (as
+        :func:`register`) or at least 4 patches agree within ``consensus_px``.
     """
     net = load_shift_net() if net is None else net
     ref = np.asarray(to_numpy(reference), dtype=np.float32)
@@ -353,34 +358,30 @@ def learned_register(
     limit = None
     if max_shift is not None:
         limit = np.broadcast_to(np.asarray(max_shift, dtype=float), (2,)) / b
-    # Coarse stage: the whole frames' feature maps, one correlation, its integer peak.
-    frames, _ = standardise(np.stack([ref_b, mov_b]))
-    feats = net.features(frames)
-    corr = correlate_features(feats[:1], feats[1:])
-    fh, fw = corr.shape[-2:]
-    surface = corr[0]
-    if limit is not None:
-        ly = np.abs(_signed_lag(np.arange(fh), fh))[:, None]
-        lx = np.abs(_signed_lag(np.arange(fw), fw))[None, :]
-        surface = np.where((ly <= limit[0] + 0.5) & (lx <= limit[1] + 0.5), surface, -np.inf)
-    k = int(np.argmax(surface))
-    gy, gx = divmod(k, fw)
-    mean, std = surface_stats(corr, np.array([gy]), np.array([gx]))
-    peak = float(corr[0, gy, gx])
-    psr = float((peak - mean[0]) / std[0])
-    score = psr / math.sqrt(2.0 * math.log(max(fh * fw, 3)))
-    g = np.array([_signed_lag(gy, fh), _signed_lag(gx, fw)], dtype=int)
+    # Coarse stage: cross-correlation of the (binned) frames gives the integer shift and the
+    # significance of the match (register's quality: PSR, score, FWHM; featureless or
+    # pure-noise input is not ok); the network measures the shift itself, per patch.
+    coarse = register(ref_b, mov_b, upsample_factor=1, max_shift=None if limit is None else tuple(limit))
+    cq = coarse.quality
+    if not np.all(np.isfinite(coarse.shift)):
+        return Registration((0.0, 0.0), failed_quality())
+    g = -np.rint(np.asarray(coarse.shift)).astype(int)  # displacement of moving, integer
     # Fine stage: patches of the reference, moving patches taken at the coarse shift.
     lag, sigma = _patch_residuals(net, ref_b, mov_b, g)
     if lag is None:
         return Registration((0.0, 0.0), failed_quality())
-    d, unc, spread = _combine(lag, sigma)
+    d, unc, spread, n_kept = _combine(lag, sigma)
     disp = (g + d) * b
     shift = (float(-disp[0]), float(-disp[1]))
-    ok = bool(score >= min_score and np.all(np.isfinite(unc)))
+    # A broad coarse peak (long membranes or filaments seen edge-on) fails register's
+    # significance test even when the shift is right; the patches' agreement is a second,
+    # independent witness: at least 4 patches within consensus_px of each other (robust
+    # spread) and a combined uncertainty below it. Noise scatters the patches by pixels.
+    consensus = bool(n_kept >= 4 and max(spread) <= consensus_px and max(unc) <= consensus_px)
+    ok = bool(((cq.score >= min_score and cq.ok) or consensus) and np.all(np.isfinite(unc)))
     uncertainty = tuple(float(u * b) for u in unc) if ok else (math.inf, math.inf)
-    fwhm = tuple(float(FWHM_PER_SIGMA * s * b) for s in spread)
-    return Registration(shift, RegistrationQuality(fwhm, psr, float(score), uncertainty, ok, peak))
+    fwhm = tuple(float(f * b) for f in cq.fwhm_px)
+    return Registration(shift, RegistrationQuality(fwhm, cq.psr, cq.score, uncertainty, ok, cq.correlation))
 
 
 def _patch_grid(n: int, lag: int, p: int) -> list[int]:
@@ -418,9 +419,11 @@ def _patch_residuals(net: ShiftNet, ref: np.ndarray, mov: np.ndarray, g: np.ndar
 def _combine(lag: np.ndarray, sigma: np.ndarray):
     """Inverse-variance mean of patch estimates after rejecting far ones, per axis.
 
-    Returns (mean (2,), standard deviation (2,), median patch sigma (2,)).
+    Returns (mean (2,), standard deviation (2,), robust spread of the patches (2,),
+    number of patches kept on both axes).
     """
-    mean, unc = np.zeros(2), np.zeros(2)
+    mean, unc, spread = np.zeros(2), np.zeros(2), np.zeros(2)
+    kept = np.ones(lag.shape[0], dtype=bool)
     for a in range(2):
         x, s = lag[:, a], np.maximum(sigma[:, a], 1e-3)
         med = np.median(x)
@@ -432,5 +435,6 @@ def _combine(lag: np.ndarray, sigma: np.ndarray):
         if keep.sum() > 1:
             birge = math.sqrt(float((w * (x[keep] - m) ** 2).sum()) / (keep.sum() - 1))
             u *= max(1.0, birge)
-        mean[a], unc[a] = m, u
-    return mean, unc, np.median(sigma, axis=0)
+        mean[a], unc[a], spread[a] = m, u, mad
+        kept &= keep
+    return mean, unc, spread, int(kept.sum())

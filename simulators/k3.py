@@ -287,8 +287,9 @@ def make_filament_lamella(
     gold), this one holds long and flat ones: actin-like filaments (7 nm across, 40-250 nm
     long, mostly in the plane of the lamella), microtubules (hollow tubes 25 nm across, 15 nm
     lumen), flat membrane sheets (ER-like cisternae, 4 nm thick, 30-80 nm across) and small
-    ribosome-like granules (20-26 nm); no gold. Alignment methods tuned or trained on one
-    family are tested on the other.
+    ribosome-like granules (20-26 nm); no gold. Objects fade out over the last sixteenth of
+    the box towards its faces across the tilt axis (x), where they leave the window. Alignment
+    methods tuned or trained on one family are tested on the other.
 
     Parameters
     ----------
@@ -327,7 +328,13 @@ def make_filament_lamella(
     for _ in range(n_granules):
         r = rng.uniform(10.0, 13.0) / vs
         _paint_ball(vol, slab, _random_centre(rng, shape, r, t_vox), r, 0.0, V_PROTEIN + 0.5)
-    return vol
+    # Long objects leave the box: fade them out towards the faces across the tilt axis (x),
+    # so the box's edges do not show as walls that move with the tilt (the lamella goes on
+    # beyond the window as ice, as K3Camera assumes).
+    ramp = max(4, nx // 16)
+    taper = np.clip((np.minimum(np.arange(nx), nx - 1 - np.arange(nx)) + 0.5) / ramp, 0.0, 1.0)
+    ice = V_ICE * slab[None, :, None]
+    return ice + (vol - ice) * (0.5 - 0.5 * np.cos(np.pi * taper))[None, None, :]
 
 
 LAMELLA_FAMILIES = {"particles": make_lamella, "filaments": make_filament_lamella}
