@@ -31,7 +31,9 @@ def _camera(family="filaments", seed=5, thickness=200.0, size=128, pixel_A=20.0)
     ny = int(np.ceil(thickness / 2.0 / 0.9))
     vox = int(np.ceil(size * pixel_A / 20.0))
     potential = make_specimen(family, (vox, ny, vox), thickness_nm=thickness, seed=seed)
-    return K3Camera(potential, voxel_size_nm=2.0, pixel_size_A=pixel_A, image_shape=(size, size), seed=seed + 1)
+    return K3Camera(
+        potential, voxel_size_nm=2.0, pixel_size_A=pixel_A, image_shape=(size, size), seed=seed + 1
+    )
 
 
 @pytest.fixture(scope="module")
