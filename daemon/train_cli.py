@@ -25,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Train the shift network on simulated K3 pairs and write shift_net.npz + shift_net.json.",
     )
     net.add_argument("--seed", type=int, default=0, help="decides lamellae, samples and initial weights")
-    net.add_argument("--steps", type=int, help="optimiser steps (default: the shipped weights' 4500)")
+    net.add_argument("--steps", type=int, help="optimiser steps (default: the shipped weights' 3000)")
     net.add_argument("--lamellae", type=int, help="training lamellae to simulate (default 40)")
     net.add_argument("--batch", type=int, help="pairs per step (default 32)")
     net.add_argument(

@@ -69,7 +69,7 @@ class TrainConfig:
     """Everything that decides the weights (written into the record)."""
 
     seed: int = 0
-    steps: int = 4500
+    steps: int = 3000
     batch: int = 32
     learning_rate: float = 2e-3
     final_learning_rate: float = 1e-4
@@ -87,7 +87,7 @@ class TrainConfig:
     bfactor_A2: tuple[float, float] = (100.0, 300.0)
     pixel_size_A: tuple[float, float] = (12.0, 20.0)
     max_tilt_deg: float = 70.0
-    same_view_fraction: float = 0.6
+    same_view_fraction: float = 1.0
     neighbour_steps_deg: tuple[float, ...] = (2.0, 3.0)
     dose_e_per_A2: tuple[float, float] = (1.0, 15.0)
     max_shift_px: float = 2.5

@@ -312,6 +312,7 @@ def learned_register(
     net: ShiftNet | None = None,
     min_score: float = MIN_SCORE,
     consensus_px: float = 0.35,
+    patch: int = PATCH,
 ) -> Registration:
     """Shift that registers ``moving`` onto ``reference`` by the learned estimator.
 
@@ -367,7 +368,7 @@ def learned_register(
         return Registration((0.0, 0.0), failed_quality())
     g = -np.rint(np.asarray(coarse.shift)).astype(int)  # displacement of moving, integer
     # Fine stage: patches of the reference, moving patches taken at the coarse shift.
-    lag, sigma = _patch_residuals(net, ref_b, mov_b, g)
+    lag, sigma = _patch_residuals(net, ref_b, mov_b, g, patch)
     if lag is None:
         return Registration((0.0, 0.0), failed_quality())
     d, unc, spread, n_kept = _combine(lag, sigma)
@@ -395,9 +396,9 @@ def _patch_grid(n: int, lag: int, p: int) -> list[int]:
     return [start + i * p for i in range(count)]
 
 
-def _patch_residuals(net: ShiftNet, ref: np.ndarray, mov: np.ndarray, g: np.ndarray):
+def _patch_residuals(net: ShiftNet, ref: np.ndarray, mov: np.ndarray, g: np.ndarray, patch: int = PATCH):
     """Per-patch displacement residuals beyond the coarse lag ``g`` and their sigmas."""
-    p = PATCH
+    p = int(patch)
     ys, xs = _patch_grid(ref.shape[0], int(g[0]), p), _patch_grid(ref.shape[1], int(g[1]), p)
     if not ys or not xs:
         # A frame smaller than a patch (plus the shift): one patch of what overlaps.
