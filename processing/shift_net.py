@@ -276,13 +276,14 @@ def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
     return a[:h, :w].reshape(h // factor, factor, w // factor, factor).sum(axis=(1, 3))
 
 
-def choose_bin(image, *, min_size: int = 2 * PATCH, leak: float = 0.04) -> int:
+def choose_bin(image, *, min_size: int = 2 * PATCH, max_snr: float = 0.2) -> int:
     """Largest of 4, 2 (else 1) whose binned band still holds the signal.
 
-    The excess of the power spectrum over its white-noise floor (the median power at the
-    highest frequencies) is the signal's power; a binning factor b is chosen when less than
-    ``leak`` of it lies above 1/(2b) cycles per pixel and the binned frame keeps at least
-    ``min_size`` pixels per axis.
+    The white-noise floor is the mean power at the highest frequencies (|k| > 0.42 cycles
+    per pixel); a binning factor b is chosen when the ring just above its Nyquist
+    frequency (0.5/b to 0.5/b + 0.1 cycles per pixel) carries less than ``max_snr`` of
+    signal power per unit noise power (the frequencies binning drops hold noise only), and
+    the binned frame keeps at least ``min_size`` pixels per axis.
     """
     a = np.asarray(to_numpy(image), dtype=np.float32)
     h, w = a.shape
@@ -291,13 +292,12 @@ def choose_bin(image, *, min_size: int = 2 * PATCH, leak: float = 0.04) -> int:
     ky = np.fft.fftfreq(h)[:, None]
     kx = np.fft.rfftfreq(w)[None, :]
     k = np.sqrt(ky**2 + kx**2)
-    floor = float(np.median(power[k > 0.42]))
-    excess = np.maximum(power - floor, 0.0)
-    total = float(excess[k > 0].sum())
-    if total <= 0.0:
+    floor = float(power[k > 0.42].mean())
+    if not floor > 0.0:
         return 1
     for b in (4, 2):
-        if min(h, w) // b >= min_size and float(excess[k > 0.5 / b].sum()) < leak * total:
+        ring = (k > 0.5 / b) & (k <= 0.5 / b + 0.1)
+        if min(h, w) // b >= min_size and float(power[ring].mean()) < (1.0 + max_snr) * floor:
             return b
     return 1
 
