@@ -8,9 +8,11 @@ and Poisson noise at the dose, mean-squared error of the predicted shift. Here:
   tests use seeds below 1000 and the 'filaments' family, which training never sees),
   thickness 100-300 nm, object density 0.6-1.5x, defocus -1.5 to -5 µm, B-factor
   100-300 Å², pixel size 12-20 Å, tilts to ±70°; each pair is one view shifted against
-  itself (the source's pairs) or two views 2-3° apart (what a tilt-series aligner
-  compares), the higher tilt cosine-stretched onto the lower as the aligner does;
-- **augmentation** on every draw: a new sub-pixel shift (uniform ±4 px, a band-limited
+  itself (the source's pairs). ``same_view_fraction < 1`` also draws two views 2-3° apart,
+  the higher tilt cosine-stretched onto the lower as the aligner does; the shipped weights
+  do not (their features' parallax made the labels noisy and the network shrank shifts
+  towards zero: docs/alignment.md);
+- **augmentation** on every draw: a new sub-pixel shift (uniform ±2.5 px, a band-limited
   Fourier translation), new Poisson noise at a dose drawn log-uniformly in 1-15 e/Å²,
   random crop, flips of either axis (and so 180° turns);
 - **loss**: MSE of the shift (pixels²), plus two auxiliary terms: a cross-entropy that
