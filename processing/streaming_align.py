@@ -46,6 +46,7 @@ from .quality import RegistrationQuality
 from .register import register, shift_image
 from .reproject_align import reprojection_refine
 from .runout import RunoutError, RunoutModel, fit_runout, mirror_centre, refine_centre
+from .shift_net import learned_register
 from .tilt_align import check_tilt, predict_drift, stretch_columns, stretch_factor
 
 
@@ -518,6 +519,18 @@ class StreamingProjectionAligner:
         self._set_centre(centre)
 
 
+ESTIMATORS = ("xcorr", "learned", "auto")
+
+
+def _better(a, b):
+    """Of two registrations, the ok one with the smaller largest uncertainty (``a`` on ties)."""
+
+    def key(r):
+        return (not r.quality.ok, max(r.quality.uncertainty_px))
+
+    return b if key(b) < key(a) else a
+
+
 def _arbitrate(shift, quality, prediction, limit, search):
     """Decide between a registration and the model's prediction.
 
@@ -578,6 +591,15 @@ class StreamingTiltAligner:
         refinement passes (at most), the update RMS that ends it early, and its band.
     n_references : aligned tilts each new tilt is registered on (the nearest for both
         axes, the others for the vertical only).
+    estimator : how each pair (a new tilt on an aligned reference) is measured:
+        ``'xcorr'`` (:func:`~livetomo.processing.register.register`), ``'learned'``
+        (:func:`~livetomo.processing.shift_net.learned_register`, the shipped network) or
+        ``'auto'`` (both; the one whose quality is ok with the smaller uncertainty is
+        kept; ``estimator_counts`` tells how often each won).
+    refine_bin : :meth:`refine` works on frames binned by this factor (sums of
+        ``refine_bin``² pixels; ``thickness_px`` stays in unbinned pixels): the slab
+        re-projection grows with rows × thickness × columns, so 1024² frames are refined
+        at 2 or 4.
     """
 
     def __init__(
@@ -596,7 +618,16 @@ class StreamingTiltAligner:
         reproject_tolerance_px: float = 0.002,
         reproject_band=(1.0, None),
         n_references: int = 3,
+        estimator: str = "xcorr",
+        refine_bin: int = 1,
     ):
+        if estimator not in ESTIMATORS:
+            raise StreamingAlignmentError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if int(refine_bin) != refine_bin or refine_bin < 1:
+            raise StreamingAlignmentError(f"refine_bin must be an integer >= 1, got {refine_bin}")
+        self.estimator = estimator
+        self.estimator_counts = {"xcorr": 0, "learned": 0}
+        self.refine_bin = int(refine_bin)
         self.options = {"roi": roi, "band": band, "window": window, "upsample_factor": upsample_factor}
         self.n_references = max(1, int(n_references))
         self._graph = _LinkGraph()
@@ -746,15 +777,29 @@ class StreamingTiltAligner:
         t_ref = self._tilts[ref]
         moving = img if not np.any(guess) else shift_image(img, guess)
         if not self.stretch:
-            reg = register(reference, moving, max_shift=max_shift, **self.options)
+            reg = self._estimate(reference, moving, max_shift)
             return guess + np.asarray(reg.shift), reg.quality
         if abs(tilt) >= abs(t_ref):
             factor = stretch_factor(tilt, t_ref)  # expand the higher tilt onto the lower
-            reg = register(reference, stretch_columns(moving, factor), max_shift=max_shift, **self.options)
+            reg = self._estimate(reference, stretch_columns(moving, factor), max_shift)
             return guess + np.array([reg.shift[0], factor * reg.shift[1]]), reg.quality
         factor = stretch_factor(t_ref, tilt)
-        reg = register(stretch_columns(reference, factor), moving, max_shift=max_shift, **self.options)
+        reg = self._estimate(stretch_columns(reference, factor), moving, max_shift)
         return guess + np.asarray(reg.shift), reg.quality
+
+    def _estimate(self, reference, moving, max_shift):
+        """One pair measured by the chosen estimator (see the class parameters)."""
+        if self.estimator == "xcorr":
+            self.estimator_counts["xcorr"] += 1
+            return register(reference, moving, max_shift=max_shift, **self.options)
+        learned = learned_register(reference, moving, max_shift=max_shift, roi=self.options["roi"])
+        if self.estimator == "learned":
+            self.estimator_counts["learned"] += 1
+            return learned
+        xc = register(reference, moving, max_shift=max_shift, **self.options)
+        pick = _better(xc, learned)
+        self.estimator_counts["learned" if pick is learned else "xcorr"] += 1
+        return pick
 
     def refine(self, iterations: int | None = None) -> np.ndarray:
         """Leave-one-out re-projection refinement in a slab of ``thickness_px``; (n, 2) shifts."""
@@ -763,19 +808,27 @@ class StreamingTiltAligner:
         if self.n_frames < 3:
             return self.shifts
         xp = get_array_module(self._images[0])
+        b = self.refine_bin
+        images = xp.stack(self._images)
+        roi = self.options["roi"]
+        if b > 1:
+            n, h, w = images.shape
+            images = images[:, : h // b * b, : w // b * b].reshape(n, h // b, b, w // b, b).mean(axis=(2, 4))
+            if roi is not None:
+                roi = tuple((lo // b, hi // b) for lo, hi in roi)
         result = reprojection_refine(
-            xp.stack(self._images),
+            images,
             self._tilts,
-            self.shifts,
+            self.shifts / b,
             region="slab",
-            thickness_px=self.thickness_px,
+            thickness_px=max(2, int(round(self.thickness_px / b))),
             iterations=self.reproject_iterations if iterations is None else iterations,
-            tolerance_px=self.reproject_tolerance_px,
-            roi=self.options["roi"],
+            tolerance_px=self.reproject_tolerance_px / b,
+            roi=roi,
             band=self.reproject_band,
             upsample_factor=self.options["upsample_factor"],
         )
-        self._shifts = [np.asarray(s, dtype=float) for s in result.shifts]
+        self._shifts = [np.asarray(s, dtype=float) * b for s in result.shifts]
         self._graph.fixed = {k: s.copy() for k, s in enumerate(self._shifts)}
         self._aligned.clear()
         return self.shifts

@@ -218,6 +218,161 @@ def make_lamella(
     return vol
 
 
+def _paint_segment(vol, slab, p0, p1, r_out, r_in, value) -> None:
+    """Blend a (hollow) cylinder of radii in voxels from ``p0`` to ``p1`` (z, y, x) into
+    ``vol`` in place, clipped to the slab; painted in short pieces so that each box is small."""
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    length = float(np.linalg.norm(p1 - p0))
+    n_pieces = max(1, int(np.ceil(length / max(2.0 * r_out, 2.0))))
+    for k in range(n_pieces):
+        a = p0 + (p1 - p0) * (k / n_pieces)
+        b = p0 + (p1 - p0) * ((k + 1) / n_pieces)
+        lo = [max(int(np.floor(min(u, v) - r_out - 1)), 0) for u, v in zip(a, b, strict=True)]
+        hi = [min(int(np.ceil(max(u, v) + r_out + 2)), n) for u, v, n in zip(a, b, vol.shape, strict=True)]
+        if any(h <= l for l, h in zip(lo, hi, strict=True)):
+            continue
+        g = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        # Distance to the whole segment p0-p1 (not only the piece), so pieces join smoothly.
+        full = p1 - p0
+        full2 = max(float(full @ full), 1e-12)
+        t = sum((gi - p0[i]) * full[i] for i, gi in enumerate(g)) / full2
+        t = np.clip(t, 0.0, 1.0)
+        d = np.sqrt(sum((gi - (p0[i] + t * full[i])) ** 2 for i, gi in enumerate(g)))
+        frac = np.clip(r_out - d + 0.5, 0.0, 1.0) - np.clip(r_in - d + 0.5, 0.0, 1.0)
+        frac = frac * slab[lo[1] : hi[1]][None, :, None]
+        sub = vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        # max-blend: overlapping pieces of one cylinder must not paint twice
+        np.maximum(sub, sub * (1.0 - frac) + value * frac, out=sub)
+
+
+def _paint_disc(vol, slab, centre, normal, radius, half_thickness, value) -> None:
+    """Blend a flat disc (a membrane sheet) of ``radius`` and ``2 half_thickness`` voxels."""
+    c = np.asarray(centre, float)
+    n = np.asarray(normal, float) / np.linalg.norm(normal)
+    lo = [max(int(np.floor(ci - radius - 2)), 0) for ci in c]
+    hi = [min(int(np.ceil(ci + radius + 3)), m) for ci, m in zip(c, vol.shape, strict=True)]
+    if any(h <= l for l, h in zip(lo, hi, strict=True)):
+        return
+    g = np.ogrid[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    rel = [gi - c[i] for i, gi in enumerate(g)]
+    h = sum(r * n[i] for i, r in enumerate(rel))
+    rad = np.sqrt(np.maximum(sum(r * r for r in rel) - h * h, 0.0))
+    frac = np.clip(half_thickness - np.abs(h) + 0.5, 0.0, 1.0) * np.clip(radius - rad + 0.5, 0.0, 1.0)
+    frac = frac * slab[lo[1] : hi[1]][None, :, None]
+    sub = vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    np.maximum(sub, sub * (1.0 - frac) + value * frac, out=sub)
+
+
+def _random_direction(rng, in_plane: float = 0.0) -> np.ndarray:
+    """A random unit vector (z, y, x); ``in_plane`` in [0, 1) flattens it towards the z-x plane."""
+    v = rng.normal(size=3)
+    v[1] *= 1.0 - in_plane
+    return v / np.linalg.norm(v)
+
+
+def make_filament_lamella(
+    shape: tuple[int, int, int] = (64, 32, 64),
+    *,
+    voxel_size_nm: float = 2.0,
+    thickness_nm: float | None = None,
+    n_filaments: int = 30,
+    n_microtubules: int = 2,
+    n_sheets: int = 2,
+    n_granules: int = 15,
+    seed: int | np.random.Generator | None = 0,
+) -> np.ndarray:
+    """A second phantom family: the cytoskeleton-rich window of a lamella.
+
+    Where :func:`make_lamella` fills the ice with round things (globular proteins, vesicles,
+    gold), this one holds long and flat ones: actin-like filaments (7 nm across, 40-250 nm
+    long, mostly in the plane of the lamella), microtubules (hollow tubes 25 nm across, 15 nm
+    lumen), flat membrane sheets (ER-like cisternae, 4 nm thick, 30-80 nm across) and small
+    ribosome-like granules (20-26 nm); no gold. Objects fade out over the last sixteenth of
+    the box towards its faces across the tilt axis (x), where they leave the window. Alignment
+    methods tuned or trained on one family are tested on the other.
+
+    Parameters
+    ----------
+    shape, voxel_size_nm, thickness_nm, seed : as in :func:`make_lamella`.
+    n_filaments, n_microtubules, n_sheets, n_granules : numbers of each kind of object.
+
+    Returns
+    -------
+    potential : (nz, ny, nx) float64 array in V.
+    """
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    box_nm = ny * voxel_size_nm
+    if thickness_nm is None:
+        thickness_nm = 0.75 * box_nm
+    if not 0.0 < thickness_nm <= box_nm:
+        raise ValueError(f"thickness_nm must be in (0, {box_nm}] nm for this box, got {thickness_nm}")
+    t_vox = thickness_nm / voxel_size_nm
+    slab = _slab_fraction(ny, t_vox)
+    vol = np.broadcast_to(V_ICE * slab[None, :, None], shape).copy()
+    vs = voxel_size_nm
+    for _ in range(n_sheets):
+        radius = rng.uniform(30.0, 80.0) / vs
+        c = _random_centre(rng, shape, 0.0, t_vox)
+        _paint_disc(vol, slab, c, _random_direction(rng), radius, 2.0 / vs, V_MEMBRANE)
+    for _ in range(n_microtubules):
+        length = rng.uniform(100.0, 400.0) / vs
+        c = _random_centre(rng, shape, 0.0, t_vox)
+        d = _random_direction(rng, in_plane=0.8)
+        _paint_segment(vol, slab, c - d * length / 2, c + d * length / 2, 12.5 / vs, 7.5 / vs, V_PROTEIN)
+    for _ in range(n_filaments):
+        length = rng.uniform(40.0, 250.0) / vs
+        c = _random_centre(rng, shape, 0.0, t_vox)
+        d = _random_direction(rng, in_plane=0.7)
+        _paint_segment(vol, slab, c - d * length / 2, c + d * length / 2, 3.5 / vs, 0.0, V_PROTEIN)
+    for _ in range(n_granules):
+        r = rng.uniform(10.0, 13.0) / vs
+        _paint_ball(vol, slab, _random_centre(rng, shape, r, t_vox), r, 0.0, V_PROTEIN + 0.5)
+    # Long objects leave the box: fade them out towards the faces across the tilt axis (x),
+    # so the box's edges do not show as walls that move with the tilt (the lamella goes on
+    # beyond the window as ice, as K3Camera assumes).
+    ramp = max(4, nx // 16)
+    taper = np.clip((np.minimum(np.arange(nx), nx - 1 - np.arange(nx)) + 0.5) / ramp, 0.0, 1.0)
+    ice = V_ICE * slab[None, :, None]
+    return ice + (vol - ice) * (0.5 - 0.5 * np.cos(np.pi * taper))[None, None, :]
+
+
+LAMELLA_FAMILIES = {"particles": make_lamella, "filaments": make_filament_lamella}
+
+
+def make_specimen(
+    family: str,
+    shape: tuple[int, int, int],
+    *,
+    voxel_size_nm: float = 2.0,
+    thickness_nm: float,
+    density: float = 1.0,
+    seed: int | np.random.Generator | None = 0,
+) -> np.ndarray:
+    """A lamella of ``family`` ('particles' or 'filaments') whose object counts scale with
+    its volume (``density`` 1: the default box of :func:`make_lamella` with 40 particles in
+    64 x 64 voxels of 48 nm ice), so thicker lamellae hold more material along the beam.
+
+    Returns
+    -------
+    potential : (nz, ny, nx) float64 array in V.
+    """
+    nz, _, nx = shape
+    scale = density * (nz * nx / 64**2) * (thickness_nm / 48.0)
+    if family == "particles":
+        return make_lamella(
+            shape, voxel_size_nm=voxel_size_nm, thickness_nm=thickness_nm, n_particles=int(40 * scale),
+            n_vesicles=max(1, int(round(2 * scale))), n_gold=max(1, int(round(nz * nx / 64**2))), seed=seed,
+        )  # fmt: skip
+    if family == "filaments":
+        return make_filament_lamella(
+            shape, voxel_size_nm=voxel_size_nm, thickness_nm=thickness_nm, n_filaments=int(30 * scale),
+            n_microtubules=max(1, int(round(1.5 * scale))), n_sheets=max(1, int(round(1.5 * scale))),
+            n_granules=int(12 * scale), seed=seed,
+        )  # fmt: skip
+    raise ValueError(f"unknown lamella family {family!r}; known: {', '.join(LAMELLA_FAMILIES)}")
+
+
 # --------------------------------------------------------------------------- projection
 
 
@@ -363,17 +518,39 @@ class K3Camera:
         """Phase shift of the excess potential at ``tilt_deg``, (nz, nx) in rad, voxel grid."""
         return self.sigma_e * self.voxel_size_nm * _project(self._excess, tilt_deg)
 
-    def expected_image(self, tilt_deg: float, dose_e_per_A2: float, shift_px=(0.0, 0.0)):
+    def _image_phase(self, tilt_deg: float) -> np.ndarray:
+        """:meth:`phase` resampled to the detector pixels; the last few tilts are cached, so
+        several doses or defoci of one view cost one projection."""
+        key = float(tilt_deg)
+        cache = self.__dict__.setdefault("_phase_cache", {})
+        if key not in cache:
+            phi = self.phase(tilt_deg)
+            zoom = 10.0 * self.voxel_size_nm / self.pixel_size_A
+            if not np.isclose(zoom, 1.0):
+                phi = ndimage.zoom(phi, zoom, order=1)
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = phi
+        return cache[key]
+
+    def expected_image(
+        self,
+        tilt_deg: float,
+        dose_e_per_A2: float,
+        shift_px=(0.0, 0.0),
+        *,
+        defocus_um: float | None = None,
+        bfactor_A2: float | None = None,
+    ):
         """Noise-free expected electrons per pixel, (ny_img, nx_img) float64.
 
         ``dose * pixel_area * transmission * max(1 + contrast, 0)``; the specimen is drifted
         by ``shift_px`` (dy, dx) pixels, in the sense of ``scipy.ndimage.shift``, by a Fourier
-        (band-limited, exact sub-pixel) translation.
+        (band-limited, exact sub-pixel) translation. ``defocus_um`` and ``bfactor_A2``
+        override the camera's optics for this image (a defocus series of one view, as
+        training data needs).
         """
-        phi = self.phase(tilt_deg)
-        zoom = 10.0 * self.voxel_size_nm / self.pixel_size_A
-        if not np.isclose(zoom, 1.0):
-            phi = ndimage.zoom(phi, zoom, order=1)
+        phi = self._image_phase(tilt_deg)
         # Pad with ice (zero excess phase): avoids FFT wrap-around and supplies the material
         # that drifts into the field of view.
         margin = 16 + int(np.ceil(np.max(np.abs(shift_px))))
@@ -383,10 +560,10 @@ class K3Camera:
             phi.shape,
             self.pixel_size_A,
             voltage_kv=self.voltage_kv,
-            defocus_um=self.defocus_um,
+            defocus_um=self.defocus_um if defocus_um is None else float(defocus_um),
             cs_mm=self.cs_mm,
             amplitude_contrast=self.amplitude_contrast,
-            bfactor_A2=self.bfactor_A2,
+            bfactor_A2=self.bfactor_A2 if bfactor_A2 is None else float(bfactor_A2),
         )
         spectrum = tf * sfft.fft2(phi)
         if np.any(np.asarray(shift_px) != 0):

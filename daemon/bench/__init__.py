@@ -20,6 +20,7 @@ BENCHMARKS = {
     "correlate": "livetomo.daemon.bench.correlate",
     "monitor": "livetomo.daemon.bench.monitor",
     "control": "livetomo.daemon.bench.control",
+    "learned": "livetomo.daemon.bench.learned",
 }
 
 

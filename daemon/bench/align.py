@@ -29,7 +29,6 @@ removed for tilt series, whose axis position is not a drift).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from ...simulators.k3 import K3Camera, make_lamella
 from ...simulators.microprobe import XRFMicroprobe
 from ...simulators.specimen import make_cell
 from ...simulators.stages import RotationStageModel, TiltStageModel
-from .timing import interleaved_medians
+from .timing import interleaved_medians, jsonable
 
 ELEMENTS = ("Zn", "Fe", "Ca", "K")
 
@@ -545,16 +544,4 @@ def run(*, quick: bool = False, log=print) -> dict:
             log(f"  picture: {p}")
     figures["total_time_s"] = time.perf_counter() - t0
     log(f"align benchmark done in {figures['total_time_s']:.0f} s")
-    return _jsonable(figures)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    return jsonable(figures)

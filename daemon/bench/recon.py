@@ -39,7 +39,7 @@ from ...simulators import k3
 from ...simulators.microprobe import XRFMicroprobe
 from ...simulators.projector import project_many
 from ...simulators.specimen import make_cell
-from .timing import interleaved_medians
+from .timing import interleaved_medians, jsonable
 
 # Modified Shepp-Logan (Toft): value, semi-axes (a, b), centre (x0, y0), rotation (deg), in
 # units of the half-width; y up.
@@ -477,15 +477,4 @@ def run(*, quick: bool = False, log=print, out_dir: str | Path = "livetomo_bench
             _write_pictures(out, "xrf_zn", {k: _central(v) for k, v in slices_xrf.items()}, log),
             _write_pictures(out, "wedge", {k: v[v.shape[0] // 2] for k, v in slices_wedge.items()}, log),
         ]
-    return _plain(figures)
-
-
-def _plain(obj):
-    """Figures as plain Python types (JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+    return jsonable(figures)

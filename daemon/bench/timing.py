@@ -1,10 +1,27 @@
-"""Interleaved repeated timing, reported as medians."""
+"""What every benchmark shares: interleaved repeated timing reported as medians, and figures as
+plain JSON values."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
+
+import numpy as np
+
+
+def jsonable(x):
+    """Figures as plain JSON values: numpy scalars as numbers, keys as strings, NaN and inf as null."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

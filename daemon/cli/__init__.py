@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._control import add_parsers
     from ._correlate import add_parser as add_correlate
     from ._monitor import add_parser as add_monitor
+    from ._train import add_parser as add_train
 
     add_parsers(sub)
+    add_train(sub)
     add_monitor(sub)
     add_correlate(sub)
     return parser

@@ -121,3 +121,31 @@ def test_faults_and_determinism(lamella):
     assert faults.fired == {"nan_frame": 1, "dropped_frame": 1, "detector_timeout": 1}
     assert np.array_equal(good.counts, K3Camera(lamella, seed=5).acquire(0.0).counts)
     assert np.array_equal(lamella, before)  # input not mutated
+
+
+def test_filament_family_is_a_different_phantom_with_the_asked_thickness():
+    from livetomo.simulators.k3 import LAMELLA_FAMILIES, make_filament_lamella, make_specimen
+
+    assert set(LAMELLA_FAMILIES) == {"particles", "filaments"}
+    vol = make_filament_lamella((64, 60, 64), voxel_size_nm=2.0, thickness_nm=100.0, seed=1)
+    cam = K3Camera(vol, voxel_size_nm=2.0, seed=2)
+    assert cam.thickness_nm == pytest.approx(100.0, rel=0.05)  # objects replace ice, never add to it
+    assert vol.max() < 10.0  # no gold in this family
+    assert (vol > 6.5).mean() > 0.005  # but filaments, tubes, sheets and granules
+    particles = make_specimen("particles", (64, 60, 64), thickness_nm=100.0, seed=1)
+    assert particles.max() > 20.0  # gold fiducials
+    thick = make_specimen("filaments", (64, 60, 64), thickness_nm=100.0, density=2.0, seed=1)
+    assert (thick > 6.5).sum() > (vol > 6.5).sum()
+    with pytest.raises(ValueError):
+        make_specimen("crystals", (16, 16, 16), thickness_nm=20.0)
+
+
+def test_defocus_override_and_phase_cache(lamella):
+    cam = K3Camera(lamella, voxel_size_nm=2.0, seed=1)
+    a = cam.expected_image(20.0, 3.0)
+    b = cam.expected_image(20.0, 3.0)  # from the cached projection
+    c = cam.expected_image(20.0, 3.0, defocus_um=-1.5)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.mean() == pytest.approx(c.mean(), rel=1e-3)  # same dose and transmission
+    assert cam.defocus_um == -3.0  # the override is per image
