@@ -31,7 +31,7 @@ from .config import DaemonConfig, load_config
 from .control import ControlAPI, ControlServer, PlanCatalog, PlanQueue, PlanRunner, QueueStore
 from .monitoring import MonitorState, start_web_server
 from .pipeline import Pipeline
-from .storage import clear_write_flags, record_interruption, run_catalog, run_file, stream_location
+from .storage import left_open, repair_run_file, run_catalog, run_file, stream_location
 from .transport import (
     CurveSecurity,
     DocumentPublisher,
@@ -122,6 +122,7 @@ class Daemon:
                 item.uid,
                 item.error,
             )
+        self.files_repaired = self._repair_left_open()
         self.runner = PlanRunner(
             self.catalog,
             self.queue,
@@ -147,25 +148,21 @@ class Daemon:
     @staticmethod
     def _repair_files(item) -> str:
         """Run files of a plan that was running when the daemon died: readable again, and marked."""
-        notes = []
-        for file in item.files:
-            path = Path(file)
-            if not path.is_file():
-                notes.append(f"{path.name} was never created")
-                continue
-            try:
-                repaired = clear_write_flags(path)
-                streams = record_interruption(path, "the daemon stopped while this run was written")
-            except (OSError, ValueError) as exc:
-                notes.append(f"{path.name} could not be repaired: {exc}")
-                log.error("run file %s could not be repaired: %s", path, exc)
-                continue
-            frames = ", ".join(f"{n} {name}" for name, n in ((k, v["frames"]) for k, v in streams.items()))
-            notes.append(f"{path.name}{' repaired' if repaired else ''}, frames stored: {frames or 'none'}")
-            log.warning(
-                "interrupted run file %s%s: frames stored: %s", path, " repaired" if repaired else "", frames
-            )
+        notes = [repair_run_file(f, "the daemon stopped while this run was written") for f in item.files]
+        for note in notes:
+            log.warning("interrupted run file %s", note)
         return "; ".join(notes) or "no run file"
+
+    def _repair_left_open(self) -> list[str]:
+        """Run files still open for writing at start-up whose plan had ended: the daemon died
+        during their run-end work (refinement, volumes, exports). Readable again, and marked."""
+        notes = [
+            repair_run_file(path, "the daemon stopped during the run-end work (refinement, volumes, exports)")
+            for path in left_open(self.storage)
+        ]
+        for note in notes:
+            log.warning("run file left open by a daemon that died during its run end: %s", note)
+        return notes
 
     def _client_security(self):
         if self.security is None:
@@ -223,6 +220,7 @@ class Daemon:
             "storage_directory": str(self.storage.resolve()),
             "beamline": self.config.beamline.kind,
             "catalog": None if self.tiled is None else self.tiled.status(),
+            "files_repaired_at_start": self.files_repaired[-20:],
             **pipeline,
         }
 

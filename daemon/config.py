@@ -97,10 +97,14 @@ class Storage:
     ``bitshuffle-lz4`` (default; as Dectris/Eiger files) and ``blosc-lz4``/``blosc-zstd`` need
     ``hdf5plugin`` in the reader's Python (``import hdf5plugin`` before ``h5py``), ``gzip`` is read
     by every HDF5 library, ``none`` stores raw chunks (fastest, largest). ``xrf_spectra: false``
-    stores only the XRF element maps, not the per-pixel spectra (which PyXRF needs to fit)."""
+    stores only the XRF element maps, not the per-pixel spectra (which PyXRF needs to fit).
+    ``flush_interval_s``: how often the file is flushed while frames arrive (and at every stream
+    end): SWMR readers see frames, and a ``kill -9`` keeps them, from their flush on; each run's
+    ``frames_on_disk`` in ``livetomo status`` says how many that is."""
 
     compression: Literal["bitshuffle-lz4", "blosc-lz4", "blosc-zstd", "gzip", "none"] = "bitshuffle-lz4"
     xrf_spectra: bool = True
+    flush_interval_s: float = field(default=1.0, metadata=_range(0.0, 60.0))
 
 
 @dataclass

@@ -19,6 +19,8 @@ class CameraBackend(Protocol):
     def acquire(self, exposure: float) -> np.ndarray | None:
         """One image, (rows, cols) float32; ``exposure`` is a dose (e/Å²) or seconds; None if lost."""
 
+    # Optional: ``start_run()``, called when a run stages the camera (FrameDetector.stage).
+
 
 @dataclass(frozen=True)
 class K3Settings:

@@ -27,8 +27,13 @@ class FrameDetector:
         self.dropped = 0
         self._last: dict[str, float] = {}
 
-    # bluesky Stageable: every run starts new streams
+    # bluesky Stageable: every run starts new streams. A backend may have ``start_run()``, called
+    # here: a simulator starts its record of the truth afresh, a microscope may centre its target
+    # (as SerialEM's "Realign to Item" before a tilt series).
     def stage(self) -> list:
+        start_run = getattr(getattr(self, "backend", None), "start_run", None)
+        if start_run is not None:
+            start_run()
         self.frames.reset()
         self.dropped = 0
         self._last = {key: float("nan") for key in self.summary_units}

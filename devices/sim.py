@@ -47,6 +47,41 @@ class SimAxisBackend:
         return self._truth(self.model)
 
 
+class TruthHistory(list):
+    """What a simulator did at each acquisition (its truth, for tests and benchmarks), oldest
+    first; the oldest entries go once their arrays hold more than ``max_bytes`` together, so a
+    daemon that runs scan after scan keeps its memory flat. The newest entry always stays."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = int(max_bytes)
+
+    def append(self, item) -> None:
+        super().append(item)
+        sizes = [_nbytes(x) for x in self]
+        total, drop = sum(sizes), 0
+        while total > self.max_bytes and drop < len(self) - 1:
+            total -= sizes[drop]
+            drop += 1
+        del self[:drop]
+
+
+def _nbytes(item) -> int:
+    if item is None:
+        return 0
+    if dataclasses.is_dataclass(item):
+        values = (getattr(item, f.name) for f in dataclasses.fields(item))
+    else:
+        values = item if isinstance(item, tuple) else (item,)
+    total = 0
+    for value in values:
+        if isinstance(value, np.ndarray):
+            total += value.nbytes
+        elif isinstance(value, dict):
+            total += sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
+    return total
+
+
 def _runout_truth(model: RotationStageModel) -> dict[str, tuple[float, str]]:
     v, h = model.true_offset_um
     return {"true_offset_v": (float(v), "um"), "true_offset_h": (float(h), "um")}
@@ -67,20 +102,26 @@ class SimMicroprobe:
 
     ``run_raster`` (the scan stage's backend) rasters the specimen at the stage's true
     angle and runout; the two detector backends then read their part of that raster.
-    ``history`` keeps the truth (true shift in pixels, true maps) of the last
-    ``HISTORY_LIMIT`` rasters, and the spectra of the last ``SPECTRA_KEPT`` of them only: a
-    daemon that runs scan after scan keeps its memory flat.
+    ``history`` keeps the truth (true shift in pixels, true maps) of the current run's rasters
+    (``start_run`` clears it when a run stages a detector), up to ``HISTORY_BYTES`` of arrays,
+    and the spectra of the last ``SPECTRA_KEPT`` of them only: a daemon that runs scan after
+    scan keeps its memory flat. ``camera_history`` likewise for the full-field camera.
     """
 
-    HISTORY_LIMIT = 4096
+    HISTORY_BYTES = 256 * 1024**2
+    HISTORY_LIMIT = 4096  # entries of camera_history (angles and shifts only)
     SPECTRA_KEPT = 16
 
     def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
         self.probe = probe
         self.rotation = rotation
         self.latest: RasterResult | None = None
-        self.history: list[RasterResult | None] = []
+        self.history: TruthHistory = TruthHistory(self.HISTORY_BYTES)
         self.camera_history: list[tuple[float, tuple[float, float]]] = []  # (angle, true shift px)
+
+    def start_run(self) -> None:
+        self.history.clear()
+        self.camera_history.clear()
 
     def run_raster(self, spec: RasterSpec) -> None:
         if not np.isclose(spec.pixel_size_um * 1000.0, self.probe.pixel_size_nm, rtol=1e-3):
@@ -97,7 +138,6 @@ class SimMicroprobe:
         old = len(self.history) - self.SPECTRA_KEPT - 1
         if old >= 0 and self.history[old] is not None and self.history[old].spectra is not None:
             self.history[old] = dataclasses.replace(self.history[old], spectra=None)
-        del self.history[: -self.HISTORY_LIMIT]
         del self.camera_history[: -self.HISTORY_LIMIT]
 
     def segments_backend(self):
@@ -105,7 +145,9 @@ class SimMicroprobe:
 
     def camera_backend(self):
         """A full-field transmission camera looking at the same specimen on the same stage."""
-        return _CameraBackend(self.camera_image, self.probe.default_shape(), self.probe.pixel_size_nm)
+        return _CameraBackend(
+            self.camera_image, self.probe.default_shape(), self.probe.pixel_size_nm, start_run=self.start_run
+        )
 
     def camera_image(self, exposure_s: float) -> np.ndarray:
         image, shift = self.probe.full_field(
@@ -121,6 +163,7 @@ class SimMicroprobe:
 class _SegmentsBackend:
     def __init__(self, world: SimMicroprobe):
         self.world = world
+        self.start_run = world.start_run
 
     def read_raster(self):
         latest = self.world.latest
@@ -130,6 +173,7 @@ class _SegmentsBackend:
 class _SpectraBackend:
     def __init__(self, world: SimMicroprobe):
         self.world = world
+        self.start_run = world.start_run
         det = world.probe.detector
         self.n_channels = det.n_channels
         self.ev_per_channel = det.ev_per_channel
@@ -198,7 +242,12 @@ class SimTEM:
         self.camera = camera
         self.tilt = tilt
         self.pixel_size_nm = pixel_size_nm
-        self.history: list = []
+        self.history = TruthHistory(SimMicroprobe.HISTORY_BYTES)  # this run's K3Frames
+
+    def start_run(self) -> None:
+        """A tilt series starts: the target is centred again, and the record starts afresh."""
+        self.history.clear()
+        self.tilt.recentre()
 
     def true_shift_px(self) -> tuple[float, float]:
         v, h = self.tilt.true_offset_nm / self.pixel_size_nm
@@ -207,13 +256,14 @@ class SimTEM:
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
         self.history.append(frame)
-        del self.history[: -SimMicroprobe.HISTORY_LIMIT]
         return None if frame is None else np.asarray(frame.counts, dtype=np.float32)
 
 
 class _CameraBackend:
-    def __init__(self, acquire, shape, pixel_size_nm, **optics):
+    def __init__(self, acquire, shape, pixel_size_nm, start_run=None, **optics):
         self.acquire = acquire
+        if start_run is not None:
+            self.start_run = start_run
         self.shape = tuple(shape)
         self.pixel_size_nm = pixel_size_nm
         for name, value in optics.items():  # voltage_kv, tilt_axis_deg (the K3's)
@@ -247,7 +297,12 @@ def make_tem(
     image_shape = (shape[0], shape[2])
     # the simulated goniometer tilts about the image's vertical (Y) axis: 0 deg in IMOD's convention
     backend = _CameraBackend(
-        world.acquire, image_shape, voxel_size_nm, voltage_kv=camera.voltage_kv, tilt_axis_deg=0.0
+        world.acquire,
+        image_shape,
+        voxel_size_nm,
+        start_run=world.start_run,
+        voltage_kv=camera.voltage_kv,
+        tilt_axis_deg=0.0,
     )
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),

@@ -123,6 +123,12 @@ class TiltStageModel:
         self._walk = self._walk + self._rng.normal(0.0, self.drift_step_nm, 2)
         return self.position_deg
 
+    def recentre(self) -> None:
+        """Centre the target again (the operator's or SerialEM's "Realign to Item" before a tilt
+        series): drift starts again from zero; the eucentric error stays."""
+        self.elapsed_s = 0.0
+        self._walk = np.zeros(2)
+
     @property
     def true_offset_nm(self) -> np.ndarray:
         """Specimen displacement in the image plane now: (vertical, horizontal), nm."""

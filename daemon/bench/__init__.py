@@ -21,6 +21,7 @@ BENCHMARKS = {
     "monitor": "livetomo.daemon.bench.monitor",
     "control": "livetomo.daemon.bench.control",
     "learned": "livetomo.daemon.bench.learned",
+    "soak": "livetomo.daemon.bench.soak",
 }
 
 

@@ -17,31 +17,15 @@ its figures in docs/architecture.md were measured.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import yaml
-
-from ..control import ControlClient
-from ..testing import daemon_overrides, wait_until
+from ..testing import daemon_overrides
+from ._serve import served_daemon
+from .timing import latency_percentiles
 
 PLAN = {"start": 0, "stop": 180, "num": 121, "total_dwell_s": 0.363}  # 3 ms per angle
-
-
-def _percentiles(latencies_s: list[float]) -> dict:
-    if not latencies_s:
-        return {"n": 0}
-    ms = np.asarray(latencies_s) * 1e3
-    return {
-        "n": int(ms.size),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "max_ms": float(ms.max()),
-    }
 
 
 def measure(
@@ -57,15 +41,8 @@ def measure(
     directory = Path(directory)
     overrides = daemon_overrides(directory)
     overrides["beamline"] = {}  # the daemon's default beamline and specimen
-    config = directory / "daemon.yaml"
-    config.write_text(yaml.safe_dump(overrides))
-    command = serve_command or [sys.executable, "-m", "livetomo.daemon.cli", "serve", "--config", str(config)]
-    log_file = open(directory / "serve.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-    client = ControlClient(overrides["endpoints"]["control"], timeout_s=120.0)
     samples: list[tuple[str, str, float]] = []  # (phase when sent, command, seconds)
-    try:
-        wait_until(lambda: _answers(client), 120, "the daemon to answer")
+    with served_daemon(directory, overrides, command=serve_command) as (_, client):
         item = client("queue_add", plan="xrf_dpc_tomo", kwargs=dict(plan))
         client("queue_start")
         t_start = time.monotonic()
@@ -92,23 +69,14 @@ def measure(
             time.sleep(interval_s)
         else:
             raise TimeoutError("the scan did not end within 30 minutes")
-        try:
-            client("shutdown")
-        except (RuntimeError, TimeoutError):
-            server.terminate()
-        server.wait(timeout=120)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        log_file.close()
     phases = ("running", "finishing", "idle")
-    by_phase = {phase: _percentiles([s for p, _, s in samples if p == phase]) for phase in phases}
+    by_phase = {phase: latency_percentiles([s for p, _, s in samples if p == phase]) for phase in phases}
     run = next(r for r in last["finished_runs"] if r.get("plan_name") == "xrf_dpc_tomo")
     figures = {
         "plan": {"name": "xrf_dpc_tomo", **plan},
         "interval_s": interval_s,
         "latency": by_phase,
-        "latency_all": _percentiles([s for _, _, s in samples]),
+        "latency_all": latency_percentiles([s for _, _, s in samples]),
         "acquisition_s": t_plan_end - t_start,
         "finishing_s": t_run_end - t_plan_end,
         "run": {k: run.get(k) for k in ("frames_received", "frames_expected", "complete", "error")},
@@ -118,14 +86,6 @@ def measure(
         "meets_target": all(v.get("p99_ms", 0.0) <= 100.0 for v in by_phase.values()),
     }
     return figures
-
-
-def _answers(client: ControlClient) -> bool:
-    try:
-        client("ping")
-        return True
-    except (TimeoutError, RuntimeError):
-        return False
 
 
 def run(*, quick: bool = False, log=print) -> dict:

@@ -1,5 +1,5 @@
-"""What every benchmark shares: interleaved repeated timing reported as medians, and figures as
-plain JSON values."""
+"""What every benchmark shares: interleaved repeated timing reported as medians, request latency
+percentiles, and figures as plain JSON values."""
 
 from __future__ import annotations
 
@@ -33,3 +33,25 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> 
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def latency_percentiles(latencies_s: list[float]) -> dict:
+    """n, p50, p99 and max in ms of request latencies given in seconds."""
+    if not latencies_s:
+        return {"n": 0}
+    ms = np.asarray(latencies_s) * 1e3
+    return {
+        "n": int(ms.size),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
+
+
+def answers(client) -> bool:
+    """Whether the daemon behind ``client`` (a ``ControlClient``) answers a ping."""
+    try:
+        client("ping")
+        return True
+    except (TimeoutError, RuntimeError):
+        return False

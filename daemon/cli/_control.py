@@ -15,6 +15,7 @@ import yaml
 
 from ..control import ControlClient
 from . import _format as fmt
+from ._curve import add_curve_arguments, cmd_keys, curve_options
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -43,7 +44,7 @@ def parse_assignments(pairs: list[str]) -> dict:
 
 
 def _client(args) -> ControlClient:
-    return ControlClient(args.control, timeout_s=args.timeout)
+    return ControlClient(args.control, timeout_s=args.timeout, socket_options=curve_options(args))
 
 
 def _emit(args, result, text) -> int:
@@ -58,11 +59,12 @@ def cmd_submit(args) -> int:
     client = _client(args)
     md = parse_assignments(args.md) if args.md else None
     item = client("queue_add", plan=args.plan, kwargs=parse_assignments(args.params), md=md)
+    started = client("queue_start") if args.start else None
     if args.json and not args.watch:
         return _emit(args, item, None)
     print(f"queued {fmt.item_name(item)}: {fmt.parameters(item['kwargs'])}")
-    if args.start:
-        print(client("queue_start"))
+    if started is not None:
+        print(started)
     if args.watch:
         return watch(client, item["uid"])
     return 0
@@ -263,23 +265,11 @@ def cmd_watch(args) -> int:
     return watch(_client(args), args.uid)
 
 
-def cmd_keys(args) -> int:
-    from ..transport import make_keys
-
-    for name, path in make_keys(args.directory).items():
-        print(f"{name}: {path}")
-    print(
-        f"in the daemon's config:  curve: {{server_secret_key: {args.directory}/server.key_secret, "
-        f"authorized_clients: {args.directory}/authorized_clients}}"
-    )
-    print("give each client its own pair (livetomo keys) and copy its .key into authorized_clients")
-    return 0
-
-
 def add_parsers(sub) -> None:
     def with_control(parser, json_flag: bool = True):
         parser.add_argument("--control", default="tcp://127.0.0.1:5580", help="daemon control endpoint")
         parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+        add_curve_arguments(parser)
         if json_flag:
             parser.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
         return parser

@@ -9,7 +9,6 @@ when stdout is not a terminal it prints one progress line per change instead.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ import zmq
 
 from ..monitoring import MonitorState, run_state
 from ..transport import ResultsFollower
+from ._curve import add_curve_arguments, curve_options
 from ._format import number
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -186,30 +186,20 @@ class _StatusPoller(threading.Thread):
             self.stopping.wait(self.interval_s)
 
 
-def _results_security(args):
-    if not args.server_public_key:
-        return None
-    from ..transport import client_socket_options
-
-    if not args.client_secret_key:
-        raise SystemExit("--server-public-key needs --client-secret-key (the client's .key_secret file)")
-    return functools.partial(
-        client_socket_options,
-        server_public_key=args.server_public_key,
-        client_secret_key=args.client_secret_key,
-    )
-
-
 def run(args) -> int:
     """Follow the daemon until Ctrl-C (or the run's end with ``--exit-at-run-end``)."""
     state = MonitorState()
     # Straight from the results module: the terminal view needs no web libraries.
-    follower = ResultsFollower(state.update, args.results, secure=_results_security(args))
+    follower = ResultsFollower(state.update, args.results, secure=curve_options(args))
     poller = None
     if not args.no_control:
         from ..control import ControlClient
 
-        poller = _StatusPoller(ControlClient(args.control, timeout_s=2.0), state, args.status_interval)
+        poller = _StatusPoller(
+            ControlClient(args.control, timeout_s=2.0, socket_options=curve_options(args)),
+            state,
+            args.status_interval,
+        )
         poller.start()
     out = sys.stdout
     tty = out.isatty()
@@ -294,8 +284,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--exit-at-run-end", action="store_true", help="exit when the run ends (1 if incomplete)"
     )
     parser.add_argument("--duration", type=_positive, default=None, help="exit after this many seconds")
-    parser.add_argument("--server-public-key", help="daemon's CURVE public key file (non-loopback results)")
-    parser.add_argument("--client-secret-key", help="this client's CURVE .key_secret file")
+    add_curve_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 

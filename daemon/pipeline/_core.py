@@ -208,6 +208,7 @@ class Pipeline:
             config=self.config,
             start=doc,
             compression=self.storage.compression,
+            flush_interval_s=self.storage.flush_interval_s,
             derived=dict(method.derived),
             skip_streams=None if keep_spectra else (lambda stream: stream.endswith("_spectra")),
         )

@@ -125,6 +125,8 @@ class RunContext:
             "frames_planned": p["planned"],
             "progress_unit": p["unit"],
             "frames_stored": sum(self.stored.values()),
+            # flushed to the file (at most storage's flush interval behind): survives kill -9
+            "frames_on_disk": dict(self.writer.frames_on_disk),
             "elapsed_s": p["elapsed_s"],
             "eta_s": p["eta_s"],
             "dose_so_far": p["dose_so_far"],

@@ -19,7 +19,7 @@ from ._nxtomo import (
     stream_location,
 )
 from ._pyxrf import export_pyxrf_maps, pyxrf_name, write_pyxrf_map
-from ._repair import clear_write_flags, record_interruption
+from ._repair import clear_write_flags, left_open, record_interruption, repair_run_file
 
 __all__ = [
     "CATALOG_DIRECTORY",
@@ -40,6 +40,8 @@ __all__ = [
     "pyxrf_name",
     "read_stream",
     "record_interruption",
+    "repair_run_file",
+    "left_open",
     "run_catalog",
     "run_file",
     "segment_sum",

@@ -211,6 +211,8 @@ class NXtomoWriter:
         self.streams: dict[str, dict] = {}
         self.superseded: dict[str, set[int]] = {}
         self.frames_written: dict[str, int] = {}
+        # frames (rows, placeholders included) per stream at the last flush: what a crash keeps
+        self.frames_on_disk: dict[str, int] = {}
         self.reopens = 0
         self._meta: dict[str, _PerFrame] = {}
         self._early_angles: dict[str, dict[int, float]] = {}  # angles of streams not started yet
@@ -829,6 +831,7 @@ class NXtomoWriter:
         for stream, meta in self._meta.items():
             meta.write(self._file[stream_group(stream)])
         self._file.flush()
+        self.frames_on_disk = dict(self.frames_written)  # replaced whole: readers on other threads see either
         self._last_flush = time.monotonic()
 
     @_locked

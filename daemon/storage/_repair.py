@@ -124,3 +124,33 @@ def record_interruption(path: str | Path, reason: str) -> dict:
         for name, counts in streams.items():
             note.attrs[f"{name}_frames"] = counts["frames"]
     return streams
+
+
+def repair_run_file(path: str | Path, reason: str) -> str:
+    """Make a run file whose writer died readable and mark it interrupted; a one-line note of
+    what was done and what it holds (or why it could not be repaired)."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} was never created"
+    try:
+        repaired = clear_write_flags(path)
+        streams = record_interruption(path, reason)
+    except (OSError, ValueError) as exc:
+        return f"{path.name} could not be repaired: {exc}"
+    frames = ", ".join(f"{v['frames']} {name}" for name, v in streams.items())
+    return f"{path.name}{' repaired' if repaired else ''}, frames stored: {frames or 'none'}"
+
+
+def left_open(directory: str | Path, pattern: str = "run-*.h5") -> list[Path]:
+    """Files in ``directory`` still marked open for writing: their writer died (nothing else
+    may be writing them, e.g. at the daemon's start)."""
+    out = []
+    for path in sorted(Path(directory).glob(pattern)):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            continue
+        if head[:8] == SIGNATURE and head[8] in (2, 3) and len(head) == 12 and head[11]:
+            out.append(path)
+    return out

@@ -231,6 +231,7 @@ def test_after_sigkill_the_queue_and_history_come_back_and_the_run_is_marked_int
         assert _cli("queue", "start", *control).returncode == 0
         status = lambda: json.loads(_cli("status", "--json", *control).stdout)  # noqa: E731
         _wait(lambda: (status().get("run") or {}).get("frames_done", 0) >= 5, timeout=120)
+        on_disk = status()["run"]["frames_on_disk"]  # what the daemon says a crash now keeps
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
     finally:
@@ -252,6 +253,9 @@ def test_after_sigkill_the_queue_and_history_come_back_and_the_run_is_marked_int
             assert f["entry/instrument/detector/data"].shape[0] >= 1
             note = f["entry/processing/completeness"].attrs
             assert note["interrupted"] and not note["complete"] and note["dpc_segments_frames"] >= 1
+            for stream, n in on_disk.items():  # every frame reported on disk is there and readable
+                group = f[f"entry/instrument/{stream}"]
+                assert (group["image_key"][:n] == 0).all() and np.isfinite(group["data"][:n]).all()
         items = json.loads(_cli("queue", "list", "--json", *control).stdout)
         assert [i["plan"] for i in items] == ["xrf_dpc_tomo", "tomo_scan"]
         assert items[0]["requeued_from"] == queued[1]["uid"] and items[1]["uid"] == queued[2]["uid"]
@@ -287,3 +291,39 @@ def test_correlative_run_is_registered_and_published(daemon):
         * scene.sxt_pixel_nm
     )
     assert error_nm < 60.0
+
+
+def test_after_sigkill_during_run_end_the_file_is_repaired_and_marked(tmp_path):
+    # refinement bounded by time only: the run-end work lasts long enough to be killed in
+    slow_end = {"refine": "tv", "refine_iterations": 10_000, "refine_seconds": 30.0}
+    server, control = _serve(tmp_path, processing=slow_end)
+    try:
+        scan = _cli("submit", "xrf_dpc_tomo", "start=0", "stop=180", "num=21", "dwell_s=0.003", "raster_shape=[12, 32]",
+                    "--start", "--json", *control)  # fmt: skip
+        item = json.loads(scan.stdout)
+        client = ControlClient(control[1])  # polls faster than the CLI: the run end lasts seconds
+        finishing = _wait(
+            lambda: [r for r in client("status")["runs_finishing"] if r["state"] == "finishing"], 120
+        )
+        assert any(h["uid"] == item["uid"] for h in client("history"))  # the plan itself has ended
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    path = finishing[0]["file"]
+    with pytest.raises(OSError):  # left open for writing: plain readers refuse it until it is repaired
+        h5py.File(path, "r").close()
+    server, control = _serve(tmp_path, processing={"refine": None})
+    try:
+        history = json.loads(_cli("history", "--json", *control).stdout)
+        assert [(h["uid"], h["state"]) for h in history] == [(item["uid"], "completed")]
+        repaired = json.loads(_cli("status", "--json", *control).stdout)["files_repaired_at_start"]
+        assert len(repaired) == 1 and Path(path).name in repaired[0] and "21 dpc_segments" in repaired[0]
+        with h5py.File(path, "r") as f:
+            assert (f["entry/instrument/dpc_segments/image_key"][()] == 0).sum() == 21
+            note = f["entry/processing/completeness"].attrs
+            assert note["interrupted"] and "run-end work" in note["reason"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)

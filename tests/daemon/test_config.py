@@ -163,6 +163,9 @@ def test_storage_settings_choose_the_filter_and_whether_xrf_spectra_are_kept(tmp
             assert instrument[f"{stream}/data"].compression == "gzip"
         segments = instrument["dpc_segments/data"][()]
         np.testing.assert_array_equal(segments, [r.segments for r in world.history])
-        assert json.loads(f["entry/processing/configuration/data"][()])["storage"] == storage
+        assert json.loads(f["entry/processing/configuration/data"][()])["storage"] == {
+            **storage,
+            "flush_interval_s": 1.0,
+        }
     with h5py.File(summary["exports"][0], "r") as f:
         assert "counts" not in f["xrfmap/detsum"] and f["xrfmap/detsum/xrf_roi"].shape == (7, 12, 32)

@@ -40,7 +40,9 @@ def daemon(tmp_path):
 def test_a_scan_under_fuzzing_is_stored_complete_and_abort_still_works(daemon):
     endpoint = daemon.config.endpoints
     client = ControlClient(endpoint.control, timeout_s=30.0)
-    client("queue_add", plan="tomo_scan", kwargs={"angles": [0.0, 90.0]})  # warm-up: first imports, compilation
+    client(
+        "queue_add", plan="tomo_scan", kwargs={"angles": [0.0, 90.0]}
+    )  # warm-up: first imports, compilation
     client("queue_start")
     wait_until(lambda: len(daemon.pipeline.finished_runs) == 1, 120, "the warm-up scan")
     rss_before = _rss_mib()
@@ -90,7 +92,9 @@ def test_a_scan_under_fuzzing_is_stored_complete_and_abort_still_works(daemon):
     threads = [threading.Thread(target=fuzz_frames), threading.Thread(target=fuzz_requests)]
     for t in threads:
         t.start()
-    summary = wait_until(lambda: len(daemon.pipeline.finished_runs) == 2 and daemon.pipeline.finished_runs[-1], 300)
+    summary = wait_until(
+        lambda: len(daemon.pipeline.finished_runs) == 2 and daemon.pipeline.finished_runs[-1], 300
+    )
     ended.set()
     for t in threads:
         t.join(300)

@@ -35,9 +35,16 @@ def _embedded_client(storage):
 
 @needs_tiled
 def test_runs_are_read_back_from_the_embedded_catalog_bit_exact(tmp_path):
-    docs = []
+    docs, history = [], []
     with running_daemon(tmp_path, tiled={"enabled": True}, processing={"refine": None}) as daemon:
-        daemon.runner.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+        world = daemon.beamline.truth["microprobe"]
+
+        def record(name, doc):
+            docs.append((name, doc))
+            if name == "stop" and not history:  # the truth of the first run (the next one starts afresh)
+                history.extend(world.history)
+
+        daemon.runner.RE.subscribe(record)
         client = ControlClient(daemon.config.endpoints.control)
         angles = [0.0, 36.0, 72.0, 108.0, 144.0, 180.0]
         client(
@@ -48,8 +55,6 @@ def test_runs_are_read_back_from_the_embedded_catalog_bit_exact(tmp_path):
         client("queue_add", plan="tomo_scan", kwargs={"start": 0, "stop": 90, "num": 4})
         client("queue_start")
         wait_until(lambda: len(daemon.pipeline.finished_runs) == 2, timeout=120, what="two runs finished")
-        world = daemon.beamline.truth["microprobe"]
-        history = list(world.history)
         summaries = {s["plan_name"]: s for s in daemon.pipeline.finished_runs}
         _wait_for_the_catalogue(daemon)
     # closing the daemon wrote every queued document
@@ -117,9 +122,16 @@ def _descriptors(docs, run):
 def test_frames_are_read_through_tiled_while_the_writer_holds_the_run_file_in_swmr_mode(tmp_path):
     """The run file as the daemon holds it during a run (SWMR, no file locks): Tiled's HDF5 adapter
     reads it, and sees a frame appended after the reader first opened it."""
-    docs = []
+    docs, history = [], []
     with running_daemon(tmp_path, tiled={"enabled": True}, processing={"refine": None}) as daemon:
-        daemon.runner.RE.subscribe(lambda name, doc: docs.append((name, doc)))
+        world = daemon.beamline.truth["microprobe"]
+
+        def record(name, doc):
+            docs.append((name, doc))
+            if name == "stop" and not history:  # the truth of the first run (the next one starts afresh)
+                history.extend(world.history)
+
+        daemon.runner.RE.subscribe(record)
         client = ControlClient(daemon.config.endpoints.control)
         client("queue_add", plan="tomo_scan", kwargs={"start": 0, "stop": 90, "num": 3})
         client("queue_start")

@@ -7,6 +7,7 @@ the module, with ``md`` naming the sample and the proposal as ``livetomo submit 
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import hdf5plugin  # noqa: F401  (the run files' compression filter)
@@ -33,20 +34,29 @@ def runs(tmp_path_factory):
     """{kind: {"summary", "start", "truth", "pixel_nm", "planned_angles"}} of one daemon's four runs."""
     directory = tmp_path_factory.mktemp("readers")
     with running_daemon(directory, processing={"refine_iterations": 3}) as daemon:
-        starts = []
-        daemon.runner.RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+        starts, truth_of_run = [], {}
+        truth = daemon.beamline.truth
+
+        def record(name, doc):
+            if name == "start":
+                starts.append(doc)
+            if name == "stop":  # each run's truth: the simulators start afresh with the next run
+                plan = starts[-1]["plan_name"]
+                truth_of_run[plan] = {k: SimpleNamespace(history=list(w.history), world=w) for k, w in truth.items()
+                                      if hasattr(w, "history")}  # fmt: skip
+
+        daemon.runner.RE.subscribe(record)
         for plan, kwargs in PLANS.values():
             daemon.api.queue_add(plan, kwargs, MD)
         daemon.runner.start_queue()
         wait_until(lambda: len(daemon.pipeline.finished_runs) == len(PLANS), 300, "the four runs")
         finished = {s["plan_name"]: s for s in daemon.pipeline.finished_runs}
-        truth = daemon.beamline.truth
         out = {}
         for kind, (plan, _) in PLANS.items():
             start = next(d for d in starts if d["plan_name"] == plan)
             out[kind] = {"summary": finished[plan], "start": start}
-        out["tilt"]["world"] = truth["tem"]
-        out["xrf-dpc"]["world"] = truth["microprobe"]
+        out["tilt"]["world"] = truth_of_run["tilt_series"]["tem"]
+        out["xrf-dpc"]["world"] = truth_of_run["xrf_dpc_tomo"]["microprobe"]
         pixel = {
             "xrf-dpc": truth["microprobe"].probe.pixel_size_nm,
             "tomography": truth["microprobe"].probe.pixel_size_nm,
@@ -236,7 +246,7 @@ def test_pyxrf_loads_the_export_with_names_positions_and_energy(runs):
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f[raw.dset_name][()], world.history[3].spectra)
         energies = f["xrfmap/detsum/energy"][()]
-    detector = world.probe.detector
+    detector = world.world.probe.detector
     np.testing.assert_allclose(energies, detector.energy_axis_kev())
 
 
