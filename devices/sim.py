@@ -111,6 +111,11 @@ class _SegmentsBackend:
     def __init__(self, world: SimMicroprobe):
         self.world = world
 
+    @property
+    def zone_width_nm(self) -> float:
+        """Outermost zone width of the zone plate whose bright-field cone fills the detector."""
+        return self.world.probe.zone_width_nm
+
     def read_raster(self):
         latest = self.world.latest
         return None if latest is None else latest.segments.astype(np.float32, copy=False)

@@ -86,7 +86,8 @@ class BaseProcessor:
     def __init__(self, start: dict, processing: Processing):
         self.start = start
         self.processing = processing
-        self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
+        self.records: dict[int, dict] = {}  # seq -> angle, shift (current), first_shift, quality, ok
+        self.applied: dict[int, dict] = {}  # id(reconstruction) -> seq -> shift last applied there
         self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
         self.n_columns: int | None = None
         self.done = 0
@@ -135,9 +136,11 @@ class BaseProcessor:
             "seq": np.asarray(seqs, float),
             "angle": np.asarray([r["angle"] for r in recs], float),
             "shift": np.asarray([r["shift"] for r in recs], float).reshape(-1, 2),
-            "fwhm": np.asarray([q.fwhm_px if q is not None else (np.nan, np.nan) for q in quality], float),
-            "psr": np.asarray([q.psr if q is not None else np.nan for q in quality], float),
-            "ok": np.asarray([q.ok if q is not None else True for q in quality], bool),
+            "fwhm": np.asarray([_get(q, "fwhm_px", (np.nan, np.nan)) for q in quality], float),
+            "psr": np.asarray([_get(q, "psr", np.nan) for q in quality], float),
+            "ok": np.asarray(
+                [r.get("ok", _get(q, "ok", True)) for r, q in zip(recs, quality, strict=True)], bool
+            ),
             "slices": slices or {},
         }
         runout = getattr(aligner, "runout", None)
@@ -150,14 +153,36 @@ class BaseProcessor:
             data["centre_px"] = aligner.centre_px - (columns - 1) / 2.0  # offset from the centre column
         return RunArrays.from_mapping(data)
 
-    def take_shifts(self, shifts, reconstructions) -> None:
-        """Refined shifts (one per frame the aligner holds) into the records and the volumes."""
-        for seq, shift in zip(self.aligned_seqs, shifts, strict=True):
-            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+    def take_shifts(self, shifts, reconstructions, *, uncertainties=None, ok=None, tolerance_px=0.0) -> None:
+        """Current shifts (one per frame the aligner holds) into the records and the volumes.
+
+        ``uncertainties`` ((n, 2) px) and ``ok`` ((n,) bool) update each frame's current quality.
+        A volume is redone only for frames whose shift moved by more than ``tolerance_px``
+        since it was last applied there (the records always hold the exact current values).
+        """
+        for k, (seq, shift) in enumerate(zip(self.aligned_seqs, shifts, strict=True)):
+            record = self.records[seq]
+            record["shift"] = (float(shift[0]), float(shift[1]))
+            if uncertainties is not None:
+                record["uncertainty"] = float(np.nanmax(uncertainties[k]))
+            if ok is not None:
+                record["ok"] = bool(ok[k])
         for recon in reconstructions:
-            if recon is not None:
-                keys = set(recon.keys)
-                recon.update_shifts({s: self.records[s]["shift"] for s in self.aligned_seqs if s in keys})
+            if recon is None:
+                continue
+            keys = set(recon.keys)
+            applied = self.applied.setdefault(id(recon), {})
+            moved = {}
+            for s in self.aligned_seqs:
+                if s not in keys:
+                    continue
+                new = self.records[s]["shift"]
+                old = applied.get(s, self.records[s].get("first_shift", new))
+                if max(abs(new[0] - old[0]), abs(new[1] - old[1])) > tolerance_px:
+                    moved[s] = new
+            if moved:
+                recon.update_shifts(moved)
+                applied.update(moved)
 
     def refined(
         self, recon: IncrementalReconstructor, *, nonnegative: bool, report: Report, what: str
@@ -184,11 +209,12 @@ class BaseProcessor:
                 break
         return np.asarray(refiner.volume)
 
-    def write_volume(self, run, name: str, volume, refined, slices: dict) -> None:
+    def write_volume(self, run, name: str, volume, refined, slices: dict, units: str | None = None) -> None:
         """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
-        run.writer.write_processed(
-            f"reconstruction/{name}", volume, attrs={"method": "filtered back-projection"}
-        )
+        attrs = {"method": "filtered back-projection"}
+        if units:
+            attrs["units"] = units
+        run.writer.write_processed(f"reconstruction/{name}", volume, attrs=attrs)
         slices[name] = central_slices(volume)
         if refined is not None:
             method = self.processing.refine
@@ -233,6 +259,7 @@ class BaseProcessor:
 
     def runout_message(self, run, aligner):
         arrays = self.run_arrays(aligner)
+        seqs = sorted(self.records)
         return messages.runout(
             run.uid,
             angles=arrays.angle,
@@ -240,7 +267,18 @@ class BaseProcessor:
             fit_angles=arrays.fit_angles,
             fit=arrays.fit,
             centre_px=arrays.centre_px,
+            seqs=seqs,
+            ok=[self.records[s].get("ok") for s in seqs],
+            uncertainty=[self.records[s].get("uncertainty") for s in seqs],
         )
+
+
+def _get(quality, key: str, default):
+    """A field of a quality record (a RegistrationQuality or a dict), ``default`` when absent."""
+    if quality is None:
+        return default
+    value = quality.get(key) if isinstance(quality, dict) else getattr(quality, key, None)
+    return default if value is None else value
 
 
 class StoreOnly(BaseProcessor):
