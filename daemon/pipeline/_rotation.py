@@ -161,7 +161,16 @@ class RotationProcessor(BaseProcessor):
         report("pictures", 1, 1)
         run.writer.flush()
         final = [self.runout_message(run, self.aligner)] if self.aligner is not None else []
+        final += self.final_slices(run)
         return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices), messages=final)
+
+    def final_slices(self, run) -> list:
+        """The slices of every channel's reconstruction with all its projections (previews may
+        have been coalesced while processing caught up)."""
+        out = []
+        if self.recon is not None:
+            out.append(messages.reconstruction_slices(run.uid, self.recon_channel, self.recon))
+        return out
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:
         if self.aligner is not None and self.aligner.n_frames >= 3:
@@ -223,6 +232,19 @@ class XRFDPCProcessor(RotationProcessor):
 
     def _reconstructions(self) -> tuple:
         return (self.recon, self.maps)
+
+    def live_reconstructions(self) -> dict:
+        out = super().live_reconstructions()
+        if self.maps is not None:
+            out["elements"] = self.maps
+        return out
+
+    def final_slices(self, run) -> list:
+        out = super().final_slices(run)
+        if self.maps is not None:
+            for i, element in enumerate(self.elements):
+                out.append(messages.reconstruction_slices(run.uid, element, self.maps, i))
+        return out
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:
         super()._finish_volumes(run, report, slices)
