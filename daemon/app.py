@@ -207,7 +207,9 @@ class Daemon:
         self.control.start()
         self._status_thread.start()
         if self.config.web.enabled:
-            self.web = start_web_server(self.monitor, self.config.web.host, self.config.web.port)
+            self.web = start_web_server(
+                self.monitor, self.config.web.host, self.config.web.port, views=self.pipeline.request_view
+            )
             log.info("monitoring page: %s", self.web.url)
         log.info(
             "livetomo daemon up: control %s, results %s", self.config.endpoints.control, self.results.endpoint

@@ -21,8 +21,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
+from ...processing.register import shift_image
 from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
+from ..transport import encode_image
 from . import _messages as messages
 
 Report = Callable[[str, int, int], None]
@@ -225,6 +227,74 @@ class BaseProcessor:
             )
             if name in ("phase", "Zn", "k3", "image"):  # the pictures show the main channels refined
                 slices[f"{name} ({method})"] = central_slices(refined)
+
+    # -- views on request (the page's steerable slice and sinogram) -------------------------------
+    def view_sources(self) -> dict:
+        """Channel -> (IncrementalReconstructor, index in its channel stack or None)."""
+        return {}
+
+    def units_of(self, channel: str) -> str:
+        """Units of a channel's reconstructed values (shown with the colour bar)."""
+        return ""
+
+    def view(self, kind: str, params: dict) -> dict:
+        """A slice of the current reconstruction or a sinogram of the aligned projections.
+
+        ``kind='slice'``: params ``channel``, ``axis`` ('xy', 'xz' or 'yz': the plane, normal to
+        z, y or x) and ``index`` (position along that normal, voxels; default the middle).
+        ``kind='sinogram'``: params ``channel`` and ``row`` (detector row = slice z; default the
+        middle): aligned projections' row against angle (sorted). Images come encoded as on the
+        results stream. Raises KeyError/ValueError (the request's fault) with the reason.
+        """
+        sources = self.view_sources()
+        channel = params.get("channel") or next(iter(sources), None)
+        if channel not in sources:
+            raise KeyError(f"channel {channel!r} is not reconstructed; known: {', '.join(sources) or 'none'}")
+        recon, index = sources[channel]
+        if recon.n_projections == 0:
+            raise ValueError("no projection reconstructed yet")
+        pick = (lambda a: a[index]) if index is not None else (lambda a: a)
+        if kind == "slice":
+            volume = np.asarray(pick(np.asarray(recon.volume())))
+            axis = params.get("axis", "xy")
+            normal = {"xy": 0, "xz": 1, "yz": 2}.get(axis)
+            if normal is None:
+                raise ValueError(f"axis = {axis!r} is not one of 'xy', 'xz', 'yz'")
+            size = volume.shape[normal]
+            position = size // 2 if params.get("index") is None else int(params["index"])
+            if not 0 <= position < size:
+                raise ValueError(f"index = {position} is outside [0, {size - 1}] for the {axis} plane")
+            plane = np.take(volume, position, axis=normal)
+            return {
+                "kind": "slice",
+                "channel": channel,
+                "axis": axis,
+                "index": position,
+                "size": size,
+                "n_projections": recon.n_projections,
+                "units": self.units_of(channel),
+                "image": encode_image(np.asarray(plane, np.float32)),
+            }
+        if kind == "sinogram":
+            angles, data, dx = recon.aligned_projections()
+            data = np.asarray(
+                pick(np.moveaxis(np.asarray(data), 0, -3))
+            )  # (..., n, nz, n_u) -> channel picked
+            n_rows = data.shape[-2]
+            row = n_rows // 2 if params.get("row") is None else int(params["row"])
+            if not 0 <= row < n_rows:
+                raise ValueError(f"row = {row} is outside [0, {n_rows - 1}]")
+            order = np.argsort(np.asarray(angles, dtype=float))
+            lines = [shift_image(data[k, row][None, :], (0.0, float(dx[k])))[0] for k in order]
+            return {
+                "kind": "sinogram",
+                "channel": channel,
+                "row": row,
+                "rows": n_rows,
+                "angles": [float(a) for a in np.asarray(angles, dtype=float)[order]],
+                "image": encode_image(np.asarray(lines, np.float32)),
+            }
+        raise ValueError(f"view kind {kind!r} is not one of 'slice', 'sinogram'")
 
     def write_alignment(self, run) -> None:
         if not self.records:

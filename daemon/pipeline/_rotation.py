@@ -142,6 +142,16 @@ class RotationProcessor(BaseProcessor):
         """Channel -> the incremental reconstruction that the previews show (for snapshots)."""
         return {} if self.recon is None else {self.recon_channel: self.recon}
 
+    def view_sources(self) -> dict:
+        return {} if self.recon is None else {self.recon_channel: (self.recon, None)}
+
+    def units_of(self, channel: str) -> str:
+        if channel == "phase":
+            return "rad/voxel" if self.dpc_sensitivity else "κ·rad/voxel"
+        if channel == "image":
+            return "attenuation/voxel"
+        return "counts/voxel"
+
     def _apply_refinement(self) -> None:
         self.aligner.refine()
         self._take_current(self.aligner, tolerance_px=0.0)
@@ -237,6 +247,12 @@ class XRFDPCProcessor(RotationProcessor):
         out = super().live_reconstructions()
         if self.maps is not None:
             out["elements"] = self.maps
+        return out
+
+    def view_sources(self) -> dict:
+        out = super().view_sources()
+        if self.maps is not None:
+            out.update({element: (self.maps, i) for i, element in enumerate(self.elements)})
         return out
 
     def final_slices(self, run) -> list:

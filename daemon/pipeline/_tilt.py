@@ -63,6 +63,12 @@ class TiltSeriesProcessor(BaseProcessor):
                 out.append(messages.reconstruction_slices(run.uid, "k3", self.recon))
         return out
 
+    def view_sources(self) -> dict:
+        return {} if self.recon is None else {"k3": (self.recon, None)}
+
+    def units_of(self, channel: str) -> str:
+        return "contrast/voxel"
+
     def finish(self, run, directory: Path, report: Report) -> RunEnd:
         if self.aligner is not None and self.aligner.n_frames >= 3 and self.aligner.thickness_px:
             report("refining the alignment (lamella slab)", 1, 1)
