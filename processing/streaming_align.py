@@ -301,6 +301,24 @@ class StreamingTiltAligner:
                 self._shifts[k] = row.copy()
                 self._aligned.pop(k, None)
 
+    def link_scatter(self) -> np.ndarray:
+        """Robust 1-sigma scatter (dy, dx) of the registrations about the joint solution, pixels.
+
+        What a single registration link is really worth in this series (its parallax and
+        noise, which its own correlation peak does not see); NaN with fewer than 8 links.
+        """
+        if len(self._graph.links) < 8:
+            return np.full(2, np.nan)
+        scale = np.array([self._scale(k) for k in range(self.n_frames)])
+        w = self.shifts
+        w[:, 1] /= scale
+        out = []
+        for axis in range(2):
+            r = [w[i, axis] - w[j, axis] - d[axis] for i, j, d in self._graph.links if np.isfinite(d[axis])]
+            r = np.asarray(r) * (scale.mean() if axis == 1 else 1.0)
+            out.append(1.4826 * np.median(np.abs(r - np.median(r))) if r.size >= 8 else np.nan)
+        return np.asarray(out)
+
     def _graph_solve(self, w):
         fixed = {k: v.copy() for k, v in self._graph.fixed.items()}
         for k, v in fixed.items():

@@ -134,6 +134,8 @@ class Pipeline:
         self._stats_lock = threading.Lock()  # counters only: held for microseconds
         self._views = threading.BoundedSemaphore(VIEWS_IN_FLIGHT)
         self.last_viewable: RunContext | None = None  # the newest run with a processor to view
+        # what runs measured that later runs use (the last EELS thickness of a milling run)
+        self.session: dict = {}
         self._closing = threading.Event()
         self._threads = [
             threading.Thread(target=self._write_loop, name="livetomo-writer", daemon=True),
@@ -253,7 +255,10 @@ class Pipeline:
             attrs={"plan_name": doc.get("plan_name", ""), "livetomo_method": method.name},
             config=self.config,
         )
-        run = RunContext(doc["uid"], doc, method, writer, method.processor(doc, self.processing))
+        processor = method.processor(doc, self.processing)
+        if hasattr(processor, "session"):
+            processor.session = self.session
+        run = RunContext(doc["uid"], doc, method, writer, processor)
         self.runs[run.uid] = run
         self.current = run
         with self._stats_lock:
@@ -426,6 +431,8 @@ class Pipeline:
 
     # -- shared ----------------------------------------------------------------------------
     def _publish(self, topic: str, payload: dict) -> None:
+        if topic == "milling" and payload.get("thickness_nm") is not None:
+            self.session["lamella_thickness_nm"] = float(payload["thickness_nm"])  # the last EELS reading
         try:
             self.publish(topic, payload)
         except Exception as exc:  # a results problem must never stop the pipeline
