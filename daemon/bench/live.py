@@ -91,8 +91,8 @@ def bench_xrf(
     log(
         f"XRF-DPC {n_angles} angles ({order}, raster {figures['raster']}): first published "
         f"{figures['first_rms_px']:.3f} px RMS (worst {figures['first_max_px']:.2f}), current from the first "
-        f"quarter on {figures['current_worst_rms_px']:.3f} px RMS at worst, final {figures['final_rms_px']:.3f} px "
-        f"(centre {figures['final_centre_px']:+.3f} px); flagged: {figures['flagged']} frames, "
+        f"quarter on {figures['current_worst_rms_px']:.3f} px RMS at worst, "
+        f"final {figures['final_rms_px']:.3f} px (centre {figures['final_centre_px']:+.3f} px); flagged: {figures['flagged']} frames, "
         f"{_pct(figures['flagged_of_over_1px'])} of {figures['n_over_1px']} > 1 px, "
         f"{_pct(figures['flagged_of_within_0p3px'])} of those within 0.3 px; beyond 3 sigma "
         f"{_pct(figures['beyond_3_sigma'])}; live phase at half the angles: correlation {r_half:.3f} "
