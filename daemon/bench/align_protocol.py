@@ -113,8 +113,8 @@ def bench_fwhm_protocol(quick: bool, log=print) -> dict:
     out["dpc_floor_px"] = _derivative_of_gaussian_floor(sigma).tolist()
     log(
         f"    the floor set by the probe: its {probe.spot_fwhm_nm[0]:g} × {probe.spot_fwhm_nm[1]:g} nm "
-        f"Gaussian spot on {probe.pixel_size_nm:g} nm pixels (σ = {sigma[0]:.2f}, {sigma[1]:.2f} px) makes even "
-        f"white-noise phase give diagonal-DPC correlation peaks {out['dpc_floor_px'][0]:.2f} (y) × "
+        f"Gaussian spot on {probe.pixel_size_nm:g} nm pixels (σ = {sigma[0]:.2f}, {sigma[1]:.2f} px) makes "
+        f"even white-noise phase give diagonal-DPC correlation peaks {out['dpc_floor_px'][0]:.2f} (y) × "
         f"{out['dpc_floor_px'][1]:.2f} (x) px wide"
     )
     return out
