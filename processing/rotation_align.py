@@ -53,6 +53,7 @@ _MOMENT_SIGMA_START = 0.5  # px, until enough moments give their own scatter
 _MOMENT_SIGMA_FLOOR = 0.01  # px
 _MIN_MOMENTS_FOR_SCATTER = 8
 _MIN_LINKS_FOR_SCALE = 12
+_FULL_SD_FRAMES = 300  # beyond this many frames, per-frame solves compute the newest frame's sd only
 RATE_STEP_PER_48PX = 0.01  # px/deg per sqrt(deg): how fast the parallax rate may change (48 px field)
 
 
@@ -136,7 +137,7 @@ def solve_shifts(
     angles_deg=None,
     rate_step: float | None = None,
     pairs=(),
-    with_sd: bool = True,
+    with_sd: bool | str = True,
 ):
     """Weighted least squares for one axis of the shifts of ``n`` frames.
 
@@ -245,7 +246,11 @@ def solve_shifts(
             break
         weights = new
     sd = np.full(n, np.nan)
-    if with_sd and m <= 4000:
+    if with_sd == "last":  # only the newest frame's (one solve instead of m)
+        unit = np.zeros(m)
+        unit[n - 1] = 1.0
+        sd[n - 1] = np.sqrt(max(float(lu.solve(unit)[n - 1]), 0.0))
+    elif with_sd and m <= 4000:
         sd = np.sqrt(np.maximum(np.diag(lu.solve(np.eye(m)))[:n], 0.0))
     residuals = ((design @ x - rhs) / sig)[kinds == 0]
     return SolveResult(x[:n], sd, weights[kinds == 0], weights[kinds == 1], residuals)
@@ -697,8 +702,13 @@ class StreamingProjectionAligner:
                 angles_deg=self.angles_deg,
                 rate_step=self._rate_step() if axis == 1 and have_h else None,
                 pairs=self._pairs if axis == 1 and have_h else (),
+                # every frame's posterior on small problems; on long scans the newest frame's
+                # only (the others' keep their last value: more data only lowers it)
+                with_sd=True if n <= _FULL_SD_FRAMES or iterations > 2 else "last",
             )
             x, s, w_links, w_abs = result
+            if n > _FULL_SD_FRAMES and iterations <= 2 and len(self._sd) == n - 1:
+                s = np.r_[self._sd[:, axis], s[-1]]
             if len(links) >= _MIN_LINKS_FOR_SCALE:
                 # The registrations' stated uncertainties are conservative for some content:
                 # the links' own scatter about the solution calibrates them (chi-square median).
