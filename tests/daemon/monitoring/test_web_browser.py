@@ -249,9 +249,12 @@ def test_operator_steers_the_slice_view_and_the_daemon_computes_it(daemon, page,
     # another orientation, manual contrast limits, a colour bar and a sinogram
     page.select_option("#viewer-axis", "xz")
     page.wait_for_function("document.getElementById('viewer-slice').dataset.axis === 'xz'", timeout=20000)
-    page.eval_on_selector("#viewer-max", "e => { e.value = '0.001'; e.dispatchEvent(new Event('input')); }")
+    shown = page.eval_on_selector("#viewer-slice", "c => c.dataset.checksum")
+    for field, value in (("#viewer-min", "-0.01"), ("#viewer-max", "0.02")):  # the operator types limits
+        page.eval_on_selector(field, f"e => {{ e.value = '{value}'; e.dispatchEvent(new Event('input')); }}")
     assert page.eval_on_selector("#viewer-auto", "e => e.checked") is False
-    assert page.eval_on_selector("#viewer-colorbar", "c => c.dataset.range").endswith(",0.001")
+    assert page.eval_on_selector("#viewer-colorbar", "c => c.dataset.range") == "-0.01,0.02"
+    assert page.eval_on_selector("#viewer-slice", "c => c.dataset.checksum") != shown
     assert page.eval_on_selector("#viewer-sinogram", "c => c.dataset.row") is not None
     assert "rad/voxel" in page.text_content("#viewer-caption")
     # bad requests are refused with the reason, and nothing changes
