@@ -43,7 +43,7 @@ import numpy as np
 
 from .dpc_align import DPC_KEYS, dpc_channels, dpc_from_channels, dpc_moments, map_moments
 from .quality import RegistrationQuality
-from .register import get_array_module, register, shift_image
+from .register import get_array_module, prepare_reference, register, shift_image
 from .reproject_align import reprojection_refine
 from .runout import RunoutError, RunoutModel, fit_runout, mirror_centre, refine_centre
 
@@ -53,6 +53,7 @@ _MOMENT_SIGMA_START = 0.5  # px, until enough moments give their own scatter
 _MOMENT_SIGMA_FLOOR = 0.01  # px
 _MIN_MOMENTS_FOR_SCATTER = 8
 _MIN_LINKS_FOR_SCALE = 12
+_DENSE_UNKNOWNS = 800  # up to this many unknowns the joint solution is dense
 _FULL_SD_FRAMES = 300  # beyond this many frames, per-frame solves compute the newest frame's sd only
 RATE_STEP_PER_48PX = 0.01  # px/deg per sqrt(deg): how fast the parallax rate may change (48 px field)
 
@@ -163,6 +164,7 @@ def solve_shifts(
     the links and of the absolute measurements (1 = fully used, lower = down-weighted as an
     outlier), the links' normalised residuals.
     """
+    import scipy.linalg
     import scipy.sparse
     import scipy.sparse.linalg
 
@@ -233,11 +235,16 @@ def solve_shifts(
     sig = np.concatenate(sig)
     kinds = np.concatenate(kinds)
     weights = np.ones(n_rows)
+    dense = m <= _DENSE_UNKNOWNS  # small systems: dense Cholesky beats a sparse LU's overheads
     for _ in range(max(1, iterations if robust else 1)):
         w = weights / sig**2
-        normal = (design.T @ scipy.sparse.diags(w) @ design).tocsc()
-        lu = scipy.sparse.linalg.splu(normal)
-        x = lu.solve(design.T @ (w * rhs))
+        normal = design.T @ scipy.sparse.diags(w) @ design
+        if dense:
+            factor = scipy.linalg.cho_factor(normal.toarray())
+            x = scipy.linalg.cho_solve(factor, design.T @ (w * rhs))
+        else:
+            lu = scipy.sparse.linalg.splu(normal.tocsc())
+            x = lu.solve(design.T @ (w * rhs))
         if not robust:
             break
         z = (design @ x - rhs) / sig
@@ -246,12 +253,13 @@ def solve_shifts(
             break
         weights = new
     sd = np.full(n, np.nan)
+    solve = (lambda b: scipy.linalg.cho_solve(factor, b)) if dense else lu.solve
     if with_sd == "last":  # only the newest frame's (one solve instead of m)
         unit = np.zeros(m)
         unit[n - 1] = 1.0
-        sd[n - 1] = np.sqrt(max(float(lu.solve(unit)[n - 1]), 0.0))
+        sd[n - 1] = np.sqrt(max(float(solve(unit)[n - 1]), 0.0))
     elif with_sd and m <= 4000:
-        sd = np.sqrt(np.maximum(np.diag(lu.solve(np.eye(m)))[:n], 0.0))
+        sd = np.sqrt(np.maximum(np.diag(solve(np.eye(m)))[:n], 0.0))
     residuals = ((design @ x - rhs) / sig)[kinds == 0]
     return SolveResult(x[:n], sd, weights[kinds == 0], weights[kinds == 1], residuals)
 
@@ -378,6 +386,7 @@ class StreamingProjectionAligner:
         self._moment_scale = 1.0
         self._link_scale = [1.0, 1.0]  # (y, x) factors on the links' stated uncertainties
         self._mode_cache: tuple[int, str] | None = None
+        self._prepared: dict = {}  # frame -> PreparedReference
         self._chain_cache = None
         self._n_cols = 0
 
@@ -508,7 +517,7 @@ class StreamingProjectionAligner:
         drift = self._drift_per_deg()
         nearest_quality, outlier, linked = None, False, False
         for n, j in enumerate(references):
-            reg = register(self._images[j], image, **self.options)
+            reg = register(self._reference(j), image, upsample_factor=self.options["upsample_factor"])
             quality, shift = reg.quality, np.asarray(reg.shift, dtype=float)
             if n == 0:
                 nearest_quality = quality
@@ -526,6 +535,14 @@ class StreamingProjectionAligner:
             self._links.append(_Link(index, j, shift, sigma))
             linked = True
         return nearest_quality, outlier, linked
+
+    def _reference(self, j: int):
+        """Frame j prepared as a registration reference (its spectrum computed once, kept)."""
+        prepared = self._prepared.get(j)
+        if prepared is None:
+            prepared = prepare_reference(self._images[j], roi=self.options["roi"], band=self.options["band"])
+            self._prepared[j] = prepared
+        return prepared
 
     def _search(self, j, image, angle):
         """Registration on frame j near the predicted relative shift (a failed first try)."""
