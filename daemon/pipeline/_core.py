@@ -49,7 +49,7 @@ from ._runs import RunContext
 log = logging.getLogger("livetomo.pipeline")
 
 STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
-PREVIEW_MAX_GAP_S = 0.5  # while processing is behind, previews still go out this often
+PREVIEW_EVERY_S = 0.5  # while processing is behind, previews still come this often
 VIEW_TIMEOUT_S = 5.0  # a view request not answered by then is refused (the processing thread is busy)
 VIEWS_IN_FLIGHT = 4  # at most this many view requests wait at once
 
@@ -135,7 +135,6 @@ class Pipeline:
         self._stats_lock = threading.Lock()  # counters only: held for microseconds
         self._views = threading.BoundedSemaphore(VIEWS_IN_FLIGHT)
         self.last_viewable: RunContext | None = None  # the newest run with a processor to view
-        self._last_preview: dict[str, float] = {}  # run uid -> when its last previews were made
         # what runs measured that later runs use (the last EELS thickness of a milling run)
         self.session: dict = {}
         self._closing = threading.Event()
@@ -353,15 +352,12 @@ class Pipeline:
         if frame.data is None:  # deferred while processing was behind: the file has it
             with self._stage("store"):
                 frame = dataclasses.replace(frame, data=run.writer.read_frame(frame.stream, frame.seq))
-        # previews are coalesced while frames wait, but the page still sees the tomogram grow:
-        # at least one preview every PREVIEW_MAX_GAP_S while processing catches up
+        # previews for the newest frame of a backlog, and at least every PREVIEW_EVERY_S while behind
         now = time.monotonic()
-        previews = (
-            self.work.frames_waiting(run) == 0
-            or now - self._last_preview.get(run.uid, 0.0) >= PREVIEW_MAX_GAP_S
-        )
+        last = run.last_preview.get(frame.stream, 0.0)  # per stream: DPC and element maps alike
+        previews = self.work.frames_waiting(run) == 0 or now - last >= PREVIEW_EVERY_S
         if previews:
-            self._last_preview[run.uid] = now
+            run.last_preview[frame.stream] = now
         else:
             with self._stats_lock:
                 self.previews_skipped += 1
@@ -415,7 +411,6 @@ class Pipeline:
         for message in end_messages:
             self._publish(*message)
         run.state = "ended"
-        self._last_preview.pop(run.uid, None)
         with self._stats_lock:
             self._active.pop(run.uid, None)
         done, planned = run.processor.progress()

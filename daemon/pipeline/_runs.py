@@ -34,6 +34,7 @@ class RunContext:
     end_reason: str | None = None  # why the run was finished without every end message
     finishing: dict = field(default_factory=dict)  # run-end work: text, step, total
     forwarded_end: bool = False
+    last_preview: dict = field(default_factory=dict)  # stream -> monotonic time of its last previews
 
     @property
     def all_streams_ended(self) -> bool:
