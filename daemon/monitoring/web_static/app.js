@@ -317,9 +317,12 @@ function viewerOptions() {
 }
 
 async function requestViews(force) {
-  const channel = chosenChannel(), axis = $("viewer-axis").value, index = $("viewer-index").value, row = $("sinogram-row").value;
+  // the chosen channel, else the reconstructed one (as the slice previews do)
+  const channel = previewChannel("slices", chosenChannel()), axis = $("viewer-axis").value;
+  const index = $("viewer-index").value, row = $("sinogram-row").value;
   const s = (model.slices || {})[channel];
-  const key = `${channel}|${axis}|${index}|${row}|${s ? s.n_projections : ""}`;
+  const ended = !!(model.run || {}).ended;  // once more when the run has ended
+  const key = `${channel}|${axis}|${index}|${row}|${s ? s.n_projections : ""}|${ended}`;
   if (!s || (!force && key === viewer.key)) return;
   if (viewer.busy) { viewer.again = true; return; }
   viewer.busy = true; viewer.key = key;
@@ -388,11 +391,13 @@ function renderViewer() {
     return;
   }
   if (!viewer.available) return;
+  const run = model.run || {};
+  if (run.finishing && !run.ended) return;  // the daemon answers views again when the run has ended
   const now = Date.now();
   if (viewer.lastRequest && now - viewer.lastRequest < 500) return;
   viewer.lastRequest = now;
   if (!viewer.slice) {  // first view: the middle of the volume
-    const size = viewerSize(chosenChannel());
+    const size = viewerSize(previewChannel("slices", chosenChannel()));
     if (size) { $("viewer-index").max = String(size.xy - 1); $("viewer-index").value = String(Math.floor(size.xy / 2));
       $("sinogram-row").max = String(size.rows - 1); $("sinogram-row").value = String(Math.floor(size.rows / 2)); }
   }
