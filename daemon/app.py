@@ -245,7 +245,11 @@ class Daemon:
         if self.config.web.enabled:
             web = self.config.web
             self.web = start_web_server(
-                self.monitor, web.host, web.port, allowed_hosts=web.allowed_hosts or None
+                self.monitor,
+                web.host,
+                web.port,
+                allowed_hosts=web.allowed_hosts or None,
+                views=self.pipeline.request_view,
             )
             log.info("monitoring page: %s", self.web.url)
         log.info(

@@ -84,6 +84,11 @@ class Processing:
     reconstruct: bool = True
     preview_every: int = field(default=1, metadata=_range(1))  # publish previews every N frames
     lamella_thickness_px: int | None = field(default=None, metadata=_range(1))  # tilt-series slab refinement
+    # tilt series: the camera's tilt-axis angle (deg from x towards the rows; null: estimated live),
+    # the source's weights w = cos α / (1 + λ sin² α) (null: none), ice's inelastic mean free path
+    tilt_axis_deg: float | None = field(default=None, metadata=_range(0.0, 180.0))
+    tilt_lambda: float | None = field(default=None, metadata=_range(0.0))
+    inelastic_mfp_nm: float = field(default=350.0, metadata=_range(1.0))
     refine: Literal["tv", "sirt"] | None = "tv"  # run-end refinement, warm-started from the FBP
     refine_iterations: int = field(default=30, metadata=_range(1, 10_000))
     refine_seconds: float = field(default=10.0, metadata=_range(0.0))  # per volume (all elements together)

@@ -380,3 +380,195 @@ def fuzz_frame_message(rng, run: str, stream: str, shape: tuple[int, ...]) -> li
     if kind == 10:
         return encode_frame(run, stream, 0, np.ones((3, 3), np.float32))  # the wrong shape
     return [*encode_frame(run, stream, 10**7, good), b"extra"]  # one part too many
+
+
+# ---------------------------------------------------------------------------- live figures
+
+
+@dataclass
+class RunRecording:
+    """What a daemon published for one run, as a viewer of the results stream saw it.
+
+    messages : ``(topic, payload)`` of the ``frame`` and ``runout`` messages, in order.
+    summary : the run's ``run_end`` summary (file, pictures, completeness).
+    volumes : frames done -> {channel: the live reconstruction at that moment (a copy)}.
+    """
+
+    summary: dict
+    messages: list
+    volumes: dict
+
+
+def record_run(daemon, plan: str, params: dict, *, snapshot_at=(), timeout: float = 900.0) -> RunRecording:
+    """Queue ``plan`` on a started daemon, record what it publishes, wait for the run's end.
+
+    The live reconstruction is copied right after the frame that brings ``frames_done`` to each
+    value of ``snapshot_at`` (in the processing thread, between two frames: a consistent volume).
+    """
+    messages_seen: list = []
+    volumes: dict = {}
+    publish = daemon.pipeline.publish
+    wanted = set(int(n) for n in snapshot_at)
+
+    def spy(topic, payload):
+        if topic in ("frame", "runout"):
+            messages_seen.append((topic, payload))
+        if topic == "frame" and payload.get("frames_done") in wanted:
+            run = daemon.pipeline.current
+            processor = getattr(run, "processor", None)
+            out = {}
+            for channel, recon in getattr(processor, "live_reconstructions", dict)().items():
+                out[channel] = np.array(recon.volume(), dtype=np.float32, copy=True)
+            volumes[int(payload["frames_done"])] = out
+        publish(topic, payload)
+
+    daemon.pipeline.publish = spy
+    try:
+        done = len(daemon.pipeline.finished_runs)
+        daemon.api.queue_add(plan, params)
+        daemon.api.handle(b'{"cmd": "queue_start"}')
+        summary = wait_until(
+            lambda: len(daemon.pipeline.finished_runs) > done and daemon.pipeline.finished_runs[-1],
+            timeout,
+            f"the end of {plan}",
+        )
+    finally:
+        daemon.pipeline.publish = publish
+    return RunRecording(summary, messages_seen, volumes)
+
+
+def to_axis_frame(shifts, axis_deg: float):
+    """(dy, dx) image shifts into (along, across) the tilt axis that makes ``axis_deg`` with x.
+
+    ``axis_deg = 90`` (the axis along the image's vertical) leaves them as they are.
+    """
+    s = np.asarray(shifts, dtype=float).reshape(-1, 2)
+    a = np.deg2rad(axis_deg)
+    along = s[:, 0] * np.sin(a) + s[:, 1] * np.cos(a)  # component along the axis direction (y up the axis)
+    across = -s[:, 0] * np.cos(a) + s[:, 1] * np.sin(a)
+    return np.stack([along, across], axis=1)
+
+
+def live_alignment_figures(
+    recording: RunRecording,
+    truth,
+    *,
+    axis_deg: float = 90.0,
+    from_fraction: float = 0.25,
+    file_shifts=None,
+) -> dict:
+    """The live-alignment figures of a recorded run against the simulator's truth.
+
+    truth : (n, 2) true displacement (dy, dx) of the specimen per frame, in acquisition order
+        (the frames' ``seq``); errors are ``shift + truth``, scored modulo what no alignment
+        can observe (:func:`livetomo.processing.runout.gauge_errors`: vertical constant,
+        horizontal ``c + a cos θ + b sin θ``; tilt series in the tilt axis's frame).
+    file_shifts : the final (seq-ordered) shifts from the run file, if read by the caller.
+
+    Returns first-published RMS and worst error, the worst RMS of the current estimates of
+    all frames so far over every results message from ``from_fraction`` of the scan on, the
+    final RMS, the centre term of the final errors, the flag figures (share of first-published
+    shifts more than 1 px off that were flagged, share of those within 0.3 px that were) and
+    the share of errors beyond three times the stated uncertainty.
+    """
+    from ..processing.runout import gauge_errors
+
+    truth = np.asarray(truth, dtype=float).reshape(-1, 2)
+    frames = [p for t, p in recording.messages if t == "frame" and p.get("shift") is not None]
+    seq = np.array([p["seq"] for p in frames], dtype=int)
+    angle = np.array([p["angle"] for p in frames], dtype=float)
+    first = np.array([p["shift"] for p in frames], dtype=float)
+    quality = [p.get("quality") or {} for p in frames]
+    ok = np.array([q.get("ok", True) is not False for q in quality], dtype=bool)
+    unc = np.array([np.inf if q.get("uncertainty_px") is None else q["uncertainty_px"] for q in quality])
+    n = int(seq.max()) + 1 if seq.size else 0
+    angles_by_seq = np.full(n, np.nan)
+    angles_by_seq[seq] = angle
+
+    def errors(shifts, seqs):
+        s = to_axis_frame(shifts, axis_deg)
+        t = to_axis_frame(truth[seqs], axis_deg)
+        ev, eh, centre = gauge_errors(s, t, angles_by_seq[seqs], keep_centre=False)
+        return np.hypot(ev, eh), centre
+
+    e_first, _ = errors(first, seq)
+    current_rms, checked = [], 0
+    for topic, payload in recording.messages:
+        if topic != "runout" or not payload.get("seqs"):
+            continue
+        seqs = np.asarray(payload["seqs"], dtype=int)
+        if seqs.size < max(4, from_fraction * len(truth)):
+            continue
+        e, _ = errors(np.asarray(payload["shifts"], dtype=float), seqs)
+        current_rms.append(float(np.sqrt(np.mean(e**2))))
+        checked += 1
+    out = {
+        "frames": int(seq.size),
+        "first_rms_px": float(np.sqrt(np.mean(e_first**2))),
+        "first_max_px": float(e_first.max()),
+        "current_worst_rms_px": max(current_rms) if current_rms else None,
+        "current_checks": checked,
+        "flagged_of_over_1px": _share(~ok, e_first > 1.0),
+        "flagged_of_within_0p3px": _share(~ok, e_first <= 0.3),
+        "n_over_1px": int((e_first > 1.0).sum()),
+        "beyond_3_sigma": float(np.mean(e_first > 3.0 * unc)),
+        "flagged": int((~ok).sum()),
+    }
+    if file_shifts is not None:
+        final = np.asarray(file_shifts, dtype=float).reshape(-1, 2)
+        e_final, centre = errors(final, np.arange(len(final)))
+        out["final_rms_px"] = float(np.sqrt(np.mean(e_final**2)))
+        out["final_max_px"] = float(e_final.max())
+        s = to_axis_frame(final, axis_deg)
+        t = to_axis_frame(truth[: len(final)], axis_deg)
+        out["final_centre_px"] = float(gauge_errors(s, t, angles_by_seq[: len(final)], keep_centre=True)[2])
+    return out
+
+
+def _share(flag, among) -> float | None:
+    among = np.asarray(among, dtype=bool)
+    return float(np.mean(np.asarray(flag)[among])) if among.any() else None
+
+
+def volume_correlation(volume, truth, *, radius_fraction: float = 0.8, detail_sigma: float = 0.0) -> float:
+    """Pearson correlation of a reconstruction with the true volume, after the best translation.
+
+    Both are (z, y, x); the truth is cropped or padded (edge values) to the reconstruction's
+    shape about its centre, the integer translation that maximises their cross-correlation is
+    applied (alignment fixes the specimen's position only up to a translation), and the
+    correlation is taken inside a cylinder of ``radius_fraction`` of the slice radius. With
+    ``detail_sigma`` both lose their Gaussian-smoothed part first (the detail only: a field
+    that cuts the specimen leaves slowly varying errors in any reconstruction).
+    """
+    vol = np.asarray(volume, dtype=np.float64)
+    ref = _fit_shape(np.asarray(truth, dtype=np.float64), vol.shape)
+    if detail_sigma > 0:
+        vol = vol - ndimage.gaussian_filter(vol, detail_sigma)
+        ref = ref - ndimage.gaussian_filter(ref, detail_sigma)
+    a = vol - vol.mean()
+    b = ref - ref.mean()
+    corr = np.fft.irfftn(np.conj(np.fft.rfftn(b)) * np.fft.rfftn(a), s=a.shape)
+    shift = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    shift = [s - n if s > n // 2 else s for s, n in zip(shift, corr.shape, strict=True)]
+    aligned = np.roll(vol, [-s for s in shift], axis=(0, 1, 2))
+    nz, ny, nx = vol.shape
+    yy, xx = np.mgrid[:ny, :nx]
+    mask = np.hypot(yy - (ny - 1) / 2, xx - (nx - 1) / 2) <= radius_fraction * min(ny, nx) / 2
+    margin = max(abs(shift[0]), 1)
+    x = aligned[margin : nz - margin][:, mask]
+    y = ref[margin : nz - margin][:, mask]
+    return float(np.corrcoef(x.ravel(), y.ravel())[0, 1])
+
+
+def _fit_shape(volume, shape):
+    out = volume
+    for axis, n in enumerate(shape):
+        m = out.shape[axis]
+        if m > n:
+            start = (m - n) // 2
+            out = np.take(out, np.arange(start, start + n), axis=axis)
+        elif m < n:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((n - m) // 2, n - m - (n - m) // 2)
+            out = np.pad(out, pad, mode="edge")
+    return out

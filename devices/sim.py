@@ -17,7 +17,7 @@ from ..simulators import fib as fib_sim
 from ..simulators.correlative import CorrelativeScene, make_correlative_scene
 from ..simulators.faults import FaultInjector, as_faults
 from ..simulators.k3 import K3Camera as K3Model
-from ..simulators.k3 import make_lamella
+from ..simulators.k3 import axis_vectors, make_lamella
 from ..simulators.microprobe import RasterResult, XRFMicroprobe
 from ..simulators.specimen import make_cell
 from ..simulators.stages import RotationStageModel, TiltStageModel
@@ -165,6 +165,11 @@ class _SegmentsBackend:
         self.world = world
         self.start_run = world.start_run
 
+    @property
+    def zone_width_nm(self) -> float:
+        """Outermost zone width of the zone plate whose bright-field cone fills the detector."""
+        return self.world.probe.zone_width_nm
+
     def read_raster(self):
         latest = self.world.latest
         return None if latest is None else latest.segments.astype(np.float32, copy=False)
@@ -250,8 +255,12 @@ class SimTEM:
         self.tilt.recentre()
 
     def true_shift_px(self) -> tuple[float, float]:
+        """The specimen's displacement on the camera (dy, dx) px: the stage's offset along and
+        across the tilt axis, turned to the camera's tilt-axis direction."""
         v, h = self.tilt.true_offset_nm / self.pixel_size_nm
-        return float(v), float(h)
+        along, across = axis_vectors(getattr(self.camera, "tilt_axis_deg", 90.0))
+        dy, dx = v * along + h * across
+        return float(dy), float(dx)
 
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
@@ -286,12 +295,16 @@ def make_tem(
     faults: FaultInjector | None = None,
     sink: FrameSink | None = None,
     tilt_model: TiltStageModel | None = None,
+    tilt_axis_deg: float = 90.0,
 ) -> TEMDevices:
-    """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels."""
+    """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels; the tilt
+    axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows)."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
     potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
-    camera = K3Model(potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults)
+    camera = K3Model(
+        potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults, tilt_axis_deg=tilt_axis_deg
+    )
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
     world = SimTEM(camera, tilt_model, voxel_size_nm)
     image_shape = (shape[0], shape[2])

@@ -41,18 +41,46 @@ class SpectraBackend(Protocol):
         """Channel range [lo, hi) of each element's Kα window, as the detector is calibrated."""
 
 
+def dpc_sensitivity(zone_width_nm: float, pixel_size_nm: float) -> float:
+    """Difference-over-sum per unit phase gradient (rad/pixel) of a quadrant detector.
+
+    The zone plate's bright-field cone (semi-angle NA = λ / 2Δr_N) fills the detector. A phase
+    gradient g (rad/pixel) deflects the beam by α = λ g / (2π · pixel); shifting a uniform
+    disc by α/NA of its radius moves (4/π)·α/NA of its photons across the split line. λ
+    cancels: κ = 4 Δr_N / (π² · pixel). Dividing the DPC signal by κ gives rad/pixel.
+    """
+    if not (zone_width_nm > 0 and pixel_size_nm > 0):
+        raise ValueError(f"zone width {zone_width_nm} nm and pixel {pixel_size_nm} nm must be positive")
+    return 4.0 * zone_width_nm / (np.pi**2 * pixel_size_nm)
+
+
 class SegmentedDPCDetector(FrameDetector):
     """Four-segment transmission detector behind the sample (segments 2-5).
 
     Each raster gives one frame ``{name}_segments`` of shape (4, rows, cols), float32
-    photon counts. The event carries the mean total transmission signal.
+    photon counts. The event carries the mean total transmission signal. Its configuration
+    gives the geometry that turns DPC into a phase gradient: the outermost zone width of the
+    zone plate whose cone fills it (``zone_width_nm``, from the backend unless given) and,
+    once a raster is prepared, ``{name}_sensitivity`` (difference over sum per rad/pixel).
     """
 
     summary_units = {"mean_sum": "counts"}
 
-    def __init__(self, backend: SegmentsBackend, sink: FrameSink, *, name: str = "dpc", parent=None):
+    def __init__(
+        self,
+        backend: SegmentsBackend,
+        sink: FrameSink,
+        *,
+        name: str = "dpc",
+        zone_width_nm: float | None = None,
+        parent=None,
+    ):
         super().__init__(sink, name=name, parent=parent)
         self.backend = backend
+        self.zone_width_nm = (
+            zone_width_nm if zone_width_nm is not None else getattr(backend, "zone_width_nm", None)
+        )
+        self.pixel_size_nm: float | None = None
 
     @property
     def frame_channels(self) -> dict[str, tuple[str, ...]]:
@@ -61,7 +89,41 @@ class SegmentedDPCDetector(FrameDetector):
 
     def prepare(self, spec: RasterSpec):
         self.frames.declare(f"{self.name}_segments", np.float32, (4, *spec.shape))
+        self.pixel_size_nm = float(spec.pixel_size_um) * 1000.0
         return prepare_backend(self, spec)
+
+    @property
+    def sensitivity(self) -> float | None:
+        """κ for the prepared raster's pixel (None before a raster is prepared or without geometry)."""
+        if self.zone_width_nm is None or self.pixel_size_nm is None:
+            return None
+        return dpc_sensitivity(self.zone_width_nm, self.pixel_size_nm)
+
+    def read_configuration(self) -> dict:
+        out = {}
+        if self.zone_width_nm is not None:
+            out[f"{self.name}_zone_width"] = reading(float(self.zone_width_nm))
+        if self.sensitivity is not None:
+            out[f"{self.name}_sensitivity"] = reading(float(self.sensitivity))
+        return out
+
+    def describe_configuration(self) -> dict:
+        out = {}
+        if self.zone_width_nm is not None:
+            out[f"{self.name}_zone_width"] = {
+                "source": "config",
+                "dtype": "number",
+                "shape": [],
+                "units": "nm",
+            }
+        if self.sensitivity is not None:
+            out[f"{self.name}_sensitivity"] = {
+                "source": "config",
+                "dtype": "number",
+                "shape": [],
+                "units": "difference over sum per rad/pixel",
+            }
+        return out
 
     def _acquire(self):
         segments = self.backend.read_raster()

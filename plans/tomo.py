@@ -34,6 +34,27 @@ def resolve_angles(angles=None, *, start=None, stop=None, num=None) -> list[floa
     return [float(a) for a in angles]
 
 
+ORDERS = ("sequential", "interlaced")
+
+
+def order_angles(angles: Sequence[float], order: str = "sequential") -> list[float]:
+    """Angles in acquisition order.
+
+    ``sequential``: as given. ``interlaced``: the same angles in bit-reversed index order (van der
+    Corput), so that every prefix of the scan covers the whole angular range about evenly: the
+    live reconstruction at half the angles has the full range at half the density instead of
+    half the range (as interlaced scans do for live previews, e.g. tomostream).
+    """
+    if order not in ORDERS:
+        raise ParameterError(f"order = {order!r} is not allowed; allowed: {', '.join(map(repr, ORDERS))}")
+    angles = [float(a) for a in angles]
+    if order == "sequential" or len(angles) < 3:
+        return angles
+    bits = max(1, (len(angles) - 1).bit_length())
+    keys = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(len(angles))]
+    return [angles[i] for i in sorted(range(len(angles)), key=keys.__getitem__)]
+
+
 def check_angles(axis, angles: Sequence[float]) -> None:
     """ParameterError naming the first angle outside ``axis``' limits."""
     for i, angle in enumerate(angles):
@@ -63,14 +84,16 @@ def tomo_scan(
     start: float | None = None,
     stop: float | None = None,
     num: int | None = None,
+    order: str = "sequential",
     md: dict | None = None,
 ):
     """Step scan of ``rotation`` over angles (degrees), reading ``detectors`` at each.
 
-    Give ``angles`` (any order, non-uniform allowed) or ``start``, ``stop``, ``num``.
+    Give ``angles`` (any order, non-uniform allowed) or ``start``, ``stop``, ``num``;
+    ``order='interlaced'`` acquires them in bit-reversed order (see :func:`order_angles`).
     Every angle is checked against the stage limits before anything moves.
     """
-    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
     check_angles(rotation, angles)
     md = _metadata(md, plan_name="tomo_scan", livetomo_method="tomography", rotation_angles=angles)
     return (yield from bp.list_scan(list(detectors), rotation, angles, per_step=step_then_checkpoint, md=md))
@@ -99,6 +122,7 @@ def xrf_dpc_tomo(
     flux_photons_per_s: float = 5e9,
     energy_kev: float = 10.2,
     dose_budget_gy: float = 1e8,
+    order: str = "sequential",
     md: dict | None = None,
 ):
     """XRF nanotomography with DPC: a fly-scan raster of DPC + XRF at every angle.
@@ -106,9 +130,10 @@ def xrf_dpc_tomo(
     Give ``dwell_s`` per pixel, or ``total_dwell_s`` for dose fractionation: the total
     dwell per pixel is spread over all angles (dwell = total / n_angles), so many low-dose
     angles cost what few high-dose ones would. The accumulated dose (Gy, ice, 10 keV
-    surface dose) must stay within ``dose_budget_gy``. All checks happen before motion.
+    surface dose) must stay within ``dose_budget_gy``. ``order='interlaced'`` acquires the
+    angles in bit-reversed order (:func:`order_angles`). All checks happen before motion.
     """
-    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
     check_angles(rotation, angles)
     if (dwell_s is None) == (total_dwell_s is None):
         raise ParameterError("give exactly one of dwell_s (per angle) or total_dwell_s (dose-fractionated)")

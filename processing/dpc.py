@@ -38,29 +38,38 @@ def dpc_from_segments(segments, *, eps: float = 1e-6):
 def integrate_gradients(grad_y, grad_x, *, pad: int = 16):
     """Phase (up to a constant) whose gradients best match ``grad_y``, ``grad_x`` (least squares).
 
-    Fourier integration (Frankot–Chellappa) on a mirror-padded grid, which keeps the
-    edges free of wrap-around artefacts.
+    Fourier integration (Frankot–Chellappa) on the even (mirror) extension of the phase: the
+    gradients are extended with the parity that mirroring gives them (``grad_x`` odd across
+    the left and right edges and even across the top and bottom ones, ``grad_y`` the other way
+    round), so the extended field is periodic and consistent, and no padding wraps around.
+    (A plain reflect padding of both gradients, used before, made the integral about 5 % too
+    steep on the simulated DPC.)
 
     Parameters
     ----------
     grad_y, grad_x : arrays, shape (rows, cols)
         Derivatives along rows (vertical) and columns (horizontal), per pixel.
-    pad : int
-        Reflect padding, pixels, on every side.
+    pad : kept for compatibility; unused.
 
     Returns
     -------
     phase : array, shape (rows, cols), float32, zero mean.
     """
     xp = get_array_module(grad_x)
-    gy = xp.pad(xp.asarray(grad_y, dtype=xp.float64), pad, mode="reflect")
-    gx = xp.pad(xp.asarray(grad_x, dtype=xp.float64), pad, mode="reflect")
+    gy = xp.asarray(grad_y, dtype=xp.float64)
+    gx = xp.asarray(grad_x, dtype=xp.float64)
     rows, cols = gx.shape
-    ky = 2j * np.pi * xp.fft.fftfreq(rows)[:, None]
-    kx = 2j * np.pi * xp.fft.fftfreq(cols)[None, :]
-    denominator = kx * xp.conj(kx) + ky * xp.conj(ky)
+    # even extension of the phase: mirror columns (x) then rows (y), with the gradients' parities
+    gx = xp.concatenate([gx, -gx[:, ::-1]], axis=1)
+    gy = xp.concatenate([gy, gy[:, ::-1]], axis=1)
+    gx = xp.concatenate([gx, gx[::-1]], axis=0)
+    gy = xp.concatenate([gy, -gy[::-1]], axis=0)
+    n_rows, n_cols = gx.shape
+    ky = 2j * np.pi * xp.fft.fftfreq(n_rows)[:, None]
+    kx = 2j * np.pi * xp.fft.fftfreq(n_cols)[None, :]
+    denominator = (kx * xp.conj(kx) + ky * xp.conj(ky)).real
     denominator[0, 0] = 1.0
     spectrum = (xp.conj(kx) * xp.fft.fft2(gx) + xp.conj(ky) * xp.fft.fft2(gy)) / denominator
     spectrum[0, 0] = 0.0
-    phase = xp.real(xp.fft.ifft2(spectrum))[pad:-pad, pad:-pad] if pad else xp.real(xp.fft.ifft2(spectrum))
+    phase = xp.real(xp.fft.ifft2(spectrum))[:rows, :cols]
     return (phase - phase.mean()).astype(xp.float32)

@@ -38,6 +38,14 @@ import numpy as np
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 MIN_SCORE = 1.6  # pure noise scores about 0.85 +- 0.1 (measured: tests/test_register.py)
+SIGNIFICANCE = 1.0  # the same threshold for the peak's correlation against chance correlation
+WINDOW_AREA = 0.375**2 * 4  # effective share of the field under a 2-D Hann window (0.375 per axis)
+MIN_PEAK_RATIO = 1.2  # peak over the runner-up local maximum: below, the match is ambiguous
+OK_UNCERTAINTY_PX = 1.0  # a registration is trusted when its stated 1-sigma error is within this
+NOISE_CALIBRATION = 1.5  # factor on the Cramér–Rao term (livetomo bench align, quality part)
+BREADTH_BIAS = 0.01  # px of bias per px² of FWHM over the field length (same benchmark)
+CONTENT_BIAS = 0.01  # px of bias per px of FWHM (same benchmark)
+LOW_SNR = 2.0  # significance below which the noise term grows (same benchmark)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class RegistrationQuality:
     uncertainty_px: tuple[float, float]
     ok: bool
     correlation: float = float("nan")
+    peak_ratio: float = float("nan")
 
     def as_dict(self) -> dict:
         """Plain floats and bools, for JSON/msgpack publishing."""
@@ -70,7 +79,7 @@ class RegistrationQuality:
 def failed_quality() -> RegistrationQuality:
     """The quality of a registration that could not be made (featureless input)."""
     nan, inf = float("nan"), float("inf")
-    return RegistrationQuality((nan, nan), 0.0, 0.0, (inf, inf), False)
+    return RegistrationQuality((nan, nan), 0.0, 0.0, (inf, inf), False, nan, nan)
 
 
 def half_max_width(profile, centre: float, level: float, step: float) -> float:
@@ -116,8 +125,9 @@ def assess_peak(
     correlation: float = float("nan"),
     noise_samples: float = 1.0,
     min_score: float = MIN_SCORE,
+    second_peak: float = float("nan"),
 ) -> RegistrationQuality:
-    """Build the quality record from the peak and the sidelobe sums.
+    """Build the quality record from the peak, the sidelobe sums and the runner-up peak.
 
     Parameters
     ----------
@@ -132,7 +142,8 @@ def assess_peak(
         (windowing makes the correlation of noise larger near zero lag); divides the PSR.
     correlation : correlation coefficient ρ at the peak.
     noise_samples : effective number of independent noise samples n.
-    min_score : threshold of ``ok``.
+    min_score : significance threshold (see the module docstring).
+    second_peak : the highest local maximum outside the exclusion box (NaN: none known).
     """
     n_side = n_all - n_box
     if not (peak > 0.0) or n_side < 2:
@@ -145,12 +156,42 @@ def assess_peak(
     score = psr / math.sqrt(2.0 * math.log(max(n_all, 3)))
     fy, fx = (float(f) for f in fwhm_px)
     narrow = all(np.isfinite(f) and f < 0.5 * n for f, n in zip((fy, fx), shape, strict=True))
-    ok = bool(score >= min_score and narrow)
     rho = min(max(float(correlation), 1e-6), 1.0) if math.isfinite(correlation) else 1e-6
-    if ok:
-        floor = grid_step / math.sqrt(12.0)
-        spread = math.sqrt(2.0 * (1.0 - rho) / (rho * max(noise_samples, 1.0)))
-        unc = tuple(math.hypot(f / FWHM_PER_SIGMA * spread, floor) for f in (fy, fx))
-    else:
+    n = max(noise_samples, 1.0)
+    # Significance against noise alone: the largest of n_all chance correlations of white
+    # noise is about sqrt(2 ln n_all / n); the surface's own sidelobes (score) are the other
+    # test, which structured images with broad autocorrelations fail even when they match.
+    # Chance correlation of unrelated content is not white: it fluctuates on the scale of the
+    # features, so the independent samples are the field over the peak's area, not the pixels.
+    area = math.pi / 4.0 * (fy if np.isfinite(fy) else shape[0]) * (fx if np.isfinite(fx) else shape[1])
+    n_features = min(n, max(n_all * WINDOW_AREA / max(area, 1.0), 2.0))
+    significance = rho * math.sqrt(n_features) / math.sqrt(2.0 * math.log(max(n_features, 3.0)))
+    significant = score >= min_score or significance >= SIGNIFICANCE
+    ratio = peak / second_peak if math.isfinite(second_peak) and second_peak > 0.0 else float("inf")
+    unique = ratio >= MIN_PEAK_RATIO
+    unc = uncertainty(fwhm_px, rho, n, grid_step, shape, significance=significance)
+    ok = bool(narrow and significant and unique and max(unc) <= OK_UNCERTAINTY_PX)
+    if not ok:
         unc = (float("inf"), float("inf"))
-    return RegistrationQuality((fy, fx), float(psr), float(score), unc, ok, float(rho))
+    return RegistrationQuality((fy, fx), float(psr), float(score), unc, ok, float(rho), float(ratio))
+
+
+def uncertainty(
+    fwhm_px, rho: float, noise_samples: float, grid_step: float, shape, *, significance: float = np.inf
+) -> tuple[float, float]:
+    """Stated 1-sigma shift error per axis (see the module docstring), pixels."""
+    floor = grid_step / math.sqrt(12.0)
+    spread = math.sqrt(2.0 * (1.0 - rho) / (rho * max(noise_samples, 1.0)))
+    # Below a few sigma of significance the Cramér–Rao bound is not reached (the peak may
+    # lock on noise next to the true one): the noise term grows as the match weakens.
+    spread *= math.sqrt(1.0 + (LOW_SNR / max(significance, 1e-6)) ** 2)
+    out = []
+    for f, length in zip(fwhm_px, shape, strict=True):
+        if not np.isfinite(f):
+            out.append(float("inf"))
+            continue
+        noise = NOISE_CALIBRATION * f / FWHM_PER_SIGMA * spread
+        breadth = BREADTH_BIAS * f * f / length  # windowed, gradient-dominated content: a biased peak
+        content = CONTENT_BIAS * f  # window and edges change what is compared: a small bias
+        out.append(math.sqrt(noise * noise + breadth * breadth + content * content + floor * floor))
+    return out[0], out[1]

@@ -682,6 +682,37 @@ class _Surface:
         high = max(total_sq - band_power / (n_rows * n_cols), 0.0) / (n_rows * n_cols)
         return float(density * values.sum()), float(density * (values * values).sum() + n_box * high), n_box
 
+    def second_peak(self, iy: int, ix: int, hy: int, hx: int) -> float:
+        """Highest local maximum of the surface outside the box iy±hy, ix±hx (the runner-up).
+
+        On the whole surface when it is built (below ``_COARSE_MIN``); on the large-image path,
+        the best coarse candidate outside the box (NaN when the coarse search kept none: no
+        competitor reached half the peak there).
+        """
+        n_rows, n_cols = self.shape
+        if self._full is not None or not self.coarse:
+            c = to_numpy(self.full).astype(np.float64)
+            local = np.ones(c.shape, dtype=bool)
+            for axis in (0, 1):
+                for step in (1, -1):
+                    local &= c >= np.roll(c, step, axis=axis)
+            dy = np.abs(_wrap_int(np.arange(n_rows) - iy, n_rows))[:, None]
+            dx = np.abs(_wrap_int(np.arange(n_cols) - ix, n_cols))[None, :]
+            local &= (dy > hy) | (dx > hx)
+            return float(c[local].max()) if local.any() else float("nan")
+        if self._coarse is None:
+            return float("nan")
+        coarse, lags, scale, _ = self._coarse
+        flat = to_numpy(coarse).astype(np.float64) / (scale[0] * scale[1])
+        ly = np.abs(_wrap_float(lags[0] - iy, n_rows))[:, None]
+        lx = np.abs(_wrap_float(lags[1] - ix, n_cols))[None, :]
+        local = np.ones(flat.shape, dtype=bool)
+        for axis in (0, 1):
+            for step in (1, -1):
+                local &= flat >= np.roll(flat, step, axis=axis)
+        local &= ((ly > hy) | (lx > hx)) & np.isfinite(flat)
+        return float(flat[local].max()) if local.any() else float("nan")
+
     def sums(self) -> tuple[float, float]:
         """Σ and Σ² of the whole surface (Parseval on the half spectrum unless it is built)."""
         if self._sums is None:
@@ -987,6 +1018,7 @@ def _quality(surface, kernel, integer_peak, peak, peak_value, step, noise_gain, 
     hx = min(max(3, math.ceil(fx) if np.isfinite(fx) else n_cols), n_cols // 4)
     box_sum, box_sq, n_box = surface.box_sums(iy, ix, hy, hx)
     total, total_sq = surface.sums()
+    second = surface.second_peak(iy, ix, hy, hx)
     return assess_peak(
         peak_value,
         (fy, fx),
@@ -1001,6 +1033,7 @@ def _quality(surface, kernel, integer_peak, peak, peak_value, step, noise_gain, 
         noise_gain=noise_gain,
         correlation=match[0],
         noise_samples=match[1],
+        second_peak=second,
     )
 
 

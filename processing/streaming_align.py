@@ -25,82 +25,26 @@ Tilt series (K3 frames)::
 
 Shift convention everywhere: ``shift_px = (dy, dx)`` registers the raw frame onto the
 aligned frame, ``scipy.ndimage.shift(raw, shift_px)`` (scikit-image's convention); the
-specimen's displacement is ``-shift_px``. The aligned frame is the first frame's until the
-rotation centre is known (a 180° partner has arrived, or :meth:`refine` has run), after
-which it is the frame whose rotation axis is the centre column ``(cols - 1) / 2`` (all
-stored shifts are moved to it at once; ``centre_known`` tells which).
+specimen's displacement is ``-shift_px``. For rotation scans the aligned frame is the one
+whose rotation axis is the centre column with the specimen's centre of mass on it (from the
+first frame on, whenever the projection moments can be used; see
+:mod:`livetomo.processing.rotation_align`, where ``StreamingProjectionAligner`` lives).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from .arrays import get_array_module
-from .dpc_align import DPC_KEYS, dpc_channels, dpc_from_channels, dpc_moments, map_moments
-from .moment_align import MomentAlignmentError, fit_horizontal_moments, vertical_profile_shifts
-from .quality import RegistrationQuality
 from .register import register, shift_image
 from .reproject_align import reprojection_refine
-from .runout import RunoutError, RunoutModel, fit_runout, mirror_centre, refine_centre
+from .rotation_align import FrameAlignment, StreamingAlignmentError, StreamingProjectionAligner
 from .shift_net import learned_register
 from .tilt_align import check_tilt, predict_drift, stretch_columns, stretch_factor
 
-
-class StreamingAlignmentError(ValueError):
-    """Bad frame for a streaming aligner (missing channel, shape change, bad angle)."""
-
-
-@dataclass(frozen=True)
-class FrameAlignment:
-    """Alignment of one frame, as published by the daemon.
-
-    Attributes
-    ----------
-    index : frame number in arrival order (0-based).
-    angle_deg : rotation or tilt angle, degrees.
-    shift_px : (dy, dx) registering this frame onto the aligned frame, pixels.
-    quality : quality of the registration that produced the shift (None for the first
-        frame, which defines the aligned frame).
-    reference_index : the frame it was registered on.
-    outlier : the first registration failed or disagreed with the drift/runout model.
-    predicted : the shift is the model's prediction (the registration could not be saved).
-    centre_px : mean rotation-axis column of the raw frames (None while unknown; rotation
-        scans only; see StreamingProjectionAligner.centre_px).
-    runout : RunoutModel.as_dict() of the current fit, or None.
-    """
-
-    index: int
-    angle_deg: float
-    shift_px: tuple[float, float]
-    quality: RegistrationQuality | None
-    reference_index: int | None
-    outlier: bool
-    predicted: bool
-    centre_px: float | None
-    runout: dict | None
-
-    def as_dict(self) -> dict:
-        """Plain numbers, lists and dicts (JSON/msgpack)."""
-        return {
-            "index": self.index,
-            "angle_deg": self.angle_deg,
-            "shift_px": [float(self.shift_px[0]), float(self.shift_px[1])],
-            "quality": None if self.quality is None else self.quality.as_dict(),
-            "reference_index": self.reference_index,
-            "outlier": self.outlier,
-            "predicted": self.predicted,
-            "centre_px": self.centre_px,
-            "runout": self.runout,
-        }
-
-
-def _angle_distance(a: float, b: float) -> float:
-    """|a - b| on the circle, degrees (0 and 360 are the same view)."""
-    return abs((a - b + 180.0) % 360.0 - 180.0)
+__all__ = ["FrameAlignment", "StreamingAlignmentError", "StreamingProjectionAligner", "StreamingTiltAligner"]
 
 
 class _LinkGraph:
@@ -162,363 +106,6 @@ class _LinkGraph:
         return out
 
 
-class StreamingProjectionAligner:
-    """Aligns rotation-scan projections as they arrive (any angular order).
-
-    Per frame (:meth:`add`): the frame is registered on the already-aligned frame nearest
-    in angle (sub-pixel cross-correlation with quality) and on the next nearest ones, and
-    all such relative measurements are solved together by least squares; a robust runout
-    model over angle predicts the shift and catches registrations that fail (they are
-    searched again near the prediction, or replaced by it) or disagree (flagged); when the
-    frame 180° away has arrived, the rotation centre follows from their mirror
-    correlation. Periodically (:meth:`refine`): the consistency of the projection moments
-    gives every frame's shift without accumulated error and the rotation centre (when the
-    specimen stays in the field; otherwise the mirror pairs of the improved stack give the
-    centre); optionally a reconstruction-based centre search and a re-projection
-    refinement.
-
-    Parameters
-    ----------
-    kind : 'dpc' (register horizontal and vertical DPC, channels ``dpc_h``/``dpc_v``) or
-        'map' (a linear projection map, channel ``key``, e.g. 'Zn').
-    key : channel of kind 'map'.
-    roi : registration region (see :func:`~livetomo.processing.register.register`), e.g.
-        a region inside the specimen; default the whole map.
-    band : registration band-pass (low_sigma, high_sigma) pixels; default (None, 2) for
-        DPC (removes the ice/capillary phase ramp) and (2, None) for maps (smooths counting
-        noise).
-    upsample_factor : sub-pixel grid of the registrations.
-    harmonics : runout model harmonics.
-    outlier_sigma, min_outlier_px : a registration is an outlier when it is not ok or
-        differs from the runout prediction by more than ``max(outlier_sigma · residual
-        std, min_outlier_px)``.
-    search_px : half-width of the search around the prediction for outliers, pixels.
-    moments : use moment consistency in :meth:`refine`.
-    centre_search_px : half-width of the reconstruction-based centre search in
-        :meth:`refine` (0 disables it).
-    reproject_iterations, reproject_band : re-projection passes in :meth:`refine` and their
-        registration band (0: off; after the moments they did not help in the benchmark).
-    n_references : aligned frames each new frame is registered on.
-    """
-
-    def __init__(
-        self,
-        *,
-        kind: str = "dpc",
-        key: str | None = None,
-        roi=None,
-        band="auto",
-        upsample_factor: int = 100,
-        harmonics: int = 2,
-        outlier_sigma: float = 4.0,
-        min_outlier_px: float = 1.0,
-        search_px: float = 3.0,
-        moments: bool = True,
-        centre_search_px: float = 0.0,
-        reproject_iterations: int = 0,
-        reproject_band=(0.7, 3.0),
-        n_references: int = 3,
-    ):
-        if kind not in ("dpc", "map"):
-            raise StreamingAlignmentError(f"kind must be 'dpc' or 'map', got {kind!r}")
-        if kind == "map" and not key:
-            raise StreamingAlignmentError("kind='map' needs the channel key to align on (e.g. key='Zn')")
-        self.kind = kind
-        self.key = key
-        if band == "auto":
-            band = (None, 2.0) if kind == "dpc" else (2.0, None)
-        self.options = {"roi": roi, "band": band, "upsample_factor": upsample_factor}
-        self.harmonics = int(harmonics)
-        self.outlier_sigma = float(outlier_sigma)
-        self.min_outlier_px = float(min_outlier_px)
-        self.search_px = float(search_px)
-        self.use_moments = bool(moments)
-        self.centre_search_px = float(centre_search_px)
-        self.reproject_iterations = int(reproject_iterations)
-        self.reproject_band = reproject_band
-        self._angles: list[float] = []
-        self._images: list = []
-        self._moments: list = []
-        self._shifts: list[np.ndarray] = []
-        self._quality: list[RegistrationQuality | None] = []
-        self._centre_known = False
-        self._runout: RunoutModel | None = None
-        self.n_references = max(1, int(n_references))
-        self._graph = _LinkGraph()
-
-    # ------------------------------------------------------------------ state
-
-    @property
-    def n_frames(self) -> int:
-        return len(self._angles)
-
-    @property
-    def angles_deg(self) -> np.ndarray:
-        return np.asarray(self._angles, dtype=float)
-
-    @property
-    def shifts(self) -> np.ndarray:
-        """(n, 2) current shifts of all frames, pixels (a copy)."""
-        return np.array(self._shifts, dtype=float).reshape(-1, 2)
-
-    @property
-    def qualities(self) -> list:
-        return list(self._quality)
-
-    @property
-    def centre_known(self) -> bool:
-        """True once shifts are in the frame whose rotation axis is the centre column."""
-        return self._centre_known
-
-    @property
-    def centre_px(self) -> float | None:
-        """Rotation-axis column of the raw frames, pixels (None while unknown).
-
-        The raw frames' axis wanders with the runout; this is its mean position:
-        ``(cols - 1) / 2 + c`` with ``c`` the constant of the least-squares fit
-        ``c + a cos θ + b sin θ`` to the horizontal displacements (``-shift``). (``a`` and
-        ``b`` are the specimen's own position, which no alignment can separate from runout
-        of that form; the constant can be.)
-        """
-        if not self._centre_known or self.n_frames < 3:
-            return None
-        t = np.deg2rad(self.angles_deg)
-        basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], axis=1)
-        coef, *_ = np.linalg.lstsq(basis, -self.shifts[:, 1], rcond=None)
-        return float((self._n_cols - 1) / 2.0 + coef[0])
-
-    @property
-    def runout(self) -> RunoutModel | None:
-        return self._runout
-
-    # ------------------------------------------------------------------ per frame
-
-    def _image(self, channels: Mapping[str, object]):
-        if self.kind == "dpc":
-            h, v = dpc_from_channels(channels, DPC_KEYS)
-            return dpc_channels(h, v), dpc_moments(h, v)
-        if self.key not in channels:
-            raise StreamingAlignmentError(f"channel {self.key!r} missing; got {sorted(channels)}")
-        xp = get_array_module(channels[self.key])
-        img = xp.array(channels[self.key], dtype=xp.float32)  # a copy: the caller may reuse buffers
-        if img.ndim != 2:
-            raise StreamingAlignmentError(f"channel {self.key!r} must be a 2-D map, got {img.shape}")
-        return img[None], map_moments(img)
-
-    def add(self, channels: Mapping[str, object], angle_deg: float) -> FrameAlignment:
-        """Align one frame (a dict of channel maps) at ``angle_deg`` degrees."""
-        angle = float(angle_deg)
-        if not np.isfinite(angle):
-            raise StreamingAlignmentError(f"angle must be finite degrees, got {angle_deg}")
-        image, moments = self._image(channels)
-        if self._images and image.shape != self._images[0].shape:
-            raise StreamingAlignmentError(
-                f"frame shape {image.shape} differs from the first {self._images[0].shape}"
-            )
-        index = len(self._angles)
-        quality, ref, outlier, predicted = None, None, False, False
-        shift = np.zeros(2) if index == 0 else None
-        if index > 0:
-            near = sorted(range(index), key=lambda j: (_angle_distance(self._angles[j], angle), j))
-            ref = near[0]
-            shift, quality, outlier, predicted, relative = self._register(ref, image, angle)
-        self._angles.append(angle)
-        self._images.append(image)
-        self._moments.append(moments)
-        self._shifts.append(np.asarray(shift, dtype=float))
-        self._quality.append(quality)
-        self._n_cols = int(image.shape[-1])
-        if index > 0:
-            self._link(index, ref, near[1 : self.n_references], relative, predicted, image)
-        self._mirror(index)
-        self._refit_runout()
-        return self._result(index, quality, ref, outlier, predicted)
-
-    def _register(self, ref: int, image, angle: float):
-        """Registration on ``ref`` (raw on raw), checked against the runout model.
-
-        Returns the absolute shift, its quality, outlier and predicted flags, and the
-        relative shift to link (None when the shift is the model's prediction).
-        """
-        s_ref = self._shifts[ref]
-        reg = register(self._images[ref], image, **self.options)
-        shift = s_ref + np.asarray(reg.shift)
-        prediction, limit = None, self.min_outlier_px
-        if self._runout is not None:
-            prediction = self._runout.evaluate([angle])[0]
-            limit = max(limit, self.outlier_sigma * float(self._runout.residual_std.max()))
-
-        def search(guess):
-            moved = shift_image(image, guess - s_ref)
-            again = register(self._images[ref], moved, max_shift=self.search_px, **self.options)
-            return guess + np.asarray(again.shift), again.quality
-
-        shift, quality, outlier, predicted = _arbitrate(shift, reg.quality, prediction, limit, search)
-        relative = None if predicted else shift - s_ref
-        return shift, quality, outlier, predicted, relative
-
-    def _link(self, index, ref, others, relative, predicted, image) -> None:
-        """Record the links of a new frame and solve all shifts together."""
-        if predicted:
-            self._graph.fixed[index] = self._shifts[index].copy()
-            return
-        self._graph.add(index, ref, relative)
-        for j in others:
-            reg = register(self._images[j], image, **self.options)
-            guess = self._shifts[index] - self._shifts[j]
-            if reg.quality.ok and np.abs(np.asarray(reg.shift) - guess).max() <= max(
-                1.0, self.min_outlier_px
-            ):
-                self._graph.add(index, j, reg.shift)
-        solved = self._graph.solve(len(self._shifts), self.shifts)
-        self._shifts = [row.copy() for row in solved]
-
-    def _mirror(self, index: int) -> None:
-        """First 0°/180° pair: put every shift in the frame centred on the rotation axis."""
-        if self._centre_known:
-            return
-        angle = self._angles[index]
-        partners = [j for j in range(index) if _angle_distance(self._angles[j], angle + 180.0) < 0.5]
-        if partners:
-            centre, reg = self._mirror_centre(partners[0], index)
-            if reg.quality.ok:
-                self._set_centre(centre)
-
-    def _set_centre(self, centre_aligned: float) -> None:
-        """Move all shifts so that the axis, at ``centre_aligned`` now, goes to the centre."""
-        correction = (self._n_cols - 1) / 2.0 - centre_aligned
-        for s in self._shifts:
-            s[1] += correction
-        self._graph.pin[1] += correction
-        for v in self._graph.fixed.values():
-            v[1] += correction
-        self._centre_known = True
-
-    def _refit_runout(self) -> None:
-        """Robust runout fit over the frames whose registration was good (None if too few)."""
-        unc = np.array([np.inf if q is not None and not q.ok else 1.0 for q in self._quality])
-        if np.isfinite(unc).sum() < 3 * (2 * self.harmonics + 1):
-            self._runout = None
-            return
-        try:
-            self._runout = fit_runout(self._angles, self.shifts, harmonics=self.harmonics, uncertainties=unc)
-        except RunoutError:
-            self._runout = None
-
-    def _result(self, index, quality, ref, outlier, predicted) -> FrameAlignment:
-        return FrameAlignment(
-            index=index,
-            angle_deg=self._angles[index],
-            shift_px=(float(self._shifts[index][0]), float(self._shifts[index][1])),
-            quality=quality,
-            reference_index=ref,
-            outlier=outlier,
-            predicted=predicted,
-            centre_px=self.centre_px,
-            runout=None if self._runout is None else self._runout.as_dict(),
-        )
-
-    # ------------------------------------------------------------------ refinement
-
-    def refine(self) -> np.ndarray:
-        """Improve all shifts (moments, centre, re-projection); returns the (n, 2) shifts."""
-        if self.n_frames < 4:
-            return self.shifts
-        used_moments = self.use_moments and self._refine_moments()
-        if not used_moments:
-            self._refine_mirror()
-        if self.centre_search_px > 0:
-            self._refine_centre()
-        if self.reproject_iterations > 0:
-            result = reprojection_refine(
-                self._stack(),
-                self._angles,
-                self.shifts,
-                derivative=self.kind == "dpc",
-                iterations=self.reproject_iterations,
-                roi=self.options["roi"],
-                band=self.reproject_band,
-                upsample_factor=self.options["upsample_factor"],
-            )
-            self._shifts = [np.asarray(s, dtype=float) for s in result.shifts]
-        # Refined frames keep their shifts; frames added later are linked to them.
-        self._graph.fixed = {k: s.copy() for k, s in enumerate(self._shifts)}
-        self._refit_runout()
-        return self.shifts
-
-    def _stack(self):
-        xp = get_array_module(self._images[0])
-        return xp.stack(self._images)
-
-    def _refine_moments(self) -> bool:
-        """Shifts from moment consistency; False when the moments cannot be used."""
-        valid = np.array([m.valid for m in self._moments])
-        if valid.sum() < 4:
-            return False
-        angles = self.angles_deg
-        centres = np.array([m.centre_u for m in self._moments])
-        try:
-            fit = fit_horizontal_moments(angles[valid], centres[valid], self._n_cols)
-        except MomentAlignmentError:
-            return False
-        old = self.shifts
-        new = old.copy()
-        new[valid, 1] = fit.shifts_h
-        new[:, 0] = vertical_profile_shifts(np.stack([m.profile for m in self._moments]))
-        # Frames without valid moments keep their registration to the nearest valid frame.
-        valid_idx = np.flatnonzero(valid)
-        for k in np.flatnonzero(~valid):
-            j = min(valid_idx, key=lambda i: _angle_distance(angles[i], angles[k]))
-            new[k, 1] = new[j, 1] + (old[k, 1] - old[j, 1])
-        self._shifts = [row for row in new]
-        self._centre_known = True
-        return True
-
-    def _mirror_pairs(self) -> list[tuple[int, int]]:
-        pairs = []
-        for i, a in enumerate(self._angles):
-            for j in range(i + 1, self.n_frames):
-                if _angle_distance(self._angles[j], a + 180.0) < 0.5:
-                    pairs.append((i, j))
-        return pairs
-
-    def _mirror_centre(self, i: int, j: int):
-        a = shift_image(self._images[i], self._shifts[i])
-        b = shift_image(self._images[j], self._shifts[j])
-        signs = (-1.0, 1.0) if self.kind == "dpc" else None
-        options = {k: v for k, v in self.options.items() if k != "roi"}
-        roi = _symmetric_roi(self.options["roi"], self._n_cols)
-        return mirror_centre(a, b, channel_signs=signs, roi=roi, **options)
-
-    def _refine_mirror(self) -> None:
-        """Centre from the median of all 180° pairs of the current (improved) shifts."""
-        centres = []
-        for i, j in self._mirror_pairs():
-            centre, reg = self._mirror_centre(i, j)
-            if reg.quality.ok:
-                centres.append(centre)
-        if centres:
-            self._set_centre(float(np.median(centres)))
-
-    def _refine_centre(self) -> None:
-        from .align_tomo import make_projector
-
-        stack = self._stack()[:, 0]  # horizontal DPC, or the map
-        aligned = get_array_module(stack).stack(
-            [shift_image(stack[k], self._shifts[k]) for k in range(self.n_frames)]
-        )
-        projector = make_projector(self._angles, (self._n_cols, self._n_cols))
-        mid = (self._n_cols - 1) / 2.0
-        centre, _ = refine_centre(
-            projector,
-            aligned,
-            start=mid,
-            search=self.centre_search_px,
-            kind="hilbert" if self.kind == "dpc" else "ramp",
-        )
-        self._set_centre(centre)
-
-
 ESTIMATORS = ("xcorr", "learned", "auto")
 
 
@@ -553,17 +140,6 @@ def _arbitrate(shift, quality, prediction, limit, search):
     if q2.ok:
         return again, q2, True, False
     return np.asarray(prediction, dtype=float), quality, True, True
-
-
-def _symmetric_roi(roi, n_cols: int):
-    """A ROI made symmetric about the centre column (for mirrored images)."""
-    if roi is None:
-        return None
-    rows, cols = roi
-    c0, c1 = (cols.start, cols.stop) if isinstance(cols, slice) else cols
-    half = min((n_cols - 1) / 2.0 - c0, c1 - 1 - (n_cols - 1) / 2.0)
-    lo = int(np.ceil((n_cols - 1) / 2.0 - half))
-    return rows, (lo, n_cols - lo)
 
 
 # ---------------------------------------------------------------------------- tilt series
@@ -756,6 +332,24 @@ class StreamingTiltAligner:
             if np.abs(row - self._shifts[k]).max() > 1e-9:
                 self._shifts[k] = row.copy()
                 self._aligned.pop(k, None)
+
+    def link_scatter(self) -> np.ndarray:
+        """Robust 1-sigma scatter (dy, dx) of the registrations about the joint solution, pixels.
+
+        What a single registration link is really worth in this series (its parallax and
+        noise, which its own correlation peak does not see); NaN with fewer than 8 links.
+        """
+        if len(self._graph.links) < 8:
+            return np.full(2, np.nan)
+        scale = np.array([self._scale(k) for k in range(self.n_frames)])
+        w = self.shifts
+        w[:, 1] /= scale
+        out = []
+        for axis in range(2):
+            r = [w[i, axis] - w[j, axis] - d[axis] for i, j, d in self._graph.links if np.isfinite(d[axis])]
+            r = np.asarray(r) * (scale.mean() if axis == 1 else 1.0)
+            out.append(1.4826 * np.median(np.abs(r - np.median(r))) if r.size >= 8 else np.nan)
+        return np.asarray(out)
 
     def _graph_solve(self, w):
         fixed = {k: v.copy() for k, v in self._graph.fixed.items()}

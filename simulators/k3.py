@@ -412,6 +412,29 @@ def _fit_centre(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------- camera
 
 
+def axis_vectors(tilt_axis_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors (dy, dx) along the tilt axis and across it, on the camera.
+
+    ``tilt_axis_deg`` is measured from the image's x axis (columns) towards its rows; at 90
+    the axis runs along the rows' direction (the image's vertical) and "across" is x.
+    """
+    a = np.deg2rad(tilt_axis_deg)
+    return np.array([np.sin(a), np.cos(a)]), np.array([-np.cos(a), np.sin(a)])
+
+
+def rotate_to_axis(image: np.ndarray, tilt_axis_deg: float) -> np.ndarray:
+    """Turn an image whose tilt axis is vertical so that it lies at ``tilt_axis_deg``.
+
+    A point at (a, c) from the centre (a along the rows, c along the columns) goes to
+    ``a · along + c · across`` (:func:`axis_vectors`); cubic interpolation, edge values.
+    """
+    along, across = axis_vectors(tilt_axis_deg)
+    rot = np.stack([along, across], axis=1)  # columns: images of (1, 0) and (0, 1)
+    centre = (np.asarray(image.shape, dtype=float) - 1.0) / 2.0
+    # output -> input: x_in = Rᵀ (x_out - c) + c
+    return ndimage.affine_transform(image, rot.T, offset=centre - rot.T @ centre, order=3, mode="nearest")
+
+
 @dataclass(frozen=True, eq=False)
 class K3Frame:
     """One counted K3 frame.
@@ -451,6 +474,10 @@ class K3Camera:
     thickness_nm : lamella thickness along y at 0 deg in nm; default estimated from
         ``potential`` as the mean path through material (voxels weighted by
         ``clip(V / V_ice, 0, 1)``, with V_ice the median of the positive voxels).
+    tilt_axis_deg : in-plane angle of the tilt axis on the camera, degrees from the image's
+        x axis (columns) towards its rows: 90 puts the axis along the image's vertical (the
+        volume's z); real microscopes have it anywhere, often 80-95 degrees. The image is
+        rotated accordingly; a drift given to :meth:`acquire` is in camera pixels.
     seed : seed or generator for the counting noise.
     faults : fault injector; each :meth:`acquire` is one opportunity for ``detector_timeout``,
         ``dropped_frame`` and ``nan_frame``.
@@ -479,8 +506,10 @@ class K3Camera:
         thickness_nm: float | None = None,
         seed: int | np.random.Generator | None = None,
         faults: FaultInjector | None = None,
+        tilt_axis_deg: float = 90.0,
     ) -> None:
         potential = np.asarray(potential, dtype=np.float64)
+        self.tilt_axis_deg = float(tilt_axis_deg)
         if potential.ndim != 3:
             raise ValueError(f"potential must be (nz, ny, nx), got shape {potential.shape}")
         self.voxel_size_nm = float(voxel_size_nm)
@@ -552,8 +581,9 @@ class K3Camera:
         """
         phi = self._image_phase(tilt_deg)
         # Pad with ice (zero excess phase): avoids FFT wrap-around and supplies the material
-        # that drifts into the field of view.
-        margin = 16 + int(np.ceil(np.max(np.abs(shift_px))))
+        # that drifts into the field of view (or turns into it with an inclined tilt axis).
+        turn = abs(np.sin(np.deg2rad(self.tilt_axis_deg - 90.0)))
+        margin = 16 + int(np.ceil(np.max(np.abs(shift_px)) + 0.5 * turn * max(self.image_shape)))
         canvas = [sfft.next_fast_len(n + 2 * margin) for n in self.image_shape]
         phi = _fit_centre(phi, tuple(canvas))
         tf = ctf(
@@ -566,6 +596,8 @@ class K3Camera:
             bfactor_A2=self.bfactor_A2 if bfactor_A2 is None else float(bfactor_A2),
         )
         spectrum = tf * sfft.fft2(phi)
+        if self.tilt_axis_deg != 90.0:  # the axis (the volume's z) turns to the camera's tilt-axis direction
+            spectrum = sfft.fft2(rotate_to_axis(sfft.ifft2(spectrum).real, self.tilt_axis_deg))
         if np.any(np.asarray(shift_px) != 0):
             # Drift moves the specimen: a band-limited (Fourier) sub-pixel translation, same
             # sign as scipy.ndimage.shift; what wraps around is ice from the margin.
@@ -589,7 +621,7 @@ class K3Camera:
         ----------
         tilt_deg : tilt about z in degrees, ``|tilt| < 90``.
         dose_e_per_A2 : dose of this frame in e-/A^2 (about 3 per tilt in a tilt series).
-        shift_px : stage/beam drift (dy, dx) in pixels.
+        shift_px : stage/beam drift (dy, dx) in camera pixels.
 
         Returns
         -------

@@ -93,7 +93,9 @@ class XRFMicroprobe:
     pixel_size_nm : scan step, nm; defaults to the voxel size.
     detector : fluorescence detector; default :class:`XRFDetectorModel`.
     dpc_sensitivity : κ, difference-over-sum per rad/pixel of phase gradient;
-        default from a zone plate with 80 nm outermost zones (≈0.108 at 300 nm).
+        default from the zone plate (``zone_width_nm``) and the pixel size (≈0.108 at 300 nm).
+    zone_width_nm : outermost zone width of the focusing zone plate, nm (its bright-field cone
+        fills the segmented detector).
     xrf_yield : detected fraction of the emitted fluorescence (Ω/4π·ε);
         default ``detector.solid_angle_fraction`` (0.08).
     scatter_yield : detected scattered photons per incident photon per unit
@@ -114,6 +116,7 @@ class XRFMicroprobe:
         pixel_size_nm: float | None = None,
         detector: XRFDetectorModel | None = None,
         dpc_sensitivity: float | None = None,
+        zone_width_nm: float = 80.0,
         xrf_yield: float | None = None,
         scatter_yield: float = 2.5e-3,
         seed: int | np.random.Generator | None = None,
@@ -125,8 +128,9 @@ class XRFMicroprobe:
         self.spot_fwhm_nm = (float(spot_fwhm_nm[0]), float(spot_fwhm_nm[1]))
         self.pixel_size_nm = float(pixel_size_nm or specimen.voxel_size_nm)
         self.detector = detector if detector is not None else XRFDetectorModel()
+        self.zone_width_nm = float(zone_width_nm)
         self.dpc_sensitivity = (
-            dpc_sensitivity_from_optics(self.pixel_size_nm)
+            dpc_sensitivity_from_optics(self.pixel_size_nm, self.zone_width_nm)
             if dpc_sensitivity is None
             else float(dpc_sensitivity)
         )

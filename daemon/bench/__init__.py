@@ -15,6 +15,7 @@ import importlib.util
 BENCHMARKS = {
     "orchestration": "livetomo.daemon.bench.orchestration",
     "align": "livetomo.daemon.bench.align",
+    "live": "livetomo.daemon.bench.live",
     "recon": "livetomo.daemon.bench.recon",
     "streaming": "livetomo.daemon.bench.streaming",
     "correlate": "livetomo.daemon.bench.correlate",

@@ -45,6 +45,7 @@ from ...simulators.k3 import K3Camera, make_lamella
 from ...simulators.microprobe import XRFMicroprobe
 from ...simulators.specimen import make_cell
 from ...simulators.stages import RotationStageModel, TiltStageModel
+from .align_protocol import bench_fwhm_protocol, bench_quality
 from .timing import interleaved_medians, jsonable
 
 ELEMENTS = ("Zn", "Fe", "Ca", "K")
@@ -528,6 +529,8 @@ def run(*, quick: bool = False, log=print) -> dict:
     tilt, traces = bench_tilt(quick, log)
     figures.update(tilt)
     figures.update(speed)
+    figures["fwhm_protocol"] = bench_fwhm_protocol(quick, log)
+    figures["quality_flag"] = bench_quality(quick, log)
     figures["targets"] = {
         "fwhm_ratio": 10.0,
         "dpc_rms_error_px": 0.1,
@@ -536,6 +539,9 @@ def run(*, quick: bool = False, log=print) -> dict:
         "centre_error_px": 0.25,
         "speed_ratio_skimage_over_livetomo": 4.0,
         "speed_ratio_livetomo_over_3rfft2": 1.5,
+        "quality_flagged_of_over_1px": 0.95,
+        "quality_flagged_of_within_0p3px_at_most": 0.05,
+        "quality_beyond_3_sigma_at_most": 0.01,
     }
     if not quick:
         folder = Path(tempfile.mkdtemp(prefix="livetomo-bench-align-"))

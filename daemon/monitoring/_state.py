@@ -15,7 +15,9 @@ A snapshot is a JSON-ready dict of sections:
 ``frames``       one entry per processed frame, oldest first, at most ``max_frames``: ``seq``,
                  ``angle`` (deg), ``time`` (epoch s), ``dy``/``dx`` (shift, px), ``fwhm_y``/``fwhm_x``
                  (correlation-peak FWHM, px), ``psr``, ``unc`` (shift uncertainty, px), ``ok``
-``runout``       latest fitted runout model (angles, shifts, fit_angles, fit, centre_px)
+``runout``       the current shift of every frame so far (seqs, angles, shifts, ok, uncertainty_px:
+                 earlier frames re-estimated as the scan grows), the fitted runout (fit_angles,
+                 fit), centre_px, tilt_axis_deg
 ``projections``  channel -> latest ``{seq, angle, raw, aligned}`` (encoded images)
 ``slices``       channel -> latest ``{n_projections, point, xy, xz, yz}`` (encoded images)
 ``health``       daemon status (frames received/rejected, per-stage latency and queue depth, last
@@ -388,7 +390,8 @@ class MonitorState:
             if planned and done and elapsed is not None
             else None,
             dose_so_far=_number(p.get("dose_so_far"), "dose_so_far"),
-            low_quality=progress["low_quality"] + (entry["ok"] is False),
+            low_quality=progress["low_quality"]
+            + (entry["ok"] is False and not progress.get("flagged_current")),
             last_angle=entry["angle"],
             last_seq=entry["seq"],
         )
@@ -426,14 +429,30 @@ class MonitorState:
         def pairs(name):
             return [list(_pair(v, name)) for v in p.get(name) or []]
 
+        angles = [_number(a, "angles") for a in p.get("angles") or []]
+        seqs = p.get("seqs")
+        ok = p.get("ok")
+        unc = p.get("uncertainty_px")
+        for name, values in (("seqs", seqs), ("ok", ok), ("uncertainty_px", unc)):
+            if values is not None and (not isinstance(values, list) or len(values) != len(angles)):
+                raise BadResultsMessage(f"runout {name} must be a list as long as angles")
         self._runout = {
-            "angles": [_number(a, "angles") for a in p.get("angles") or []],
+            "seqs": None if seqs is None else [int(v) for v in seqs],
+            "angles": angles,
             "shifts": pairs("shifts"),
+            "ok": None if ok is None else [None if v is None else bool(v) for v in ok],
+            "uncertainty_px": None if unc is None else [_number(v, "uncertainty_px") for v in unc],
             "fit_angles": [_number(a, "fit_angles") for a in p.get("fit_angles") or []],
             "fit": pairs("fit"),
             "centre_px": _number(p.get("centre_px"), "centre_px"),
+            "tilt_axis_deg": _number(p.get("tilt_axis_deg"), "tilt_axis_deg"),
         }
-        return self._reset_delta() if reset else {"set": {"runout": self._runout}}
+        if ok is not None:  # the current flags: earlier frames re-estimated may pass or fail now
+            self._progress["low_quality"] = sum(v is False for v in self._runout["ok"])
+            self._progress["flagged_current"] = True
+        if reset:
+            return self._reset_delta()
+        return {"set": {"runout": self._runout, "progress": dict(self._progress)}}
 
     def _on_slices(self, p: dict) -> dict | None:
         accept, reset = self._accept(p.get("run_uid"))

@@ -8,7 +8,15 @@ Read-only (GET routes only) and bound to loopback unless the caller names anothe
                  ``delta`` events, each the coalesced results messages of the last push interval
                  (monitor_state.apply_delta is the protocol; the page's app.js does the same)
 ``/snapshot``    the current snapshot as JSON
-``/healthz``     ``{"ok": true, "viewers": n, "version": v}``
+``/healthz``     ``{"ok": true, "viewers": n, "version": v, "views": bool}`` (views: slices on request)
+``/view/slice``  a slice of the current reconstruction, computed by the daemon on request:
+                 ``?channel=phase&axis=xz&index=12`` (axis ``xy``, ``xz`` or ``yz``; index along
+                 its normal, default the middle); JSON with the encoded image
+``/view/sinogram`` the aligned projections' detector row against angle: ``?channel=k3&row=20``
+
+The view routes are read-only (GET), validated (names, ranges; 400 with the reason) and bounded
+(the daemon answers a few at a time, within seconds; 503/504 when busy), so a viewer steers what
+it sees without being able to change anything.
 
 Pushing to viewers never slows the pipeline: the state's listener only collects the delta; the
 server's event loop coalesces what arrived in the last ``PUSH_INTERVAL_S`` (latest images only,
@@ -23,6 +31,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 from pathlib import Path
@@ -31,6 +40,7 @@ import uvicorn
 import zmq
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -129,9 +139,47 @@ class _Broadcaster:
         self.state.remove_listener(self.on_delta)
 
 
-def create_app(state: MonitorState, allowed_hosts: list[str] | None = None) -> Starlette:
+VIEW_PARAMS = {
+    "slice": {"channel": "name", "axis": ("xy", "xz", "yz"), "index": "count"},
+    "sinogram": {"channel": "name", "row": "count"},
+}
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")
+MAX_INDEX = 100_000
+
+
+def parse_view(kind: str, query) -> dict:
+    """Checked parameters of a view request (ValueError naming the parameter otherwise)."""
+    allowed = VIEW_PARAMS.get(kind)
+    if allowed is None:
+        raise ValueError(f"unknown view {kind!r}; known: {', '.join(VIEW_PARAMS)}")
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} for {kind}; allowed: {', '.join(allowed)}")
+    out = {}
+    for key, rule in allowed.items():
+        value = query.get(key)
+        if value is None or value == "":
+            continue
+        if rule == "name":
+            if not _NAME.match(value):
+                raise ValueError(f"{key} = {value[:70]!r} is not a channel name")
+            out[key] = value
+        elif rule == "count":
+            if not value.isdigit() or int(value) > MAX_INDEX:
+                raise ValueError(f"{key} = {value[:20]!r} must be a whole number in [0, {MAX_INDEX}]")
+            out[key] = int(value)
+        elif value not in rule:
+            raise ValueError(f"{key} = {value[:20]!r} is not allowed; allowed: {', '.join(rule)}")
+        else:
+            out[key] = value
+    return out
+
+
+def create_app(state: MonitorState, views=None, allowed_hosts: list[str] | None = None) -> Starlette:
     """The monitoring page's ASGI app for ``state`` (served by ``start_web_server``).
 
+    ``views(kind, params) -> dict`` computes a view on request (the daemon's pipeline); an
+    exception with ``status`` and ``reason`` attributes becomes that HTTP status.
     ``allowed_hosts``: the Host header values it answers (DNS rebinding protection); None
     answers any.
     """
@@ -149,10 +197,32 @@ def create_app(state: MonitorState, allowed_hosts: list[str] | None = None) -> S
         return JSONResponse(state.snapshot())
 
     async def healthz(request):
-        return JSONResponse({"ok": True, "viewers": len(broadcaster.queues), "version": state.version})
+        return JSONResponse(
+            {
+                "ok": True,
+                "viewers": len(broadcaster.queues),
+                "version": state.version,
+                "views": views is not None,
+            }
+        )
 
     async def favicon(request):
         return Response(status_code=204)  # no icon; keeps the browser console free of 404s
+
+    async def view(request):
+        kind = request.path_params["kind"]
+        try:
+            params = parse_view(kind, request.query_params)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if views is None:
+            return JSONResponse({"error": "this page has no daemon to compute views"}, status_code=404)
+        try:
+            result = await run_in_threadpool(views, kind, params)
+        except Exception as exc:  # the daemon's refusal, with its status, or a failure
+            status = getattr(exc, "status", 500)
+            return JSONResponse({"error": getattr(exc, "reason", str(exc))}, status_code=status)
+        return JSONResponse(result, headers={"Cache-Control": "no-store"})
 
     async def events(request):
         if request.method != "GET":  # a HEAD request gets the headers only, and no viewer slot
@@ -184,6 +254,7 @@ def create_app(state: MonitorState, allowed_hosts: list[str] | None = None) -> S
             Route("/events", events),
             Route("/snapshot", snapshot),
             Route("/healthz", healthz),
+            Route("/view/{kind}", view),
             Route("/favicon.ico", favicon),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
@@ -219,9 +290,16 @@ class WebServer:
     """Handle of a running monitor page; ``stop()`` ends every viewer's stream and the server."""
 
     def __init__(
-        self, state: MonitorState, host: str, port: int, *, allowed_hosts=None, log_level: str = "warning"
+        self,
+        state: MonitorState,
+        host: str,
+        port: int,
+        *,
+        allowed_hosts=None,
+        log_level: str = "warning",
+        views=None,
     ):
-        self.app = create_app(state, allowed_hosts=list(allowed_hosts or LOCAL_NAMES) + [host])
+        self.app = create_app(state, views, allowed_hosts=list(allowed_hosts or LOCAL_NAMES) + [host])
         self._sock = _bind(host, port)
         self.host, self.port = host, self._sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
@@ -278,7 +356,7 @@ LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def start_web_server(
-    state: MonitorState, host: str = "127.0.0.1", port: int = 8080, allowed_hosts=None
+    state: MonitorState, host: str = "127.0.0.1", port: int = 8080, allowed_hosts=None, *, views=None
 ) -> WebServer:
     """Serve the monitor page for ``state`` on http://host:port/ from a background thread.
 
@@ -286,11 +364,12 @@ def start_web_server(
     answers requests whose Host header is ``host`` or one of ``allowed_hosts`` (default: the
     loopback names), so a web site cannot reach it through DNS rebinding. The daemon's
     configuration refuses a non-loopback host unless ``web.allow_remote`` is set; the page is
-    read-only but unauthenticated.
+    read-only but unauthenticated. ``views`` computes the slice and sinogram views on request
+    (see :func:`create_app`).
     """
     if not _is_loopback(host):
         log.warning("monitor page bound to %s: anyone who can reach it can watch the scan", host)
-    return WebServer(state, host, int(port), allowed_hosts=allowed_hosts).start()
+    return WebServer(state, host, int(port), allowed_hosts=allowed_hosts, views=views).start()
 
 
 def follow_results(

@@ -4,7 +4,7 @@ protocol with each method's processor, and the results-message builders."""
 
 from . import _messages as messages
 from ._collector import RunCollector
-from ._core import STAGES, Pipeline, StageStats
+from ._core import STAGES, Pipeline, StageStats, ViewError
 from ._correlative_step import CorrelationOutput, correlate_run, pixel_size_nm, run_frames
 from ._inbox import ProcessingInbox
 from ._methods import METHODS, Method, method_of
@@ -12,6 +12,7 @@ from ._processor import BaseProcessor, FrameContext, Processor, RunEnd, StoreOnl
 from ._runs import RunContext
 
 __all__ = [
+    "ViewError",
     "METHODS",
     "STAGES",
     "BaseProcessor",

@@ -50,8 +50,30 @@ from ._runs import RunContext
 log = logging.getLogger("livetomo.pipeline")
 
 STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
-END_GRACE_S = 30.0  # after the stop document, how long to wait for missing end messages
 PREVIEW_EVERY_S = 0.5  # while processing is behind, previews still come this often
+VIEW_TIMEOUT_S = 5.0  # a view request not answered by then is refused (the processing thread is busy)
+VIEWS_IN_FLIGHT = 4  # at most this many view requests wait at once
+
+
+class ViewError(Exception):
+    """A view request that cannot be answered: ``status`` (HTTP-like) and a reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class _ViewRequest:
+    kind: str
+    params: dict
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: dict | None = None
+    error: ViewError | None = None
+
+
+END_GRACE_S = 30.0  # after the stop document, how long to wait for missing end messages
 FINISHING_PUBLISH_S = 0.25  # finishing progress goes out at most this often (and at every new step)
 
 
@@ -116,6 +138,10 @@ class Pipeline:
         self.previews_skipped = 0
         self._finishing_now = 0  # 1 while the finisher works on a run
         self._stats_lock = threading.Lock()  # counters only: held for microseconds
+        self._views = threading.BoundedSemaphore(VIEWS_IN_FLIGHT)
+        self.last_viewable: RunContext | None = None  # the newest run with a processor to view
+        # what runs measured that later runs use (the last EELS thickness of a milling run)
+        self.session: dict = {}
         self._closing = threading.Event()
         self._threads = [
             threading.Thread(target=self._write_loop, name="livetomo-writer", daemon=True),
@@ -133,6 +159,50 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.1))
+
+    # -- views on request (the page's slice and sinogram viewers) ---------------------------------
+    def request_view(self, kind: str, params: dict, timeout: float = VIEW_TIMEOUT_S) -> dict:
+        """Compute a view of the newest run's reconstruction (``kind`` 'slice' or 'sinogram').
+
+        Answered by the processing thread between two frames (the reconstruction is only ever
+        touched there, or by the finisher once the run ends, when views wait for it to finish),
+        bounded: at most ``VIEWS_IN_FLIGHT`` requests wait, each at most ``timeout`` seconds.
+        Raises ViewError with a status and a reason.
+        """
+        if not self._views.acquire(blocking=False):
+            raise ViewError(503, f"{VIEWS_IN_FLIGHT} view requests are already waiting; try again")
+        try:
+            request = _ViewRequest(kind, dict(params))
+            self.work.put("view", None, request, first=True)
+            if not request.done.wait(timeout):
+                raise ViewError(504, f"the processing thread did not answer within {timeout:g} s")
+            if request.error is not None:
+                raise request.error
+            return request.result
+        finally:
+            self._views.release()
+
+    def _view(self, request: _ViewRequest) -> None:
+        try:
+            run = self.last_viewable
+            if run is None:
+                raise ViewError(404, "no run has been processed yet")
+            if run.state == "finishing":
+                raise ViewError(409, "the run is finishing (refinement, volumes); views return when it ends")
+            view = getattr(run.processor, "view", None)
+            if view is None:
+                raise ViewError(404, f"{run.method.name} runs have no reconstruction to view")
+            result = view(request.kind, request.params)
+            request.result = {"run_uid": run.uid, **result}
+        except ViewError as exc:
+            request.error = exc
+        except (KeyError, ValueError, IndexError) as exc:
+            request.error = ViewError(400, str(exc))
+        except Exception as exc:  # never let a view request take the processing thread down
+            log.exception("view request failed")
+            request.error = ViewError(500, f"{type(exc).__name__}: {exc}")
+        finally:
+            request.done.set()
 
     # -- documents ------------------------------------------------------------------------
     def on_document(self, name: str, doc: dict) -> None:
@@ -212,7 +282,10 @@ class Pipeline:
             derived=dict(method.derived),
             skip_streams=None if keep_spectra else (lambda stream: stream.endswith("_spectra")),
         )
-        run = RunContext(doc["uid"], doc, method, writer, method.processor(doc, self.processing))
+        processor = method.processor(doc, self.processing)
+        if hasattr(processor, "session"):
+            processor.session = self.session
+        run = RunContext(doc["uid"], doc, method, writer, processor)
         self.runs[run.uid] = run
         self.current = run
         with self._stats_lock:
@@ -290,10 +363,15 @@ class Pipeline:
                 self._process(kind, run, payload)
             except Exception as exc:
                 self._error("processing", f"{kind}: {type(exc).__name__}: {exc}")
-                log.exception("processing %s of run %s", kind, run.uid)
+                log.exception("processing %s of run %s", kind, getattr(run, "uid", None))
 
     def _process(self, kind: str, run: RunContext, payload) -> None:
+        if kind == "view":
+            self._view(payload)
+            return
         processor = run.processor
+        if getattr(processor, "view", None) is not None:
+            self.last_viewable = run
         if kind == "descriptor":
             processor.descriptor(run, payload)
         elif kind == "event":
@@ -414,6 +492,8 @@ class Pipeline:
 
     # -- shared ----------------------------------------------------------------------------
     def _publish(self, topic: str, payload: dict) -> None:
+        if topic == "milling" and payload.get("thickness_nm") is not None:
+            self.session["lamella_thickness_nm"] = float(payload["thickness_nm"])  # the last EELS reading
         try:
             self.publish(topic, payload)
         except Exception as exc:  # a results problem must never stop the pipeline

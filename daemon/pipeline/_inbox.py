@@ -29,9 +29,16 @@ class ProcessingInbox:
         self._cond = threading.Condition()
         self.deferred = 0  # frames that travelled without their pixels
 
-    def put(self, kind: str, run, payload=None) -> None:
-        """Queue ``(kind, run, payload)``; never blocks (a frame beyond the bound loses its pixels here)."""
+    def put(self, kind: str, run, payload=None, *, first: bool = False) -> None:
+        """Queue ``(kind, run, payload)``; never blocks (a frame beyond the bound loses its pixels here).
+
+        ``first`` puts it at the front (a view request an operator waits for).
+        """
         with self._cond:
+            if first:
+                self._items.appendleft((kind, run, payload))
+                self._cond.notify()
+                return
             if isinstance(payload, Frame):
                 self._frames[id(run)] += 1
                 size = payload.data.nbytes

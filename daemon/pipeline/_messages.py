@@ -23,10 +23,12 @@ def quality_payload(quality) -> dict | None:
         return None
     get = quality.get if isinstance(quality, dict) else (lambda key: getattr(quality, key))
     fwhm = get("fwhm_px")
+    fwhm = (float("nan"), float("nan")) if fwhm is None else fwhm
+    psr = get("psr")
     return {
-        "fwhm_px": [float(fwhm[0]), float(fwhm[1])],
-        "psr": float(get("psr")),
-        "uncertainty_px": float(np.max(get("uncertainty_px"))),
+        "fwhm_px": [_finite_or_none(fwhm[0]), _finite_or_none(fwhm[1])],
+        "psr": None if psr is None else _finite_or_none(psr),
+        "uncertainty_px": _finite_or_none(np.max(get("uncertainty_px"))),
         "ok": bool(get("ok")),
     }
 
@@ -153,19 +155,45 @@ def reconstruction_slices(run_uid: str, channel: str, recon, index: int | None =
     )
 
 
-def runout(run_uid: str, *, angles, shifts, fit_angles=(), fit=(), centre_px=None) -> Message:
-    """The current shift of every frame so far and the fitted runout over angle."""
+def runout(
+    run_uid: str,
+    *,
+    angles,
+    shifts,
+    fit_angles=(),
+    fit=(),
+    centre_px=None,
+    seqs=None,
+    ok=None,
+    uncertainty=None,
+    tilt_axis_deg=None,
+) -> Message:
+    """The current shift of every frame so far (re-estimated as the scan grows), its current
+    uncertainty and trust flag, and the fitted runout over angle."""
+
+    def optional(values, cast):
+        return None if values is None else [None if v is None else cast(v) for v in values]
+
     return (
         "runout",
         {
             "run_uid": run_uid,
+            "seqs": optional(seqs, int),
             "angles": np.asarray(angles, float).tolist(),
             "shifts": np.asarray(shifts, float).reshape(-1, 2).tolist(),
+            "ok": optional(ok, bool),
+            "uncertainty_px": optional(uncertainty, _finite_or_none),
             "fit_angles": np.asarray(fit_angles, float).tolist(),
             "fit": np.asarray(fit, float).reshape(-1, 2).tolist(),
             "centre_px": centre_px,
+            "tilt_axis_deg": tilt_axis_deg,
         },
     )
+
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def milling(run_uid: str, *, stage: str, target_nm, thickness_nm, current_A=None, elapsed_s=None) -> Message:

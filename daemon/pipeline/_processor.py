@@ -21,8 +21,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
+from ...processing.register import shift_image
 from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
+from ..transport import encode_image
 from . import _messages as messages
 
 Report = Callable[[str, int, int], None]
@@ -90,7 +92,8 @@ class BaseProcessor:
     def __init__(self, start: dict, processing: Processing):
         self.start = start
         self.processing = processing
-        self.records: dict[int, dict] = {}  # seq -> angle, shift, quality
+        self.records: dict[int, dict] = {}  # seq -> angle, shift (current), first_shift, quality, ok
+        self.applied: dict[int, dict] = {}  # id(reconstruction) -> seq -> shift last applied there
         self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
         self.n_columns: int | None = None
         self.done = 0
@@ -148,9 +151,11 @@ class BaseProcessor:
             "seq": np.asarray(seqs, float),
             "angle": np.asarray([r["angle"] for r in recs], float),
             "shift": np.asarray([r["shift"] for r in recs], float).reshape(-1, 2),
-            "fwhm": np.asarray([q.fwhm_px if q is not None else (np.nan, np.nan) for q in quality], float),
-            "psr": np.asarray([q.psr if q is not None else np.nan for q in quality], float),
-            "ok": np.asarray([q.ok if q is not None else True for q in quality], bool),
+            "fwhm": np.asarray([_get(q, "fwhm_px", (np.nan, np.nan)) for q in quality], float),
+            "psr": np.asarray([_get(q, "psr", np.nan) for q in quality], float),
+            "ok": np.asarray(
+                [r.get("ok", _get(q, "ok", True)) for r, q in zip(recs, quality, strict=True)], bool
+            ),
             "slices": slices or {},
         }
         runout = getattr(aligner, "runout", None)
@@ -163,14 +168,36 @@ class BaseProcessor:
             data["centre_px"] = aligner.centre_px - (columns - 1) / 2.0  # offset from the centre column
         return RunArrays.from_mapping(data)
 
-    def take_shifts(self, shifts, reconstructions) -> None:
-        """Refined shifts (one per frame the aligner holds) into the records and the volumes."""
-        for seq, shift in zip(self.aligned_seqs, shifts, strict=True):
-            self.records[seq]["shift"] = (float(shift[0]), float(shift[1]))
+    def take_shifts(self, shifts, reconstructions, *, uncertainties=None, ok=None, tolerance_px=0.0) -> None:
+        """Current shifts (one per frame the aligner holds) into the records and the volumes.
+
+        ``uncertainties`` ((n, 2) px) and ``ok`` ((n,) bool) update each frame's current quality.
+        A volume is redone only for frames whose shift moved by more than ``tolerance_px``
+        since it was last applied there (the records always hold the exact current values).
+        """
+        for k, (seq, shift) in enumerate(zip(self.aligned_seqs, shifts, strict=True)):
+            record = self.records[seq]
+            record["shift"] = (float(shift[0]), float(shift[1]))
+            if uncertainties is not None:
+                record["uncertainty"] = float(np.nanmax(uncertainties[k]))
+            if ok is not None:
+                record["ok"] = bool(ok[k])
         for recon in reconstructions:
-            if recon is not None:
-                keys = set(recon.keys)
-                recon.update_shifts({s: self.records[s]["shift"] for s in self.aligned_seqs if s in keys})
+            if recon is None:
+                continue
+            keys = set(recon.keys)
+            applied = self.applied.setdefault(id(recon), {})
+            moved = {}
+            for s in self.aligned_seqs:
+                if s not in keys:
+                    continue
+                new = self.records[s]["shift"]
+                old = applied.get(s, self.records[s].get("first_shift", new))
+                if max(abs(new[0] - old[0]), abs(new[1] - old[1])) > tolerance_px:
+                    moved[s] = new
+            if moved:
+                recon.update_shifts(moved)
+                applied.update(moved)
 
     def refined(
         self, recon: IncrementalReconstructor, *, nonnegative: bool, report: Report, what: str
@@ -197,9 +224,12 @@ class BaseProcessor:
                 break
         return np.asarray(refiner.volume)
 
-    def write_volume(self, run, name: str, volume, refined, slices: dict) -> None:
+    def write_volume(self, run, name: str, volume, refined, slices: dict, units: str | None = None) -> None:
         """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
-        run.writer.write_volume(name, volume, attrs={"method": "filtered back-projection"})
+        attrs = {"method": "filtered back-projection"}
+        if units:
+            attrs["units"] = units
+        run.writer.write_volume(name, volume, attrs=attrs)
         slices[name] = central_slices(volume)
         if refined is not None:
             method = self.processing.refine
@@ -210,6 +240,74 @@ class BaseProcessor:
             )
             if name in ("phase", "Zn", "k3", "image"):  # the pictures show the main channels refined
                 slices[f"{name} ({method})"] = central_slices(refined)
+
+    # -- views on request (the page's steerable slice and sinogram) -------------------------------
+    def view_sources(self) -> dict:
+        """Channel -> (IncrementalReconstructor, index in its channel stack or None)."""
+        return {}
+
+    def units_of(self, channel: str) -> str:
+        """Units of a channel's reconstructed values (shown with the colour bar)."""
+        return ""
+
+    def view(self, kind: str, params: dict) -> dict:
+        """A slice of the current reconstruction or a sinogram of the aligned projections.
+
+        ``kind='slice'``: params ``channel``, ``axis`` ('xy', 'xz' or 'yz': the plane, normal to
+        z, y or x) and ``index`` (position along that normal, voxels; default the middle).
+        ``kind='sinogram'``: params ``channel`` and ``row`` (detector row = slice z; default the
+        middle): aligned projections' row against angle (sorted). Images come encoded as on the
+        results stream. Raises KeyError/ValueError (the request's fault) with the reason.
+        """
+        sources = self.view_sources()
+        channel = params.get("channel") or next(iter(sources), None)
+        if channel not in sources:
+            raise KeyError(f"channel {channel!r} is not reconstructed; known: {', '.join(sources) or 'none'}")
+        recon, index = sources[channel]
+        if recon.n_projections == 0:
+            raise ValueError("no projection reconstructed yet")
+        pick = (lambda a: a[index]) if index is not None else (lambda a: a)
+        if kind == "slice":
+            volume = np.asarray(pick(np.asarray(recon.volume())))
+            axis = params.get("axis", "xy")
+            normal = {"xy": 0, "xz": 1, "yz": 2}.get(axis)
+            if normal is None:
+                raise ValueError(f"axis = {axis!r} is not one of 'xy', 'xz', 'yz'")
+            size = volume.shape[normal]
+            position = size // 2 if params.get("index") is None else int(params["index"])
+            if not 0 <= position < size:
+                raise ValueError(f"index = {position} is outside [0, {size - 1}] for the {axis} plane")
+            plane = np.take(volume, position, axis=normal)
+            return {
+                "kind": "slice",
+                "channel": channel,
+                "axis": axis,
+                "index": position,
+                "size": size,
+                "n_projections": recon.n_projections,
+                "units": self.units_of(channel),
+                "image": encode_image(np.asarray(plane, np.float32)),
+            }
+        if kind == "sinogram":
+            angles, data, dx = recon.aligned_projections()
+            data = np.asarray(
+                pick(np.moveaxis(np.asarray(data), 0, -3))
+            )  # (..., n, nz, n_u) -> channel picked
+            n_rows = data.shape[-2]
+            row = n_rows // 2 if params.get("row") is None else int(params["row"])
+            if not 0 <= row < n_rows:
+                raise ValueError(f"row = {row} is outside [0, {n_rows - 1}]")
+            order = np.argsort(np.asarray(angles, dtype=float))
+            lines = [shift_image(data[k, row][None, :], (0.0, float(dx[k])))[0] for k in order]
+            return {
+                "kind": "sinogram",
+                "channel": channel,
+                "row": row,
+                "rows": n_rows,
+                "angles": [float(a) for a in np.asarray(angles, dtype=float)[order]],
+                "image": encode_image(np.asarray(lines, np.float32)),
+            }
+        raise ValueError(f"view kind {kind!r} is not one of 'slice', 'sinogram'")
 
     def write_alignment(self, run) -> None:
         """Shifts, quality and rotation centre as the NXdata ``/entry/processing/alignment``."""
@@ -256,6 +354,7 @@ class BaseProcessor:
 
     def runout_message(self, run, aligner):
         arrays = self.run_arrays(aligner)
+        seqs = sorted(self.records)
         return messages.runout(
             run.uid,
             angles=arrays.angle,
@@ -263,7 +362,18 @@ class BaseProcessor:
             fit_angles=arrays.fit_angles,
             fit=arrays.fit,
             centre_px=arrays.centre_px,
+            seqs=seqs,
+            ok=[self.records[s].get("ok") for s in seqs],
+            uncertainty=[self.records[s].get("uncertainty") for s in seqs],
         )
+
+
+def _get(quality, key: str, default):
+    """A field of a quality record (a RegistrationQuality or a dict), ``default`` when absent."""
+    if quality is None:
+        return default
+    value = quality.get(key) if isinstance(quality, dict) else getattr(quality, key, None)
+    return default if value is None else value
 
 
 class StoreOnly(BaseProcessor):

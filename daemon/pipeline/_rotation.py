@@ -25,8 +25,22 @@ from ..storage import export_pyxrf_maps
 from . import _messages as messages
 from ._processor import BaseProcessor, FrameContext, Report, RunEnd
 
-REFINE_EVERY = 20  # frames between global alignment refinements (moment consistency; ~10 ms at 48 px)
+REFINE_EVERY = 20  # frames between robust re-solves of the whole alignment (every frame is re-solved anyway)
+RECON_TOLERANCE_PX = 0.02  # a frame's contribution to the live volume is redone when its shift moves more
 I0_PERCENTILE = 99.5  # the flat-field level of a camera frame: its brightest pixels see no specimen
+
+
+def published_quality(result) -> dict:
+    """The quality a frame's published shift carries: the trust flag and 1-sigma uncertainty of
+    the shift itself (the aligner's joint solution), with the width and peak-to-sidelobe ratio
+    of the correlation peak that registered it (absent for the first frame)."""
+    reg = result.quality
+    return {
+        "fwhm_px": None if reg is None else reg.fwhm_px,
+        "psr": None if reg is None else reg.psr,
+        "uncertainty_px": max(result.uncertainty_px) if result.uncertainty_px is not None else float("inf"),
+        "ok": bool(result.ok),
+    }
 
 
 class RotationProcessor(BaseProcessor):
@@ -40,6 +54,13 @@ class RotationProcessor(BaseProcessor):
         self.recon_channel: str | None = None  # "phase" (DPC) or "image"
         detectors = start.get("detectors") or []
         self.channels = ("dpc", "phase") if "dpc" in detectors else ("image",)
+        self.dpc_sensitivity: float | None = None  # κ from the DPC detector's geometry (descriptor)
+
+    def descriptor(self, run, doc) -> None:
+        for device in doc.get("configuration", {}).values():
+            for key, value in device.get("data", {}).items():
+                if key.endswith("_sensitivity") and isinstance(value, int | float) and value > 0:
+                    self.dpc_sensitivity = float(value)
 
     # -- what a frame gives
     def _views(self, frame, ctx: FrameContext):
@@ -49,9 +70,9 @@ class RotationProcessor(BaseProcessor):
             h = v = phase = None
             with ctx.stage("preprocess"):
                 h, v, _ = dpc_from_segments(data)
-                # phase in units of the DPC sensitivity (unknown to the daemon: it only scales the volume);
-                # the field edges set one baseline for every angle so iterative methods see consistent data
-                phase = phase_from_dpc(h, v, sensitivity=1.0, background="edge")
+                # phase in rad through the detector's sensitivity κ (its geometry, from the descriptor;
+                # without it, in units of κ); the field edges set one baseline for every angle
+                phase = phase_from_dpc(h, v, sensitivity=self.dpc_sensitivity or 1.0, background="edge")
             if phase is None:
                 return None
             return "dpc", {"dpc_h": h, "dpc_v": v}, ("phase", phase), {"dpc": h, "phase": phase}
@@ -88,11 +109,13 @@ class RotationProcessor(BaseProcessor):
             if aligner is not None:
                 result = aligner.add(align_on, frame.angle_deg)
                 self.aligned_seqs.append(frame.seq)
-                record["shift"], record["quality"] = result.shift_px, result.quality
+                record["shift"] = record["first_shift"] = result.shift_px
+                record["quality"] = published_quality(result)
                 if aligner.n_frames % REFINE_EVERY == 0:
-                    self._apply_refinement()
-                if aligner.runout is not None or aligner.centre_px is not None:
-                    out.append(self.runout_message(run, aligner))
+                    aligner.refine()
+                # every earlier frame is re-estimated as the scan grows: current values out
+                self._take_current(aligner)
+                out.append(self.runout_message(run, aligner))
         with ctx.stage("reconstruct"):
             if self.processing.reconstruct:
                 self.recon_channel = channel
@@ -107,11 +130,7 @@ class RotationProcessor(BaseProcessor):
         return out
 
     def previews(self, run) -> list:
-        return (
-            []
-            if self.recon is None
-            else [messages.reconstruction_slices(run.uid, self.recon_channel, self.recon)]
-        )
+        return self.final_slices(run)
 
     def _preview(self, frame, ctx: FrameContext) -> bool:
         return ctx.previews and frame.seq % self.processing.preview_every == 0
@@ -122,8 +141,32 @@ class RotationProcessor(BaseProcessor):
     def _reconstructions(self) -> tuple:
         return (self.recon,)
 
+    def live_reconstructions(self) -> dict:
+        """Channel -> the incremental reconstruction that the previews show (for snapshots)."""
+        return {} if self.recon is None else {self.recon_channel: self.recon}
+
+    def view_sources(self) -> dict:
+        return {} if self.recon is None else {self.recon_channel: (self.recon, None)}
+
+    def units_of(self, channel: str) -> str:
+        if channel == "phase":
+            return "rad/voxel" if self.dpc_sensitivity else "κ·rad/voxel"
+        if channel == "image":
+            return "attenuation/voxel"
+        return "counts/voxel"
+
     def _apply_refinement(self) -> None:
-        self.take_shifts(self.aligner.refine(), self._reconstructions())
+        self.aligner.refine()
+        self._take_current(self.aligner, tolerance_px=0.0)
+
+    def _take_current(self, aligner, tolerance_px: float = RECON_TOLERANCE_PX) -> None:
+        self.take_shifts(
+            aligner.shifts,
+            self._reconstructions(),
+            uncertainties=aligner.uncertainties,
+            ok=aligner.ok,
+            tolerance_px=tolerance_px,
+        )
 
     def finish(self, run, directory: Path, report: Report) -> RunEnd:
         slices: dict = {}
@@ -131,7 +174,16 @@ class RotationProcessor(BaseProcessor):
         report("pictures", 1, 1)
         run.writer.flush()
         final = [self.runout_message(run, self.aligner)] if self.aligner is not None else []
+        final += self.final_slices(run)
         return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices), messages=final)
+
+    def final_slices(self, run) -> list:
+        """The slices of every channel's reconstruction with all its projections (previews may
+        have been coalesced while processing caught up)."""
+        out = []
+        if self.recon is not None:
+            out.append(messages.reconstruction_slices(run.uid, self.recon_channel, self.recon))
+        return out
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:
         if self.aligner is not None and self.aligner.n_frames >= 3:
@@ -147,7 +199,10 @@ class RotationProcessor(BaseProcessor):
         refined = None
         if self.recon_channel != "phase":
             refined = self.refined(self.recon, nonnegative=True, report=report, what=self.recon_channel)
-        self.write_volume(run, self.recon_channel, volume, refined, slices)
+        units = None
+        if self.recon_channel == "phase":  # rad per voxel, or in units of κ without the geometry
+            units = "rad per voxel" if self.dpc_sensitivity else "DPC sensitivity x rad per voxel"
+        self.write_volume(run, self.recon_channel, volume, refined, slices, units=units)
 
 
 class XRFDPCProcessor(RotationProcessor):
@@ -191,13 +246,23 @@ class XRFDPCProcessor(RotationProcessor):
     def _reconstructions(self) -> tuple:
         return (self.recon, self.maps)
 
-    def previews(self, run) -> list:
-        out = super().previews(run)
-        if self.maps is not None and self.elements:
-            element = "Zn" if "Zn" in self.elements else self.elements[-1]
-            out.append(
-                messages.reconstruction_slices(run.uid, element, self.maps, self.elements.index(element))
-            )
+    def live_reconstructions(self) -> dict:
+        out = super().live_reconstructions()
+        if self.maps is not None:
+            out["elements"] = self.maps
+        return out
+
+    def view_sources(self) -> dict:
+        out = super().view_sources()
+        if self.maps is not None:
+            out.update({element: (self.maps, i) for i, element in enumerate(self.elements)})
+        return out
+
+    def final_slices(self, run) -> list:
+        out = super().final_slices(run)
+        if self.maps is not None:
+            for i, element in enumerate(self.elements):
+                out.append(messages.reconstruction_slices(run.uid, element, self.maps, i))
         return out
 
     def _finish_volumes(self, run, report: Report, slices: dict) -> None:

@@ -1,4 +1,19 @@
-"""Cryo-ET tilt series: K3 tilts aligned as they arrive (any order), reconstructed incrementally."""
+"""Cryo-ET tilt series: K3 tilts aligned as they arrive (any order), reconstructed incrementally.
+
+The camera's in-plane tilt-axis angle is estimated live (features tracked through the series,
+:mod:`livetomo.processing.tilt_axis`) unless the configuration gives it; every frame is turned
+so that the axis is vertical before it is aligned and back-projected, and when the estimate
+moves, the alignment and the reconstruction are redone from the stored frames. Shifts are
+published in camera pixels, with the axis angle, after every frame (the current values of all
+frames: earlier ones are re-estimated as the series grows).
+
+The lamella thickness for the run-end slab refinement comes from, in this order: the plan's
+metadata (``lamella_thickness_nm``), ``processing.lamella_thickness_px``, the last EELS reading
+of a milling run on this daemon, or the data (the zero-loss transmission falls as
+``exp(-t / (λ cos α))``: the slope of ln(mean counts) against 1/cos α is -t/λ, with λ
+``processing.inelastic_mfp_nm``). The source's tilt weights ``w = cos α / (1 + λ sin² α)`` are
+applied when ``processing.tilt_lambda`` is set (docs/reconstruction.md: what they do here).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +23,38 @@ import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
 from ...processing.streaming_align import StreamingTiltAligner
+from ...processing.tilt_axis import TiltAxisEstimator, from_axis_frame, rotate_image
 from ..storage import export_imod
 from . import _messages as messages
 from ._processor import BaseProcessor, FrameContext, Report, RunEnd
 
+AXIS_MIN_CHANGE_DEG = 0.05  # a new axis estimate moving this far (and beyond 2 sigma) is applied
+AXIS_MAX_SIGMA_DEG = 0.5  # estimates less certain than this are not applied
+AXIS_EVERY = 4  # frames between axis estimates
+
+
+def thickness_from_transmission(tilts_deg, mean_counts, mfp_nm: float) -> float | None:
+    """Lamella thickness (nm) from the zero-loss transmission of a constant-dose tilt series.
+
+    ``ln(mean counts) = const − (t / λ) / cos α``: a straight line in 1/cos α whose slope gives
+    t = −slope · λ. None with fewer than 5 tilts or a range too small to see the slope.
+    """
+    a = np.deg2rad(np.asarray(tilts_deg, dtype=float))
+    m = np.asarray(mean_counts, dtype=float)
+    ok = np.isfinite(m) & (m > 0)
+    if ok.sum() < 5:
+        return None
+    x = 1.0 / np.cos(a[ok])
+    if np.ptp(x) < 0.05:
+        return None
+    slope, _ = np.polyfit(x, np.log(m[ok]), 1)
+    return float(max(-slope * mfp_nm, 0.0))
+
 
 class TiltSeriesProcessor(BaseProcessor):
-    """Align every K3 tilt on the nearest aligned one (cosine stretch), reconstruct by FBP;
-    at run end refine the alignment on a lamella slab (when its thickness is configured),
-    write the volume and its iterative refinement, and export the IMOD set (docs/storage.md)."""
+    """Align every K3 tilt on the nearest aligned one (cosine stretch) with the axis vertical,
+    reconstruct by weighted FBP; at run end refine the alignment on a lamella slab, write the
+    volume and its iterative refinement, and export the IMOD set (docs/storage.md)."""
 
     channels = ("k3",)
     primary_stream = "k3_image"
@@ -24,11 +62,22 @@ class TiltSeriesProcessor(BaseProcessor):
     def __init__(self, start: dict, processing):
         super().__init__(start, processing)
         self.angles_planned = start.get("tilt_angles")
-        self.aligner = (
-            StreamingTiltAligner(thickness_px=processing.lamella_thickness_px) if processing.align else None
-        )
+        self.session: dict = {}  # set by the pipeline: what earlier runs measured (EELS thickness)
+        known = processing.tilt_axis_deg
+        self.axis_deg = 90.0 if known is None else float(known)
+        self.axis_sigma_deg: float | None = None if known is None else 0.0
+        self.axis_estimator = TiltAxisEstimator(prior_deg=self.axis_deg) if known is None else None
+        self.axis_updates = 0
+        self.aligner = self._new_aligner() if processing.align else None
         self.recon: IncrementalReconstructor | None = None
         self.pixel_size_nm: float | None = None
+        self.raw: dict[int, np.ndarray] = {}  # seq -> counts (kept to redo the work at a new axis)
+        self.mean_counts: dict[int, float] = {}
+        self.thickness_nm: float | None = None
+        self.thickness_source: str | None = None
+
+    def _new_aligner(self) -> StreamingTiltAligner:
+        return StreamingTiltAligner(thickness_px=self.processing.lamella_thickness_px)
 
     def descriptor(self, run, doc):
         for device in doc.get("configuration", {}).values():
@@ -36,29 +85,41 @@ class TiltSeriesProcessor(BaseProcessor):
                 if key.endswith("_pixel_size"):
                     self.pixel_size_nm = float(value)
 
+    # -- per frame --------------------------------------------------------------------------
     def frame(self, run, frame, ctx: FrameContext) -> list:
         if not self.count(frame):
             return []
-        out = []
         record = {"angle": frame.angle_deg, "shift": (0.0, 0.0), "quality": None}
         self.records[frame.seq] = record
         contrast = None
         with ctx.stage("preprocess"):
-            contrast = frame.data / max(float(np.mean(frame.data)), 1e-12) - 1.0  # removes 1/cos transmission
+            counts = np.asarray(frame.data, dtype=np.float32)
+            self.raw[frame.seq] = counts
+            self.mean_counts[frame.seq] = float(np.mean(counts))
+            contrast = self._contrast(counts)
         with ctx.stage("align"):
             if self.aligner is not None:
-                result = self.aligner.add(frame.data, frame.angle_deg)
+                result = self.aligner.add(rotate_image(counts, self.axis_deg), frame.angle_deg)
                 self.aligned_seqs.append(frame.seq)
-                record["shift"], record["quality"] = result.shift_px, result.quality
+                record["shift"] = record["first_shift"] = self._camera(result.shift_px)
+                record["quality"] = self._published_quality(result.quality)
+                self._follow_axis(frame.seq, counts)
         with ctx.stage("reconstruct"):
             if self.processing.reconstruct and contrast is not None:
-                self.recon = self.recon or IncrementalReconstructor(
-                    contrast.shape, angles_deg=self.angles_planned, filter_name="hann"
-                )
-                self.recon.add(contrast, frame.angle_deg, shift=record["shift"], key=frame.seq)
-        out.append(self.frame_message(run, frame, record, ctx))
+                self.recon = self.recon or self._new_recon(contrast.shape)
+                if frame.seq not in set(self.recon.keys):  # (a new axis angle may have redone it already)
+                    contrast = self._contrast(counts)  # at the current axis angle
+                    self.recon.add(
+                        contrast, frame.angle_deg, shift=self._aligned_shift(frame.seq), key=frame.seq
+                    )
+                self._take_current()
+        out = [self.frame_message(run, frame, record, ctx)]
+        if self.aligner is not None:
+            out.append(self.runout_message(run, None))
         if contrast is not None and ctx.previews and frame.seq % self.processing.preview_every == 0:
-            out.append(messages.aligned_projection(run.uid, "k3", frame, contrast, record["shift"]))
+            out.append(
+                messages.aligned_projection(run.uid, "k3", frame, contrast, self._aligned_shift(frame.seq))
+            )
             if self.recon is not None:
                 out.append(messages.reconstruction_slices(run.uid, "k3", self.recon))
         return out
@@ -66,11 +127,188 @@ class TiltSeriesProcessor(BaseProcessor):
     def previews(self, run) -> list:
         return [] if self.recon is None else [messages.reconstruction_slices(run.uid, "k3", self.recon)]
 
+    def _published_quality(self, reg) -> dict | None:
+        """The registration's peak figures, with the uncertainty of the published shift: the
+        registration's own, and what a link really scatters by in this series times the square
+        root of the links between this tilt and the first (a tilt is reached through its
+        neighbours), in quadrature."""
+        if reg is None:
+            return {"fwhm_px": None, "psr": None, "uncertainty_px": 0.0, "ok": True}
+        scatter = float(np.max(np.nan_to_num(self.aligner.link_scatter(), nan=0.03)))
+        tilts = np.sort(self.aligner.tilts_deg)
+        step = float(np.median(np.diff(tilts))) if tilts.size > 2 else 3.0
+        hops = (
+            abs(tilts[-1] - tilts[0])
+            if tilts.size < 2
+            else abs(self.aligner.tilts_deg[-1] - self.aligner.tilts_deg[0])
+        )
+        unc = float(np.hypot(np.max(reg.uncertainty_px), scatter * np.sqrt(1.0 + hops / max(step, 1e-3))))
+        return {
+            "fwhm_px": reg.fwhm_px,
+            "psr": reg.psr,
+            "uncertainty_px": unc,
+            "ok": bool(reg.ok) and unc <= 0.3,
+        }
+
+    def _contrast(self, counts):
+        """Relative contrast with the axis turned vertical (removes the 1/cos transmission)."""
+        turned = rotate_image(counts, self.axis_deg)
+        return turned / max(float(np.mean(turned)), 1e-12) - 1.0
+
+    def _new_recon(self, shape) -> IncrementalReconstructor:
+        return IncrementalReconstructor(
+            shape, angles_deg=self.angles_planned, filter_name="hann", tilt_lambda=self.processing.tilt_lambda
+        )
+
+    def _camera(self, shift) -> tuple[float, float]:
+        """A shift of the turned frame (rows along the axis) in camera pixels."""
+        dy, dx = from_axis_frame([shift], self.axis_deg)[0]
+        return float(dy), float(dx)
+
+    def _aligned_shift(self, seq: int) -> tuple[float, float]:
+        """The current shift of frame ``seq`` in the turned frame (what the reconstruction takes)."""
+        if self.aligner is None or seq not in self.aligned_seqs:
+            return (0.0, 0.0)
+        s = self.aligner.shifts[self.aligned_seqs.index(seq)]
+        return float(s[0]), float(s[1])
+
+    def _take_current(self) -> None:
+        """Every frame's current shift (camera pixels) into the records, the turned ones into the volume."""
+        if self.aligner is None:
+            return
+        shifts = self.aligner.shifts
+        for seq, s in zip(self.aligned_seqs, shifts, strict=True):
+            self.records[seq]["shift"] = self._camera(s)
+        if self.recon is not None:
+            keys = set(self.recon.keys)
+            applied = self.applied.setdefault(id(self.recon), {})
+            moved = {}
+            for seq, s in zip(self.aligned_seqs, shifts, strict=True):
+                new = (float(s[0]), float(s[1]))
+                old = applied.get(seq, new)
+                if seq in keys and max(abs(new[0] - old[0]), abs(new[1] - old[1])) > 0.02:
+                    moved[seq] = new
+                applied.setdefault(seq, new)
+            if moved:
+                self.recon.update_shifts(moved)
+                applied.update(moved)
+
+    # -- the tilt axis ----------------------------------------------------------------------
+    def _follow_axis(self, seq: int, counts) -> None:
+        estimator = self.axis_estimator
+        if estimator is None:
+            return
+        estimator.add(counts, self.records[seq]["angle"], self.records[seq]["first_shift"])
+        if estimator.n_frames < 8 or estimator.n_frames % AXIS_EVERY:
+            return
+        estimator.update_shifts([self.records[s]["shift"] for s in self.aligned_seqs])
+        estimate = estimator.estimate()
+        if estimate is None or not estimate.sigma_deg <= AXIS_MAX_SIGMA_DEG:
+            return
+        self.axis_sigma_deg = estimate.sigma_deg
+        change = abs(estimate.angle_deg - self.axis_deg)
+        if change > max(AXIS_MIN_CHANGE_DEG, 2.0 * estimate.sigma_deg):
+            self.axis_deg = estimate.angle_deg
+            self._redo_at_axis()
+
+    def _redo_at_axis(self) -> None:
+        """Align and back-project every stored frame again with the axis at the new angle."""
+        self.axis_updates += 1
+        seqs = list(self.aligned_seqs)
+        self.aligner = self._new_aligner()
+        for seq in seqs:
+            result = self.aligner.add(rotate_image(self.raw[seq], self.axis_deg), self.records[seq]["angle"])
+            self.records[seq]["first_shift"] = self.records[seq].get(
+                "first_shift", self._camera(result.shift_px)
+            )
+        if self.recon is not None:
+            self.recon = self._new_recon(self.recon.projection_shape)
+            self.applied.clear()
+            shifts = self.aligner.shifts
+            for seq, s in zip(seqs, shifts, strict=True):
+                self.recon.add(
+                    self._contrast(self.raw[seq]), self.records[seq]["angle"], shift=tuple(s), key=seq
+                )
+                self.applied.setdefault(id(self.recon), {})[seq] = (float(s[0]), float(s[1]))
+
+    # -- messages ---------------------------------------------------------------------------
+    def runout_message(self, run, aligner):
+        seqs = sorted(self.records)
+        ok, unc = [], []
+        for s in seqs:
+            q = self.records[s].get("quality") or {}
+            ok.append(bool(q.get("ok", True)))
+            unc.append(q.get("uncertainty_px"))
+        return messages.runout(
+            run.uid,
+            angles=[self.records[s]["angle"] for s in seqs],
+            shifts=[self.records[s]["shift"] for s in seqs],
+            seqs=seqs,
+            ok=ok,
+            uncertainty=unc,
+            tilt_axis_deg=self.axis_deg,
+        )
+
+    def live_reconstructions(self) -> dict:
+        return {} if self.recon is None else {"k3": self.recon}
+
+    def view_sources(self) -> dict:
+        return {} if self.recon is None else {"k3": (self.recon, None)}
+
+    def units_of(self, channel: str) -> str:
+        return "contrast/voxel"
+
+    # -- run end ----------------------------------------------------------------------------
+    def lamella_thickness(self) -> tuple[float | None, str | None]:
+        """(thickness in pixels, where it came from) for the slab refinement; see the module docstring."""
+        pixel = self.pixel_size_nm
+        md = self.start.get("lamella_thickness_nm")
+        if md is not None and pixel:
+            self.thickness_nm = float(md)
+            return float(md) / pixel, "plan metadata"
+        if self.processing.lamella_thickness_px:
+            self.thickness_nm = float(self.processing.lamella_thickness_px) * pixel if pixel else None
+            return float(self.processing.lamella_thickness_px), "configuration"
+        eels = self.session.get("lamella_thickness_nm")
+        if eels is not None and pixel:
+            self.thickness_nm = float(eels)
+            return float(eels) / pixel, "last EELS reading of a milling run"
+        seqs = sorted(self.mean_counts)
+        estimate = thickness_from_transmission(
+            [self.records[s]["angle"] for s in seqs],
+            [self.mean_counts[s] for s in seqs],
+            self.processing.inelastic_mfp_nm,
+        )
+        if estimate is not None and pixel and estimate > 0:
+            self.thickness_nm = estimate
+            return estimate / pixel, "estimated from the zero-loss transmission"
+        return None, None
+
     def finish(self, run, directory: Path, report: Report) -> RunEnd:
-        if self.aligner is not None and self.aligner.n_frames >= 3 and self.aligner.thickness_px:
-            report("refining the alignment (lamella slab)", 1, 1)
-            self.take_shifts(self.aligner.refine(), (self.recon,))
+        thickness_px, source = self.lamella_thickness()
+        self.thickness_source = source
+        if self.aligner is not None and self.aligner.n_frames >= 3 and thickness_px:
+            report(f"refining the alignment (lamella slab {thickness_px:.1f} px, {source})", 1, 1)
+            self.aligner.thickness_px = max(2, int(round(thickness_px)))
+            self.aligner.refine()
+            self._take_current()
         self.write_alignment(run)
+        run.writer.write_processed(
+            "alignment/tilt_axis",
+            np.asarray([self.axis_deg]),
+            attrs={
+                "units": "degree",
+                "convention": "from the image's x axis towards its rows; 90 = vertical",
+                "estimated": self.axis_estimator is not None,
+                "sigma": self.axis_sigma_deg if self.axis_sigma_deg is not None else np.nan,
+            },
+        )
+        if self.thickness_nm is not None:
+            run.writer.write_processed(
+                "alignment/lamella_thickness",
+                np.asarray([self.thickness_nm]),
+                attrs={"units": "nm", "source": source},
+            )
         slices = {}
         if self.recon is not None:
             report("writing the volume", 1, 1)
@@ -79,7 +317,10 @@ class TiltSeriesProcessor(BaseProcessor):
             self.write_volume(run, "k3", volume, refined, slices)
         report("pictures", 1, 1)
         run.writer.flush()
-        return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices))
+        final = [self.runout_message(run, None)] if self.aligner is not None else []
+        if self.recon is not None:
+            final.append(messages.reconstruction_slices(run.uid, "k3", self.recon))
+        return RunEnd(pictures=self.pictures(run, directory, self.aligner, slices), messages=final)
 
     def export(self, run, directory: Path, report: Report) -> list[Path]:
         report("IMOD set (MRC + .mdoc, .tlt, .xf, aligned stack, tomogram)", 1, 1)

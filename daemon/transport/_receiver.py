@@ -467,6 +467,7 @@ class _Throttle:
 
 
 STOP = None  # what the receiver puts on the queue when it stops (if ``sentinel``)
+HELD_SWEEP_S = 0.05  # how often the receiver looks over every held run (admit or expire)
 
 
 class FrameReceiver:
@@ -586,9 +587,13 @@ class FrameReceiver:
         sock = self._socket
         sock.rcvtimeo = self._poll_ms  # wake up now and then to notice stop(); cheaper than a poller
         try:
+            next_sweep = 0.0
             while not self._stop.is_set():
-                if self._held:
+                if self._held and time.monotonic() >= next_sweep:
+                    # a sweep over every held run, at most every HELD_SWEEP_S: per message it
+                    # would cost O(held runs) under a flood of frames for unknown runs
                     self._release_held()
+                    next_sweep = time.monotonic() + HELD_SWEEP_S
                 try:
                     parts = sock.recv_multipart(copy=False)
                 except zmq.Again:
@@ -627,7 +632,7 @@ class FrameReceiver:
             return
         if self.hold_unknown_s > 0:
             if msg.run in self._held:
-                self._release_held()  # the run may have been announced since: its held messages go first
+                self._release_run(msg.run)  # announced since? its held messages go first
             if msg.run in self._held or not self.tracker.is_announced(msg.run):
                 self._hold(msg)
                 return
@@ -640,6 +645,14 @@ class FrameReceiver:
             return
         self._held.setdefault(msg.run, []).append((time.monotonic(), msg))
         self._n_held += 1
+
+    def _release_run(self, run: str) -> None:
+        """Admit the held messages of ``run`` if it is now announced."""
+        if self.tracker.is_announced(run):
+            messages = self._held.pop(run)
+            self._n_held -= len(messages)
+            for _, msg in messages:
+                self._admit(msg)
 
     def _release_held(self, expire_all: bool = False) -> None:
         """Admit held messages whose run is now announced; reject those that waited too long."""

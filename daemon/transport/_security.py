@@ -42,7 +42,8 @@ class AllowList:
         self._keys: set[bytes] = set()
 
     def keys(self) -> set[bytes]:
-        stamp = max((p.stat().st_mtime_ns for p in self.directory.glob("*.key")), default=0)
+        # names and times: a key removed (revoked) changes the stamp as much as one added
+        stamp = sorted((p.name, p.stat().st_mtime_ns) for p in self.directory.glob("*.key"))
         if stamp != self._stamp:
             self._keys = set(zmq.auth.load_certificates(str(self.directory)))
             self._stamp = stamp

@@ -21,11 +21,13 @@ from . import Beamline
 
 @dataclass
 class Settings:
-    """``seed`` for every simulator; specimen volumes as (z, y, x) voxels."""
+    """``seed`` for every simulator; specimen volumes as (z, y, x) voxels; the K3's in-plane
+    tilt-axis angle (degrees from the image's x axis towards its rows; 90: vertical)."""
 
     seed: int = 0
     microprobe_shape: tuple[int, int, int] = (32, 64, 64)
     tem_shape: tuple[int, int, int] = (48, 16, 48)
+    tem_tilt_axis_deg: float = 90.0
     beam_current_min_mA: float = 100.0  # plans suspend below it, resume above twice it
     stage_temperature_max_K: float = 110.0  # plans suspend above it, resume below it less 10 K
     suspend_resume_sleep_s: float = 1.0  # wait after the condition clears before resuming
@@ -35,6 +37,8 @@ class Settings:
             shape = getattr(self, name)
             if len(shape) != 3 or min(shape) < 8 or max(shape) > 1024:
                 raise ValueError(f"beamline.{name} = {list(shape)} must be three sizes in [8, 1024] voxels")
+        if not 0.0 <= float(self.tem_tilt_axis_deg) < 180.0:
+            raise ValueError(f"beamline.tem_tilt_axis_deg = {self.tem_tilt_axis_deg} must be in [0, 180) deg")
 
 
 PLAN_DEFAULTS = {
@@ -50,7 +54,9 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
     """Every simulated instrument, its image detectors writing to ``sink``."""
     seed = settings.seed
     probe = make_microprobe(shape=settings.microprobe_shape, seed=seed, sink=sink)
-    tem = make_tem(shape=settings.tem_shape, seed=seed + 10, sink=sink)
+    tem = make_tem(
+        shape=settings.tem_shape, seed=seed + 10, sink=sink, tilt_axis_deg=settings.tem_tilt_axis_deg
+    )
     fib = make_fib(seed=seed + 20)
     correlative = make_correlative(seed=seed + 30, sink=sink)
     devices = {

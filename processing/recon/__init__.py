@@ -12,7 +12,7 @@ Geometry: volumes (z, y, x), z the rotation axis; at θ = 0 the beam runs along 
 column u = x cos θ + y sin θ from the centres. See docs/reconstruction.md.
 """
 
-from .angles import angular_weights, tilt_weights
+from .angles import angular_weights, normalised_tilt_weights, tilt_weights
 from .backprojection import FilterPlan, fbp, projection_weights
 from .channels import absorption_from_transmission, contrast_from_counts, normalized_counts, phase_from_dpc
 from .errors import NonFiniteProjectionError, ReconstructionError, UnknownProjectionError
@@ -48,4 +48,5 @@ __all__ = [
     "projection_weights",
     "shift_rows",
     "tilt_weights",
+    "normalised_tilt_weights",
 ]

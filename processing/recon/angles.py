@@ -94,3 +94,18 @@ def tilt_weights(angles_deg, lam: float) -> np.ndarray:
         )
     r = np.deg2rad(a)
     return np.cos(r) / (1.0 + lam * np.sin(r) ** 2)
+
+
+def normalised_tilt_weights(angles_deg, lam: float, dtheta=None) -> np.ndarray:
+    """Tilt weights scaled to keep the reconstruction's gain: ``Σ Δθ_k w_k = Σ Δθ_k``.
+
+    The source's ``w_k = cos α_k / (1 + λ sin² α_k)`` is 1 at zero tilt and smaller elsewhere,
+    so applied as is it scales the whole volume down by their Δθ-weighted mean (0.82 for
+    λ = 0 over ±60°, 0.59 for λ = 2): part of the RMSE they added in ``livetomo bench recon``
+    was that scale, not their shape (docs/reconstruction.md). ``dtheta``: the angular weights
+    the tilt weights multiply (default :func:`angular_weights` of the angles).
+    """
+    w = tilt_weights(angles_deg, lam)
+    d = angular_weights(angles_deg) if dtheta is None else np.asarray(dtheta, dtype=np.float64)
+    total = float(np.sum(d * w))
+    return w * (float(np.sum(d)) / total) if total > 0 else w

@@ -26,7 +26,7 @@ import numpy as np
 from ..arrays import get_array_module, next_fast_len, to_numpy
 from . import _kernels_xp
 from ._backend import use_numba
-from .angles import angular_weights, tilt_weights
+from .angles import angular_weights, normalised_tilt_weights
 from .errors import NonFiniteProjectionError, ReconstructionError
 from .filters import PADDINGS, check_filter, filter_rows, fourier_filter
 from .shifts import as_shifts, shift_rows
@@ -113,6 +113,9 @@ def projection_weights(
 ) -> np.ndarray:
     """Total weight of each projection: Δθ_k (rad) × tilt weight × extra weight.
 
+    The tilt weights are normalised so that Σ Δθ_k w_k = Σ Δθ_k: they reshape how the
+    directions count without scaling the volume (see :func:`normalised_tilt_weights`).
+
     Parameters
     ----------
     angles_deg : N angles, degrees.
@@ -126,7 +129,7 @@ def projection_weights(
     """
     w = angular_weights(angles_deg, max_gap_factor=max_gap_factor)
     if tilt_lambda is not None:
-        w = w * tilt_weights(angles_deg, tilt_lambda)
+        w = w * normalised_tilt_weights(angles_deg, tilt_lambda, w)
     if weights is not None:
         extra = np.asarray(weights, dtype=np.float64).ravel()
         if extra.shape != w.shape or not np.all(np.isfinite(extra)) or np.any(extra < 0):

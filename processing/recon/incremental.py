@@ -496,8 +496,15 @@ class IncrementalReconstructor:
             dtheta = np.empty(received.size)
             dtheta[matched] = w_set[nearest[matched]] / count[nearest[matched]]
             dtheta[~matched] = w_set[self._planned.size :]
-        if self.tilt_lambda is not None:
-            dtheta = dtheta * tilt_weights(received, self.tilt_lambda)
+        if self.tilt_lambda is not None:  # normalised over the planned set when there is one
+            if self._planned is not None:
+                planned_w = angular_weights(self._planned, max_gap_factor=self.max_gap_factor)
+                gain = float(
+                    np.sum(planned_w * tilt_weights(self._planned, self.tilt_lambda)) / np.sum(planned_w)
+                )
+            else:
+                gain = float(np.sum(dtheta * tilt_weights(received, self.tilt_lambda)) / np.sum(dtheta))
+            dtheta = dtheta * tilt_weights(received, self.tilt_lambda) / max(gain, 1e-12)
         extra_w = np.array([r.extra_weight for r in recs])
         return list(dtheta * extra_w / self.voxel_size)
 

@@ -13,6 +13,7 @@ from livetomo.processing.recon import (
     angular_weights,
     fbp,
     fourier_filter,
+    normalised_tilt_weights,
     projection_weights,
     tilt_weights,
 )
@@ -154,14 +155,20 @@ def test_tilt_weights_formula_and_use(cell):
     assert tilt_weights([0.0], 3.0)[0] == 1.0
     angles = np.arange(-60.0, 60.1, 3.0)
     sino = project_many(mu, angles).astype(np.float32)
+    # applied normalised: they reshape how the directions count, they do not scale the volume
+    normalised = normalised_tilt_weights(angles, 0.7)
+    d = angular_weights(angles)
+    assert np.sum(d * normalised) == pytest.approx(np.sum(d))
+    np.testing.assert_allclose(normalised / normalised[angles == 0.0], tilt_weights(angles, 0.7))
     np.testing.assert_allclose(
         fbp(sino, angles, tilt_lambda=0.7),
-        fbp(sino, angles, weights=tilt_weights(angles, 0.7)),
+        fbp(sino, angles, weights=normalised),
         atol=1e-7,
     )
-    np.testing.assert_allclose(
-        projection_weights(angles, tilt_lambda=0.7), angular_weights(angles) * tilt_weights(angles, 0.7)
-    )
+    np.testing.assert_allclose(projection_weights(angles, tilt_lambda=0.7), d * normalised)
+    weighted = fbp(sino, angles, tilt_lambda=0.7)
+    plain = fbp(sino, angles)
+    assert np.sum(weighted * plain) / np.sum(plain * plain) == pytest.approx(1.0, abs=0.1)  # same gain
     with pytest.raises(ReconstructionError, match="within"):
         tilt_weights([95.0], 0.1)
 

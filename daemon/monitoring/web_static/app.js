@@ -119,7 +119,7 @@ function renderProgress() {
   setText("progress-frames-label", unit);
   $("row-angles").hidden = !p.angles_planned;  // a milling run has stages, no angles
   $("row-dose").hidden = !p.dose_units;
-  for (const card of document.querySelectorAll(".frames-only")) card.hidden = unit !== "frames";
+  for (const card of document.querySelectorAll(".frames-only")) card.hidden = unit !== "frames" || (card.id === "viewer" && viewer.available === false);
   setText("progress-frames", `${p.frames_done ?? 0} / ${p.frames_planned ?? "?"}`);
   setText("progress-angles", `${p.angles_done ?? 0} / ${p.angles_planned ?? "?"}`);
   const units = p.dose_units || "";
@@ -130,10 +130,11 @@ function renderProgress() {
   setText("progress-angle", p.last_angle === null || p.last_angle === undefined ? "–" : `${num(p.last_angle, 2)}°`);
   setText("progress-low", String(p.low_quality || 0));
   $("progress-low").classList.toggle("low", (p.low_quality || 0) > 0);
-  const last = model.frames.length ? model.frames[model.frames.length - 1] : null;
-  setText("progress-shift", last && last.dy !== null ? `${num(last.dy, 2)}, ${num(last.dx, 2)} px` : "–");
+  const frames = currentFrames(), last = frames.length ? frames[frames.length - 1] : null;
+  const unc = last && last.unc !== null && last.unc !== undefined ? ` ± ${num(last.unc, 2)}` : "";
+  setText("progress-shift", last && last.dy !== null ? `${num(last.dy, 2)}, ${num(last.dx, 2)}${unc} px` : "–");
   const q = last ? `FWHM ${num(last.fwhm_y, 1)}×${num(last.fwhm_x, 1)} px, PSR ${num(last.psr, 1)}` : "–";
-  setText("progress-quality", last && last.ok === false ? `${q}  LOW` : q);
+  setText("progress-quality", last && last.ok === false ? `${q}  FLAGGED` : q);
   $("progress-quality").classList.toggle("low", !!last && last.ok === false);
 }
 
@@ -164,16 +165,28 @@ function renderSlices(chosen) {
   }
 }
 
+// The current value of each frame (the daemon re-estimates earlier frames as the scan grows; the
+// runout message carries the whole table by seq), else the value the frame had when it arrived.
+function currentFrames() {
+  const r = model.runout || {}, bySeq = new Map();
+  if (r.seqs) r.seqs.forEach((seq, i) => bySeq.set(seq, i));
+  return model.frames.map((f) => {
+    const i = bySeq.get(f.seq);
+    if (i === undefined) return f;
+    const shift = r.shifts[i] || [f.dy, f.dx];
+    const ok = r.ok && r.ok[i] !== null ? r.ok[i] : f.ok;
+    const unc = r.uncertainty_px ? r.uncertainty_px[i] : f.unc;
+    return Object.assign({}, f, { dy: shift[0], dx: shift[1], ok, unc, first_dy: f.dy, first_dx: f.dx });
+  });
+}
+
 function renderTrace() {
-  const frames = model.frames, r = model.runout || {};
+  const frames = currentFrames(), r = model.runout || {};
   const angles = frames.map((f) => f.angle), marked = frames.map((f) => f.ok === false);
   const planned = ((model.run || {}).angles_planned) || [];
   const xr = planned.length ? Plot.finiteRange([planned, angles], 0.02) : undefined;
   const fitA = r.fit_angles || [], fit = r.fit || [];
-  // the runout message carries the whole current shift table: after a refinement earlier
-  // frames' shifts change, so prefer it over the shifts each frame had when it arrived
-  const table = r.shifts && r.shifts.length === frames.length ? r.shifts : null;
-  const shiftOf = (f, i, axis) => (table ? table[i][axis] : axis ? f.dx : f.dy);
+  const shiftOf = (f, i, axis) => (axis ? f.dx : f.dy);
   const panel = (axis, name, color) => ({
     ylabel: `${name} shift (px)`, xrange: xr, xlabel: axis === 0 ? "angle (°)" : "",  // y is the lower panel
     series: [
@@ -186,21 +199,26 @@ function renderTrace() {
   const canvas = $("trace");
   canvas.dataset.points = String(Plot.draw(canvas, [panel(1, "x", "#4fa3ff"), panel(0, "y", "#c58bff")]));
   canvas.dataset.fitPoints = String(fit.length);
-  setText("trace-caption", frames.length ? `${frames.length} frames, ${marked.filter(Boolean).length} low quality (red ×)` : "");
+  const axis = r.tilt_axis_deg !== null && r.tilt_axis_deg !== undefined ? `, tilt axis ${num(r.tilt_axis_deg, 2)}°` : "";
+  setText("trace-caption", frames.length
+    ? `${frames.length} frames (current estimates), ${marked.filter(Boolean).length} flagged (red ×)${axis}` : "");
+  canvas.dataset.flagged = String(marked.filter(Boolean).length);
 }
 
 function renderQuality() {
-  const frames = model.frames, seq = frames.map((f) => f.seq), marked = frames.map((f) => f.ok === false);
+  const frames = currentFrames(), seq = frames.map((f) => f.seq), marked = frames.map((f) => f.ok === false);
   const canvas = $("quality");
   canvas.dataset.points = String(Plot.draw(canvas, [
     { ylabel: "peak FWHM (px)", series: [
       { label: "FWHM y", x: seq, y: frames.map((f) => f.fwhm_y), color: "#c58bff", marked },
       { label: "FWHM x", x: seq, y: frames.map((f) => f.fwhm_x), color: "#4fa3ff", marked }] },
-    { ylabel: "peak / sidelobe", xlabel: "frame", series: [
+    { ylabel: "peak / sidelobe", series: [
       { label: "PSR", x: seq, y: frames.map((f) => f.psr), color: "#3ecf8e", marked }] },
+    { ylabel: "uncertainty (px)", xlabel: "frame", series: [
+      { label: "1σ of the current shift", x: seq, y: frames.map((f) => f.unc), color: "#f5b942", marked }] },
   ]));
   const low = frames.filter((f) => f.ok === false).map((f) => f.seq);
-  setText("quality-caption", low.length ? `low quality: frames ${low.slice(-12).join(", ")}` : "");
+  setText("quality-caption", low.length ? `flagged now: frames ${low.slice(-12).join(", ")}${low.length > 12 ? " …" : ""}` : "");
 }
 
 function renderHealth() {
@@ -277,6 +295,117 @@ function renderRunEnd() {
   }));
 }
 
+// --- the steerable viewer: slices and sinograms computed by the daemon on request -----------
+
+const viewer = { key: null, busy: false, again: false, range: null, lastProjections: null, sinogramKey: null };
+
+function viewerSize(channel) {
+  const s = (model.slices || {})[channel];
+  if (!s || !s.xy) return null;
+  const [ny, nx] = s.xy.shape, nz = s.xz ? s.xz.shape[0] : ny;
+  return { xy: nz, xz: ny, yz: nx, rows: nz };  // positions along each plane's normal (previews may be downsampled)
+}
+
+async function fetchJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function viewerOptions() {
+  const auto = $("viewer-auto").checked, lo = parseFloat($("viewer-min").value), hi = parseFloat($("viewer-max").value);
+  return { range: !auto && Number.isFinite(lo) && Number.isFinite(hi) && hi > lo ? [lo, hi] : null, cmap: $("viewer-cmap").value };
+}
+
+async function requestViews(force) {
+  // the chosen channel, else the reconstructed one (as the slice previews do)
+  const channel = previewChannel("slices", chosenChannel()), axis = $("viewer-axis").value;
+  const index = $("viewer-index").value, row = $("sinogram-row").value;
+  const s = (model.slices || {})[channel];
+  const ended = !!(model.run || {}).ended;  // once more when the run has ended
+  const key = `${channel}|${axis}|${index}|${row}|${s ? s.n_projections : ""}|${ended}`;
+  if (!s || (!force && key === viewer.key)) return;
+  if (viewer.busy) { viewer.again = true; return; }
+  viewer.busy = true; viewer.key = key;
+  try {
+    const q = (o) => Object.entries(o).map(([k, v]) => `${k}=${encodeURIComponent(v)}`).join("&");
+    const [slice, sino] = await Promise.all([
+      fetchJSON(`view/slice?${q({ channel, axis, index })}`),
+      fetchJSON(`view/sinogram?${q({ channel, row })}`),
+    ]);
+    viewer.slice = slice; viewer.sinogram = sino;
+    $("viewer-index").max = String(slice.size - 1);
+    $("sinogram-row").max = String(sino.rows - 1);
+    drawViews();
+    setText("viewer-error", "");
+  } catch (err) {
+    setText("viewer-error", `view: ${err.message}`);
+  } finally {
+    viewer.busy = false;
+    if (viewer.again) { viewer.again = false; setTimeout(() => requestViews(false), 50); }
+  }
+}
+
+function drawViews() {
+  const slice = viewer.slice, sino = viewer.sinogram;
+  if (!slice) return;
+  const opts = viewerOptions();
+  const range = Plot.image($("viewer-slice"), slice.image, opts);
+  $("viewer-slice").dataset.axis = slice.axis; $("viewer-slice").dataset.index = String(slice.index);
+  if (Array.isArray(range)) {
+    Plot.colorbar($("viewer-colorbar"), range[0], range[1], opts.cmap, slice.units || "");
+    if ($("viewer-auto").checked) { $("viewer-min").value = Plot.label(range[0]); $("viewer-max").value = Plot.label(range[1]); }
+  }
+  setText("viewer-index-value", `${slice.index} / ${slice.size - 1}`);
+  setText("viewer-slice-caption", `${slice.channel} ${slice.axis} plane at ${slice.index} (normal ${{ xy: "z", xz: "y", yz: "x" }[slice.axis]}), `
+    + `${slice.n_projections} projections, computed by the daemon`);
+  setText("viewer-caption", `${slice.channel}${slice.units ? `, ${slice.units}` : ""}`);
+  if (sino) {
+    Plot.image($("viewer-sinogram"), sino.image, { cmap: opts.cmap });
+    $("viewer-sinogram").dataset.row = String(sino.row);
+    setText("sinogram-row-value", `${sino.row} / ${sino.rows - 1}`);
+    const a = sino.angles;
+    setText("viewer-sinogram-caption", `sinogram of detector row ${sino.row}: ${a.length} angles `
+      + `${a.length ? `${num(a[0], 1)}° to ${num(a[a.length - 1], 1)}°` : ""} down, aligned columns across`);
+  }
+}
+
+for (const id of ["viewer-axis", "viewer-index", "sinogram-row"]) {
+  $(id).addEventListener("input", () => {
+    if (id === "viewer-axis") { $("viewer-index").value = "0"; viewer.key = null; }
+    requestViews(true);
+  });
+}
+for (const id of ["viewer-auto", "viewer-min", "viewer-max", "viewer-cmap"]) {
+  $(id).addEventListener("input", () => {
+    if (id !== "viewer-auto" && id !== "viewer-cmap") $("viewer-auto").checked = false;
+    drawViews();
+  });
+}
+
+function renderViewer() {
+  // refresh when the reconstruction has more projections, at most a few times a second
+  if (viewer.available === undefined) {  // a page served without a daemon has no views to ask for
+    viewer.available = null;
+    fetchJSON("healthz").then((h) => { viewer.available = !!h.views; $("viewer").hidden = !h.views; scheduleRender(); })
+      .catch(() => { viewer.available = undefined; });
+    return;
+  }
+  if (!viewer.available) return;
+  const run = model.run || {};
+  if (run.finishing && !run.ended) return;  // the daemon answers views again when the run has ended
+  const now = Date.now();
+  if (viewer.lastRequest && now - viewer.lastRequest < 500) return;
+  viewer.lastRequest = now;
+  if (!viewer.slice) {  // first view: the middle of the volume
+    const size = viewerSize(previewChannel("slices", chosenChannel()));
+    if (size) { $("viewer-index").max = String(size.xy - 1); $("viewer-index").value = String(Math.floor(size.xy / 2));
+      $("sinogram-row").max = String(size.rows - 1); $("sinogram-row").value = String(Math.floor(size.rows / 2)); }
+  }
+  requestViews(false);
+}
+
 function render() {
   if (!model) return;
   const channel = chosenChannel();
@@ -286,6 +415,7 @@ function render() {
   renderSlices(channel);
   renderTrace();
   renderQuality();
+  if (!$("viewer").hidden) renderViewer();
   renderHealth();
   renderMilling();
   renderCorrelative();

@@ -149,28 +149,62 @@ const Plot = (() => {
     return hi > lo ? [lo, hi] : [lo - 0.5, lo + 0.5];
   }
 
+  // Colour maps: grey, and viridis from its published control points (linear in between).
+  const VIRIDIS = [[68, 1, 84], [72, 35, 116], [64, 67, 135], [52, 94, 141], [41, 120, 142],
+    [32, 144, 140], [34, 167, 132], [68, 190, 112], [121, 209, 81], [189, 222, 38], [253, 231, 37]];
+  function colour(t, cmap) {
+    t = Math.max(0, Math.min(1, t));
+    if (cmap !== "viridis") { const g = Math.round(255 * t); return [g, g, g]; }
+    const x = t * (VIRIDIS.length - 1), i = Math.min(Math.floor(x), VIRIDIS.length - 2), f = x - i;
+    return VIRIDIS[i].map((c, k) => Math.round(c + f * (VIRIDIS[i + 1][k] - c)));
+  }
+
   // Draw an encoded image (float32 grey or uint8 RGB) at its own size; CSS scales the canvas.
-  function image(canvas, encoded) {
+  // options: {range: [lo, hi] (default: 1st-99th percentile), cmap: "gray" | "viridis"}.
+  // Returns the display range used ([lo, hi]; true for RGB), or false without an image.
+  function image(canvas, encoded, options) {
     if (!encoded) return false;
+    const opts = options || {};
     const [rows, cols] = encoded.shape, values = decode(encoded);
     if (canvas.width !== cols) canvas.width = cols;
     if (canvas.height !== rows) canvas.height = rows;
     const ctx = canvas.getContext("2d"), out = ctx.createImageData(cols, rows), px = out.data;
+    let range = true;
     if (encoded.dtype === "uint8") {
       for (let i = 0, j = 0; i < rows * cols; i++, j += 3) {
         px[4 * i] = values[j]; px[4 * i + 1] = values[j + 1]; px[4 * i + 2] = values[j + 2]; px[4 * i + 3] = 255;
       }
     } else {
-      const [lo, hi] = contrast(values), scale = 255 / (hi - lo);
+      const [lo, hi] = opts.range && opts.range[1] > opts.range[0] ? opts.range : contrast(values);
+      range = [lo, hi];
+      let sum = 0;
       for (let i = 0; i < rows * cols; i++) {
-        const v = values[i];
-        const g = Number.isFinite(v) ? Math.max(0, Math.min(255, (v - lo) * scale)) : 0;
-        px[4 * i] = px[4 * i + 1] = px[4 * i + 2] = g; px[4 * i + 3] = Number.isFinite(v) ? 255 : 0;
+        const v = values[i], [r, g, b] = colour(Number.isFinite(v) ? (v - lo) / (hi - lo) : 0, opts.cmap);
+        px[4 * i] = r; px[4 * i + 1] = g; px[4 * i + 2] = b; px[4 * i + 3] = Number.isFinite(v) ? 255 : 0;
+        sum = (sum * 31 + r + 7 * g + 13 * b) % 1000000007;
       }
+      canvas.dataset.checksum = String(sum);  // what is shown (tests compare it)
     }
     ctx.putImageData(out, 0, 0);
-    return true;
+    return range;
   }
 
-  return { draw, image, finiteRange };
+  // A horizontal colour bar for [lo, hi] with three labelled ticks and the units.
+  function colorbar(canvas, lo, hi, cmap, units) {
+    const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, bar = H - 14;
+    ctx.clearRect(0, 0, W, H);
+    for (let x = 0; x < W; x++) {
+      const [r, g, b] = colour(x / (W - 1), cmap);
+      ctx.fillStyle = `rgb(${r},${g},${b})`; ctx.fillRect(x, 0, 1, bar);
+    }
+    ctx.fillStyle = TEXT; ctx.font = "11px system-ui, sans-serif"; ctx.textBaseline = "top";
+    const ticks = [[0, "left", lo], [0.5, "center", (lo + hi) / 2], [1, "right", hi]];
+    for (const [f, align, v] of ticks) {
+      ctx.textAlign = align;
+      ctx.fillText(`${label(v)}${f === 1 && units ? " " + units : ""}`, f * (W - 1), bar + 1);
+    }
+    canvas.dataset.range = `${lo},${hi}`;
+  }
+
+  return { draw, image, colorbar, finiteRange, label };
 })();

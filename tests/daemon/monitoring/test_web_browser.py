@@ -118,7 +118,7 @@ def test_page_follows_a_streamed_scan(live, page, artifacts):
     assert len({s for s in slices if 0 < s < N_ANGLES}) >= 3 and slices == sorted(slices)
     # the final counts match the run: every frame on both traces and in the quality plot
     assert final == {"frames": f"{N_ANGLES} / {N_ANGLES}", "trace": 2 * N_ANGLES, "slices": N_ANGLES}
-    assert page.get_attribute("#quality", "data-points") == str(3 * N_ANGLES)
+    assert page.get_attribute("#quality", "data-points") == str(4 * N_ANGLES)  # FWHM y, x, PSR, uncertainty
     assert page.text_content("#run-end-text") == (
         f"ended: completed; {N_ANGLES} of {N_ANGLES} frames received (complete)"
     )
@@ -212,3 +212,71 @@ def test_page_follows_a_scan_run_by_the_daemon(daemon, page, artifacts):
     print(f"monitor page screenshot (real daemon): {shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert page.errors == []
+
+
+def test_operator_steers_the_slice_view_and_the_daemon_computes_it(daemon, page, artifacts):
+    """The page asks the daemon for a slice where the operator puts it; the image follows."""
+    import h5py
+    import httpx
+    import numpy as np
+
+    from livetomo.daemon.transport import decode_image
+
+    summary = _run_xrf(daemon, n_angles=24)
+    page.goto(daemon.web.url + "#channel=phase")
+    page.wait_for_function(
+        "document.getElementById('viewer-slice').dataset.index !== undefined", timeout=20000
+    )
+    before = page.eval_on_selector("#viewer-slice", "c => [c.dataset.index, c.dataset.checksum]")
+    size = int(page.eval_on_selector("#viewer-index", "e => e.max")) + 1
+    target = (int(before[0]) + size // 3) % size
+    page.eval_on_selector(  # the operator drags the position slider
+        "#viewer-index", "(e, v) => { e.value = String(v); e.dispatchEvent(new Event('input')); }", target
+    )
+    page.wait_for_function(
+        f"document.getElementById('viewer-slice').dataset.index === '{target}'", timeout=20000
+    )
+    after = page.eval_on_selector("#viewer-slice", "c => c.dataset.checksum")
+    assert after != before[1]  # another slice is shown
+    # ... and it is the daemon's reconstruction at that position (the run's final volume)
+    view = httpx.get(
+        f"{daemon.web.url}view/slice", params={"channel": "phase", "axis": "xy", "index": target}
+    )
+    assert view.status_code == 200
+    with h5py.File(summary["file"], "r") as f:
+        volume = f["entry/processing/reconstruction/phase"][()]
+    np.testing.assert_allclose(decode_image(view.json()["image"]), volume[target], rtol=1e-4, atol=1e-6)
+    # another orientation, manual contrast limits, a colour bar and a sinogram
+    page.select_option("#viewer-axis", "xz")
+    page.wait_for_function("document.getElementById('viewer-slice').dataset.axis === 'xz'", timeout=20000)
+    shown = page.eval_on_selector("#viewer-slice", "c => c.dataset.checksum")
+    for field, value in (("#viewer-min", "-0.01"), ("#viewer-max", "0.02")):  # the operator types limits
+        page.eval_on_selector(field, f"e => {{ e.value = '{value}'; e.dispatchEvent(new Event('input')); }}")
+    assert page.eval_on_selector("#viewer-auto", "e => e.checked") is False
+    assert page.eval_on_selector("#viewer-colorbar", "c => c.dataset.range") == "-0.01,0.02"
+    assert page.eval_on_selector("#viewer-slice", "c => c.dataset.checksum") != shown
+    assert page.eval_on_selector("#viewer-sinogram", "c => c.dataset.row") is not None
+    assert "rad/voxel" in page.text_content("#viewer-caption")
+    # bad requests are refused with the reason, and nothing changes
+    bad = httpx.get(f"{daemon.web.url}view/slice", params={"channel": "phase", "axis": "ab"})
+    assert bad.status_code == 400 and "axis" in bad.json()["error"]
+    far = httpx.get(f"{daemon.web.url}view/slice", params={"channel": "phase", "index": 99999})
+    assert far.status_code == 400 and "outside" in far.json()["error"]
+    page.screenshot(path=str(artifacts / "monitor_page_viewer.png"), full_page=True)
+    assert page.errors == []
+
+
+def _run_xrf(daemon, n_angles: int) -> dict:
+    from livetomo.daemon.control import ControlClient
+
+    client = ControlClient(daemon.config.endpoints.control)
+    client(
+        "queue_add",
+        plan="xrf_dpc_tomo",
+        kwargs={"start": 0, "stop": 180, "num": n_angles, "dwell_s": 0.003, "raster_shape": [16, 40]},
+    )
+    client("queue_start")
+    t0 = time.monotonic()
+    while not daemon.pipeline.finished_runs and time.monotonic() - t0 < 120:
+        time.sleep(0.1)
+    return daemon.pipeline.finished_runs[-1]

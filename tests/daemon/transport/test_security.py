@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import zmq
@@ -73,6 +74,10 @@ def test_curve_lets_in_listed_clients_and_the_daemons_own_key_and_refuses_strang
         assert ask() is None  # no CURVE at all: the handshake fails, nothing reaches the server
         assert ask(rogue["client_secret"]) is None  # CURVE, but a key nobody listed
         assert ask(keys["client_secret"]) == b'{"ok": true}'
+        assert ask(own=True) == b'{"ok": true}'
+        # revoking: the client's key file removed from the allow-list shuts it out at once
+        (Path(config.curve.authorized_clients) / "client.key").unlink()
+        assert ask(keys["client_secret"]) is None
         assert ask(own=True) == b'{"ok": true}'
     finally:
         server.close()

@@ -1,0 +1,105 @@
+"""What the daemon publishes while a scan runs, held to the simulators' truth (the targets of
+``livetomo bench live``, on scans small enough for CI)."""
+
+import h5py
+import numpy as np
+import pytest
+
+from livetomo.daemon.testing import live_alignment_figures, record_run, running_daemon
+
+
+@pytest.fixture(scope="module")
+def xrf_run(tmp_path_factory):
+    """A 31-angle XRF-DPC scan of the test beamline's cell, raster covering it and its runout."""
+    tmp = tmp_path_factory.mktemp("live")
+    with running_daemon(tmp, processing={"refine_iterations": 5}, web={"enabled": False}) as daemon:
+        params = {"start": 0, "stop": 180, "num": 31, "dwell_s": 0.003, "raster_shape": [16, 40]}
+        recording = record_run(daemon, "xrf_dpc_tomo", params, snapshot_at=(15,))
+        truth = np.array([r.true_shift_px for r in daemon.beamline.truth["microprobe"].history])
+    with h5py.File(recording.summary["file"], "r") as f:
+        seq = f["entry/processing/alignment/seq"][()]
+        final = f["entry/processing/alignment/shift"][()][np.argsort(seq)]
+        phase_units = f["entry/processing/reconstruction/phase"].attrs["units"]
+    return recording, truth, final, phase_units
+
+
+def test_published_shifts_meet_the_live_targets(xrf_run):
+    recording, truth, final, _ = xrf_run
+    figures = live_alignment_figures(recording, truth, file_shifts=final)
+    assert figures["frames"] == 31
+    assert figures["first_rms_px"] <= 0.5 and figures["first_max_px"] <= 1.5  # the first published value
+    assert figures["current_checks"] >= 20 and figures["current_worst_rms_px"] <= 0.25  # every point from Q1
+    assert figures["final_rms_px"] <= 0.1
+    assert abs(figures["final_centre_px"]) <= 0.25
+
+
+def test_earlier_frames_are_re_estimated_and_published_as_current_values(xrf_run):
+    recording, truth, _, _ = xrf_run
+    runouts = [p for t, p in recording.messages if t == "runout"]
+    frames = [p for t, p in recording.messages if t == "frame"]
+    assert len(runouts) >= len(frames)  # a table of current values after every frame (and at the end)
+    last = runouts[-1]
+    assert last["seqs"] == sorted(p["seq"] for p in frames)
+    assert len(last["ok"]) == len(last["uncertainty_px"]) == len(last["shifts"])
+    first = {p["seq"]: p["shift"] for p in frames}
+    current = dict(zip(last["seqs"], last["shifts"], strict=True))
+    moved = [np.max(np.abs(np.subtract(current[s], first[s]))) for s in first]
+    assert max(moved) > 0.001  # earlier frames changed as later frames came in
+    # every frame's quality carries the published shift's own uncertainty and flag
+    q = frames[-1]["quality"]
+    assert q["ok"] in (True, False) and q["uncertainty_px"] is not None
+
+
+def test_phase_is_in_radians_from_the_detector_geometry(xrf_run):
+    *_, units = xrf_run
+    assert units == "rad per voxel"
+
+
+@pytest.fixture(scope="module")
+def tilt_run(tmp_path_factory):
+    """The source's series: ±70° in 2° steps at 3 e/Å² (213 e/Å²), the K3's tilt axis at 84°."""
+    tmp = tmp_path_factory.mktemp("tilt")
+    sections = {
+        "processing": {"refine_iterations": 5},
+        "web": {"enabled": False},
+        "beamline": {"tem_shape": [128, 32, 128], "tem_tilt_axis_deg": 84.0},  # bench align (b)'s lamella
+    }
+    params = {"min_deg": -70, "max_deg": 70, "step_deg": 2, "dose_per_tilt": 3.0}
+    with running_daemon(tmp, **sections) as daemon:
+        with pytest.raises(Exception, match="exceeds dose_budget"):  # the default budget is 150 e/Å²
+            daemon.api.queue_add("tilt_series", params)
+        recording = record_run(daemon, "tilt_series", {**params, "dose_budget": 215.0})
+        world = daemon.beamline.truth["tem"]
+        truth = np.array([f.true_shift_px for f in world.history])
+        true_thickness = world.camera.thickness_nm
+    with h5py.File(recording.summary["file"], "r") as f:
+        seq = f["entry/processing/alignment/seq"][()]
+        final = f["entry/processing/alignment/shift"][()][np.argsort(seq)]
+        axis = float(f["entry/processing/alignment/tilt_axis"][()][0])
+        thickness = float(f["entry/processing/alignment/lamella_thickness"][()][0])
+    return recording, truth, final, axis, thickness, true_thickness
+
+
+def test_tilt_series_meets_the_live_targets_with_an_inclined_axis(tilt_run):
+    recording, truth, final, axis, *_ = tilt_run
+    assert recording.summary["complete"] and recording.summary["frames_received"] == 71
+    figures = live_alignment_figures(recording, truth, file_shifts=final, axis_deg=84.0)
+    assert figures["first_rms_px"] <= 0.5 and figures["first_max_px"] <= 1.5
+    assert figures["current_worst_rms_px"] <= 0.25
+    assert figures["final_rms_px"] <= 0.1
+
+
+def test_the_tilt_axis_is_estimated_live_and_used(tilt_run):
+    recording, _, _, axis, *_ = tilt_run
+    assert axis == pytest.approx(84.0, abs=0.2)
+    published = [p["tilt_axis_deg"] for t, p in recording.messages if t == "runout"]
+    assert published[0] == 90.0 and published[-1] == pytest.approx(
+        axis
+    )  # the nominal value, then the estimate
+    moved_at = next(i for i, a in enumerate(published) if a != 90.0)
+    assert moved_at < len(published) // 2  # known live, before half of the series
+
+
+def test_lamella_thickness_is_estimated_from_the_data(tilt_run):
+    *_, thickness, true_thickness = tilt_run
+    assert thickness == pytest.approx(true_thickness, rel=0.1)
