@@ -308,14 +308,15 @@ def make_tem(
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
     world = SimTEM(camera, tilt_model, voxel_size_nm)
     image_shape = (shape[0], shape[2])
-    # the simulated goniometer tilts about the image's vertical (Y) axis: 0 deg in IMOD's convention
+    # the device states the axis in SerialEM's and IMOD's convention (counter-clockwise from Y):
+    # the camera's 90 deg (vertical) is 0 there
     backend = _CameraBackend(
         world.acquire,
         image_shape,
         voxel_size_nm,
         start_run=world.start_run,
         voltage_kv=camera.voltage_kv,
-        tilt_axis_deg=0.0,
+        tilt_axis_deg=tilt_axis_deg - 90.0,
     )
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),

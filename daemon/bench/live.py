@@ -68,8 +68,8 @@ def bench_xrf(
             specimen = world.probe.specimen
             final_shifts, _ = _file_alignment(recording.summary["file"])
             with h5py.File(recording.summary["file"], "r") as f:
-                final_phase = f["entry/processing/reconstruction/phase"][()]
-                units = f["entry/processing/reconstruction/phase"].attrs.get("units")
+                final_phase = f["entry/processing/reconstruction/phase/data"][()]
+                units = f["entry/processing/reconstruction/phase/data"].attrs.get("units")
     figures = live_alignment_figures(recording, truth, file_shifts=final_shifts)
     # the phase is -(2π/λ)∫δ: its volume correlates with -δ
     true_phase = -np.asarray(specimen.delta, dtype=np.float64)

@@ -43,6 +43,7 @@ from ..storage import NXtomoWriter, run_file
 from ..transport import End, Frame, Start
 from . import _messages as messages
 from ._inbox import ProcessingInbox
+from ._memory import release_free_memory
 from ._methods import method_of
 from ._processor import FrameContext
 from ._runs import RunContext
@@ -489,6 +490,8 @@ class Pipeline:
         self.finished_runs.append(summary)
         if self.on_run_end is not None:
             self.on_run_end(run, summary)
+        if not self.finishing.qsize():  # the run's buffers are gone: give their pages back
+            release_free_memory()
 
     # -- shared ----------------------------------------------------------------------------
     def _publish(self, topic: str, payload: dict) -> None:

@@ -7,7 +7,7 @@ from ._catalog import CATALOG_DIRECTORY, RunCatalog, open_embedded_catalog, run_
 from ._correlation import fiducial_overview_png, write_fiducial_result, write_intensity_result
 from ._filters import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from ._frame_files import HDF5FrameSink, read_stream
-from ._mrc import export_imod, export_tilt_series, write_mrc_tilt_series
+from ._mrc import apply_xf, export_imod, export_tilt_series, write_mrc_tilt_series, xf_transforms
 from ._nxtomo import (
     PER_FRAME,
     DerivedStream,
@@ -31,6 +31,7 @@ __all__ = [
     "NXtomoWriter",
     "RunCatalog",
     "clear_write_flags",
+    "apply_xf",
     "compression_options",
     "export_imod",
     "export_pyxrf_maps",
@@ -52,5 +53,6 @@ __all__ = [
     "write_fiducial_result",
     "write_intensity_result",
     "write_mrc_tilt_series",
+    "xf_transforms",
     "write_pyxrf_map",
 ]

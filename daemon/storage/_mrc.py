@@ -134,6 +134,9 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
         for key, name in (("voltage_kv", "voltage"), ("tilt_axis_deg", "tilt_axis_angle")):
             ds = None if config is None else config.get(f"{device}_{name}")
             out[key] = None if ds is None else float(ds[()])
+        in_use = f.get("entry/processing/alignment/tilt_axis")
+        if in_use is not None:  # the axis the daemon aligned and reconstructed with (90 = vertical)
+            out["tilt_axis_deg"] = float(np.ravel(in_use[()])[0]) - 90.0
         alignment = f.get("entry/processing/alignment")
         shifts = np.zeros((len(keep), 2))
         if alignment is not None and "seq" in alignment:
@@ -176,6 +179,46 @@ def export_tilt_series(
     )
 
 
+def xf_transforms(shifts, tilt_axis_deg: float) -> np.ndarray:
+    """IMOD .xf lines ``(A11, A12, A21, A22, DX, DY)`` for raw sections.
+
+    shifts : (n, 2) the shift (dy, dx) in pixels that aligns each raw section.
+    tilt_axis_deg : the tilt axis on the raw sections, degrees counter-clockwise from Y (IMOD's
+        and SerialEM's convention, the mdoc's ``RotationAngle``).
+
+    IMOD maps a raw point x (from the section's centre; x along columns, y along rows) to
+    ``A x + D`` in the aligned section. Here the section is moved by its shift, then turned by
+    −``tilt_axis_deg`` so the axis becomes vertical: ``A = R(−φ)``, ``D = A (dx, dy)``.
+    """
+    shifts = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)
+    phi = np.deg2rad(-float(tilt_axis_deg))
+    c, s = np.cos(phi), np.sin(phi)
+    if abs(s) < 1e-12:  # no rotation: keep the identity exact
+        c, s = 1.0, 0.0
+    a = np.array([[c, -s], [s, c]])
+    d = shifts[:, ::-1] @ a.T  # (dx, dy) turned
+    n = len(shifts)
+    return np.column_stack(
+        [np.full(n, a[0, 0]), np.full(n, a[0, 1]), np.full(n, a[1, 0]), np.full(n, a[1, 1]), d]
+    )
+
+
+def apply_xf(image: np.ndarray, transform) -> np.ndarray:
+    """``image`` (rows, cols) transformed by one IMOD .xf line, about its centre, bilinear with
+    edge values (what ``newstack -linear`` gives)."""
+    from scipy import ndimage
+
+    a11, a12, a21, a22, dx, dy = (float(v) for v in transform)
+    image = np.asarray(image, np.float32)
+    if (a11, a12, a21, a22) == (1.0, 0.0, 0.0, 1.0):
+        return shift_image(image, dy, dx)
+    # output point p' (row, col) reads the input at A⁻¹ (p' − c − D) + c, in (row, col) order
+    inverse = np.linalg.inv(np.array([[a22, a21], [a12, a11]]))
+    centre = (np.asarray(image.shape, dtype=np.float64) - 1.0) / 2.0
+    offset = centre - inverse @ (centre + np.array([dy, dx]))
+    return ndimage.affine_transform(image, inverse, offset=offset, order=1, mode="nearest")
+
+
 def shift_image(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """``image`` moved by (dy, dx) pixels, bilinear (as IMOD's ``newstack -linear`` applies an .xf)."""
     from scipy import ndimage
@@ -204,10 +247,13 @@ def export_imod(
     - ``stem.mrc`` + ``stem.mrc.mdoc``: the raw projections sorted by tilt (``export_tilt_series``);
     - ``stem.rawtlt`` and ``stem.tlt``: the tilt of each section, one per line (livetomo does
       not refine tilt angles, so both are the plan's angles);
-    - ``stem.xf``: per section ``A11 A12 A21 A22 DX DY`` with A = identity and (DX, DY) the
-      shift livetomo measured (``/entry/processing/alignment/shift``, pixels of the raw stack):
-      the raw section moved by (DX, DY) is the aligned one;
-    - ``stem_ali.mrc``: the aligned stack, each raw section moved by its .xf shift (bilinear);
+    - ``stem.xf``: per section ``A11 A12 A21 A22 DX DY`` (IMOD's transforms, about the
+      section's centre): the raw section moved by the shift livetomo measured
+      (``/entry/processing/alignment/shift``, pixels of the raw stack), then turned by minus
+      the tilt-axis angle so that the axis is vertical, as IMOD's aligned stacks have it
+      (A = identity when the axis already is; :func:`xf_transforms`);
+    - ``stem_ali.mrc``: the aligned stack, each raw section transformed by its .xf line
+      (bilinear, as ``newstack -linear -xform stem.xf``; :func:`apply_xf`);
     - ``stem_rec.mrc``: the tomogram (the run's FBP volume), oriented as IMOD's rotated
       tomograms: sections along the beam (Z), Y along the tilt axis, X across it; binned by
       ``binning`` (voxel size = pixel size × binning).
@@ -237,13 +283,14 @@ def export_imod(
         path = stem.with_name(stem.name + suffix)
         path.write_text("".join(f"{a:.2f}\n" for a in angles))
         paths.append(path)
+    transforms = xf_transforms(shifts, ts["tilt_axis_deg"] or 0.0)
     xf = stem.with_name(stem.name + ".xf")
     xf.write_text(
-        "".join(f"{1.0:12.7f}{0.0:12.7f}{0.0:12.7f}{1.0:12.7f}{dx:12.3f}{dy:12.3f}\n" for dy, dx in shifts)
+        "".join("".join(f"{v:12.7f}" for v in t[:4]) + f"{t[4]:12.3f}{t[5]:12.3f}\n" for t in transforms)
     )
     paths.append(xf)
     stack = ts["stack"][order]
-    aligned = np.stack([shift_image(img, dy, dx) for img, (dy, dx) in zip(stack, shifts, strict=True)])
+    aligned = np.stack([apply_xf(img, t) for img, t in zip(stack, transforms, strict=True)])
     ali = stem.with_name(stem.name + "_ali.mrc")
     with mrcfile.new(ali, overwrite=True) as mrc:
         mrc.set_data(aligned.astype(np.float32))

@@ -796,7 +796,11 @@ class NXtomoWriter:
             raise ValueError(f"volume {name!r} of shape {volume.shape}; expected (z, y, x)")
         voxel_size = voxel_size or self.pixel_size()
         size, units = voxel_size if voxel_size is not None else (1.0, "pixel")
-        fields: dict = {"data": (volume, {"long_name": long_name or name})}
+        attrs = dict(attrs or {})
+        data_attrs = {"long_name": long_name or name}
+        if attrs.get("units"):  # NeXus puts a field's units on the field
+            data_attrs["units"] = attrs.pop("units")
+        fields: dict = {"data": (volume, data_attrs)}
         for axis, n in zip("zyx", volume.shape, strict=True):
             fields[axis] = (np.arange(n) * size, {"units": units})
         fields["voxel_size"] = (np.float64(size), {"units": units})
@@ -804,7 +808,7 @@ class NXtomoWriter:
             f"reconstruction/{name}",
             fields,
             nx_class="NXdata",
-            attrs={"signal": "data", "axes": ["z", "y", "x"], **(attrs or {})},
+            attrs={"signal": "data", "axes": ["z", "y", "x"], **attrs},
             parent_class="NXprocess",
         )
 

@@ -244,7 +244,7 @@ def test_operator_steers_the_slice_view_and_the_daemon_computes_it(daemon, page,
     )
     assert view.status_code == 200
     with h5py.File(summary["file"], "r") as f:
-        volume = f["entry/processing/reconstruction/phase"][()]
+        volume = f["entry/processing/reconstruction/phase/data"][()]
     np.testing.assert_allclose(decode_image(view.json()["image"]), volume[target], rtol=1e-4, atol=1e-6)
     # another orientation, manual contrast limits, a colour bar and a sinogram
     page.select_option("#viewer-axis", "xz")

@@ -19,7 +19,7 @@ def xrf_run(tmp_path_factory):
     with h5py.File(recording.summary["file"], "r") as f:
         seq = f["entry/processing/alignment/seq"][()]
         final = f["entry/processing/alignment/shift"][()][np.argsort(seq)]
-        phase_units = f["entry/processing/reconstruction/phase"].attrs["units"]
+        phase_units = f["entry/processing/reconstruction/phase/data"].attrs["units"]
     return recording, truth, final, phase_units
 
 

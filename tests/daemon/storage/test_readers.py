@@ -193,13 +193,26 @@ def test_imod_set_tilt_angles_transforms_and_tomogram(runs, tmp_path):
         np.testing.assert_allclose(np.loadtxt(files[suffix]), planned)
     xf = np.loadtxt(files[".xf"])
     assert xf.shape == (len(planned), 6)
-    np.testing.assert_array_equal(xf[:, :4], np.tile([1.0, 0.0, 0.0, 1.0], (len(planned), 1)))
+    with h5py.File(_file(runs, "tilt"), "r") as f:  # the axis the daemon used (90: vertical)
+        imod_axis = float(f["entry/processing/alignment/tilt_axis"][0]) - 90.0
+    turn = np.deg2rad(-imod_axis)  # each .xf turns the raw section so that the axis is vertical
+    rotation = [np.cos(turn), -np.sin(turn), np.sin(turn), np.cos(turn)]
+    np.testing.assert_allclose(xf[:, :4], np.tile(rotation, (len(planned), 1)), atol=1e-6)
     with mrcfile.open(files[".mrc"]) as raw, mrcfile.open(files["_ali.mrc"]) as ali:
         from scipy import ndimage
 
         assert raw.data.shape == ali.data.shape == (len(planned), 24, 24)
-        for z, (dx, dy) in enumerate(xf[:, 4:]):
-            moved = ndimage.shift(raw.data[z], (dy, dx), order=1, mode="nearest")
+        centre = np.array([11.5, 11.5])
+        for z, line in enumerate(xf):  # newstack's mapping: raw x (from the centre) -> A x + D
+            a = np.array([[line[3], line[2]], [line[1], line[0]]])  # in (row, col) order
+            inverse = np.linalg.inv(a)
+            moved = ndimage.affine_transform(
+                raw.data[z],
+                inverse,
+                offset=centre - inverse @ (centre + line[[5, 4]]),
+                order=1,
+                mode="nearest",
+            )
             np.testing.assert_allclose(ali.data[z], moved, atol=1e-3 * float(np.abs(raw.data).max()))
         pixel_A = float(raw.voxel_size.x)
     assert pixel_A == pytest.approx(runs["tilt"]["pixel_nm"] * 10.0)
@@ -207,14 +220,16 @@ def test_imod_set_tilt_angles_transforms_and_tomogram(runs, tmp_path):
     world = runs["tilt"]["world"]
     angles = np.asarray(runs["tilt"]["start"]["tilt_angles"])
     truth = np.array([f.true_shift_px for f in world.history])[np.argsort(angles, kind="stable")]
-    residual = xf[:, [5, 4]] + truth
+    shifts = xf[:, [4, 5]] @ np.linalg.inv(np.array(rotation).reshape(2, 2)).T  # D = A d: back to d
+    residual = shifts[:, ::-1] + truth
     residual -= residual.mean(axis=0)
     assert np.sqrt(np.mean(residual**2)) < 0.5
     with mrcfile.open(files["_rec.mrc"]) as rec:
         assert float(rec.voxel_size.x) == pytest.approx(pixel_A)  # binning 1: the pixel size
         assert rec.data.shape[1:] == (24, 24)  # Z (beam), Y (tilt axis, rows), X
     mdoc = files[".mrc.mdoc"].read_text()
-    assert "Voltage = 300" in mdoc and "Tilt axis angle = 0.0" in mdoc
+    assert "Voltage = 300" in mdoc and f"Tilt axis angle = {imod_axis:.1f}" in mdoc
+    assert f"RotationAngle = {imod_axis:g}" in mdoc
     assert mdoc.count("TiltAngle") == len(planned) and "ExposureDose = 3" in mdoc
     binned = export_imod(_file(runs, "tilt"), tmp_path / "ts", binning=2)
     with mrcfile.open(next(p for p in binned if p.name == "ts_rec.mrc")) as rec:
