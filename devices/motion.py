@@ -184,6 +184,8 @@ class ScanStage:
 
     ``prepare(RasterSpec)`` checks the raster against the piezo travel and dwell range;
     ``kickoff`` runs the raster; the detectors then read out what they gated.
+    ``default_shape`` (rows, columns) is the raster a plan uses when it is given none: the field
+    that covers this instrument's usual specimen and its rotation runout.
     """
 
     def __init__(
@@ -193,9 +195,11 @@ class ScanStage:
         name: str = "scan",
         travel_um: float = 100.0,
         dwell_range_s: tuple[float, float] = (1e-4, 1.0),
+        default_shape: tuple[int, int] = (48, 48),
         parent=None,
     ):
         self.name = name
+        self.default_shape = (int(default_shape[0]), int(default_shape[1]))
         self.parent = parent
         self.backend = backend
         self.travel_um = travel_um

@@ -231,7 +231,10 @@ def make_microprobe(
     world = SimMicroprobe(probe, rotation_model)
     return MicroprobeDevices(
         rotation=RotationStage(SimAxisBackend(rotation_model, _runout_truth)),
-        scan=ScanStage(world),
+        # the default raster holds the cell at every angle and the ice cylinder but at the
+        # extremes of the runout (up to ±6.6 px at 300 nm): a field cutting the specimen biases
+        # the live alignment's absolute centre of mass by 0.1-0.15 px (docs/alignment.md)
+        scan=ScanStage(world, default_shape=(shape[0] + 16, shape[2] + 8)),
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
         txm=TransmissionCamera(world.camera_backend(), sink),

@@ -115,7 +115,7 @@ def xrf_dpc_tomo(
     start: float | None = None,
     stop: float | None = None,
     num: int | None = None,
-    raster_shape: tuple[int, int] = (48, 48),
+    raster_shape: tuple[int, int] | None = None,
     pixel_size_um: float = 0.3,
     dwell_s: float | None = None,
     total_dwell_s: float | None = None,
@@ -131,7 +131,9 @@ def xrf_dpc_tomo(
     dwell per pixel is spread over all angles (dwell = total / n_angles), so many low-dose
     angles cost what few high-dose ones would. The accumulated dose (Gy, ice, 10 keV
     surface dose) must stay within ``dose_budget_gy``. ``order='interlaced'`` acquires the
-    angles in bit-reversed order (:func:`order_angles`). All checks happen before motion.
+    angles in bit-reversed order (:func:`order_angles`). ``raster_shape`` (rows, columns)
+    defaults to the scan stage's ``default_shape``, the field that covers the beamline's usual
+    specimen. All checks happen before motion.
     """
     angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
     check_angles(rotation, angles)
@@ -144,6 +146,8 @@ def xrf_dpc_tomo(
     check_range("flux_photons_per_s", flux_photons_per_s, 1.0, 1e16, "photons/s")
     check_range("energy_kev", energy_kev, 0.1, 100.0, "keV")
     check_range("dose_budget_gy", dose_budget_gy, 0.0, np.inf, "Gy")
+    if raster_shape is None:
+        raster_shape = getattr(scan, "default_shape", (48, 48))
     spec = RasterSpec(shape=tuple(int(n) for n in raster_shape), pixel_size_um=pixel_size_um, dwell_s=dwell_s)
     scan.check(spec)
     dose = xray_dose_gy(flux_photons_per_s, dwell_s, pixel_size_um, energy_kev) * len(angles)

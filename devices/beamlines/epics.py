@@ -99,6 +99,7 @@ class Raster:
     pvs: RasterSuffixes = field(default_factory=RasterSuffixes)
     travel_um: float = field(default=100.0, metadata=_positive())
     dwell_range_s: tuple[float, float] = (1e-4, 1.0)
+    default_shape: tuple[int, int] = (48, 48)  # the raster plans use when given none (rows, cols)
     start_timeout_s: float = field(default=10.0, metadata=_positive())
     timeout_margin_s: float = field(default=30.0, metadata=_positive())
 
@@ -286,7 +287,10 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
     if settings.raster is not None:
         raster = settings.raster
         scan = ScanStage(
-            backends["raster"], travel_um=raster.travel_um, dwell_range_s=tuple(raster.dwell_range_s)
+            backends["raster"],
+            travel_um=raster.travel_um,
+            dwell_range_s=tuple(raster.dwell_range_s),
+            default_shape=tuple(raster.default_shape),
         )
         devices["scan"] = scan
         buffers = backends["raster.buffers"]

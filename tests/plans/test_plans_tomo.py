@@ -134,3 +134,11 @@ def test_stall_and_timeout_abort_the_run_with_a_reason(RE, docs, fault, error, m
     assert message in str(reason)
     assert docs.stop["exit_status"] == "fail"
     assert len(docs.events["primary"]) == 1
+
+
+def test_without_a_raster_shape_the_scan_stage_default_is_used(RE, docs, beamline):
+    RE(xrf_dpc_tomo(beamline.dpc, beamline.xrf, beamline.rotation, beamline.scan, [0.0], dwell_s=3e-3))
+    rows, cols = beamline.scan.default_shape
+    assert (rows, cols) == (SHAPE[0] + 16, SHAPE[2] + 8)  # wider than the specimen, for the runout
+    assert docs.start["raster_shape"] == [rows, cols]
+    assert beamline.sink.stack("dpc", "dpc_segments").shape == (1, 4, rows, cols)
