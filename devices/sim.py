@@ -49,21 +49,53 @@ class SimAxisBackend:
 
 class TruthHistory(list):
     """What a simulator did at each acquisition (its truth, for tests and benchmarks), oldest
-    first; the oldest entries go once their arrays hold more than ``max_bytes`` together, so a
-    daemon that runs scan after scan keeps its memory flat. The newest entry always stays."""
+    first. Once the entries' arrays hold more than ``max_bytes`` together, the oldest entries
+    lose their arrays (set to None) and keep their scalars (true shift, angle, dose), so a
+    benchmark can score every frame of a long scan while a daemon that runs scan after scan
+    keeps its memory flat. The newest entry always keeps its arrays."""
 
     def __init__(self, max_bytes: int):
         super().__init__()
         self.max_bytes = int(max_bytes)
+        self._sizes: list[int] = []
+        self._total = 0
+        self._heavy = 0  # entries before this index have lost their arrays
 
     def append(self, item) -> None:
         super().append(item)
-        sizes = [_nbytes(x) for x in self]
-        total, drop = sum(sizes), 0
-        while total > self.max_bytes and drop < len(self) - 1:
-            total -= sizes[drop]
-            drop += 1
-        del self[:drop]
+        size = _nbytes(item)
+        self._sizes.append(size)
+        self._total += size
+        while self._total > self.max_bytes and self._heavy < len(self) - 1:
+            i = self._heavy
+            self[i] = _without_arrays(self[i])
+            self._total -= self._sizes[i]
+            self._sizes[i] = 0
+            self._heavy += 1
+
+    def replace(self, index: int, item) -> None:
+        """Put ``item`` (e.g. a lighter copy) at ``index``, keeping the byte count right."""
+        size = _nbytes(item) if index >= self._heavy else 0
+        self._total += size - self._sizes[index]
+        self._sizes[index] = size
+        self[index] = item if index >= self._heavy else _without_arrays(item)
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self._total = self._heavy = 0
+
+
+def _without_arrays(item):
+    """``item`` with its array fields set to None (a dataclass), or None (anything else)."""
+    if not dataclasses.is_dataclass(item):
+        return None
+    heavy = {
+        f.name: None
+        for f in dataclasses.fields(item)
+        if isinstance(getattr(item, f.name), np.ndarray | dict) and f.init
+    }
+    return dataclasses.replace(item, **heavy)
 
 
 def _nbytes(item) -> int:
@@ -137,7 +169,7 @@ class SimMicroprobe:
         self.history.append(self.latest)
         old = len(self.history) - self.SPECTRA_KEPT - 1
         if old >= 0 and self.history[old] is not None and self.history[old].spectra is not None:
-            self.history[old] = dataclasses.replace(self.history[old], spectra=None)
+            self.history.replace(old, dataclasses.replace(self.history[old], spectra=None))
         del self.camera_history[: -self.HISTORY_LIMIT]
 
     def segments_backend(self):
