@@ -118,9 +118,20 @@ class BaseProcessor:
         return []
 
     def superseded(self, frames: dict[str, list[int]]) -> None:
-        """Frames of these streams were sent twice for one step: they do not count as progress."""
+        """Frames of these streams were sent twice for one step (a pause cut the step after its
+        frames went out; the step was repeated): they do not count as progress, leave the live
+        reconstructions and the published shifts. A step's frames share their sequence number
+        across streams, so the numbers apply to every reconstruction."""
         primary = self.primary_stream or self._first_stream
         self.done -= len(frames.get(primary, ()))
+        seqs = {int(s) for stream_seqs in frames.values() for s in stream_seqs}
+        for seq in seqs & set(self.records):
+            self.records[seq]["superseded"] = True
+        reconstructions = getattr(self, "_reconstructions", lambda: ())()
+        for recon in reconstructions:
+            if recon is not None:
+                for key in seqs & set(recon.keys):
+                    recon.remove(key)
 
     def complete(self, run) -> bool:
         done, planned = self.progress()
@@ -144,7 +155,7 @@ class BaseProcessor:
 
     def run_arrays(self, aligner=None, slices: dict | None = None) -> RunArrays:
         """Angles, shifts and quality of every frame so far (and the runout fit), for pictures."""
-        seqs = sorted(self.records)
+        seqs = self.published_seqs()
         recs = [self.records[s] for s in seqs]
         quality = [r.get("quality") for r in recs]
         data = {
@@ -352,9 +363,13 @@ class BaseProcessor:
             latency_ms=ctx.latency,
         )
 
+    def published_seqs(self) -> list[int]:
+        """The frames whose shifts are published and stored: all but superseded ones."""
+        return [s for s in sorted(self.records) if not self.records[s].get("superseded")]
+
     def runout_message(self, run, aligner):
         arrays = self.run_arrays(aligner)
-        seqs = sorted(self.records)
+        seqs = self.published_seqs()
         return messages.runout(
             run.uid,
             angles=arrays.angle,

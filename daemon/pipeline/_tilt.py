@@ -233,7 +233,7 @@ class TiltSeriesProcessor(BaseProcessor):
 
     # -- messages ---------------------------------------------------------------------------
     def runout_message(self, run, aligner):
-        seqs = sorted(self.records)
+        seqs = self.published_seqs()
         ok, unc = [], []
         for s in seqs:
             q = self.records[s].get("quality") or {}

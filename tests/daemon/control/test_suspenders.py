@@ -56,5 +56,7 @@ def test_a_fault_suspends_the_scan_which_resumes_and_stores_every_frame_once(tmp
     with h5py.File(summary["file"], "r") as f:  # one valid frame per angle, none twice, none missing
         keys = f["entry/instrument/dpc_segments/image_key"][()]
         angles = f["entry/instrument/dpc_segments/rotation_angle"][()]
+        aligned = f["entry/processing/alignment/seq"][()]  # a superseded frame has no shift of its own
+    assert len(aligned) == N and np.all(keys[aligned.astype(int)] == 0)
     assert len(keys) == N + stream["superseded"] and (keys == 0).sum() == N and set(keys) <= {0, 3}
     assert np.allclose(angles[keys == 0], np.linspace(0, 180, N), atol=1e-3)
