@@ -156,3 +156,40 @@ def test_a_frame_sent_twice_for_one_step_is_kept_marked_and_not_counted():
     run.stored_seqs = {"dpc_segments": {0, 1, 2, 3}, "xrf_roi": {0, 1, 2, 3}, "other": {0, 1}}
     run.event_frames = {"dpc": {0, 2, 3}, "xrf": {0, 2, 3}}  # the step of frame 1 was repeated as frame 2
     assert run.find_superseded() == {"dpc_segments": [1], "xrf_roi": [1]}  # "cam" has no counter: left alone
+
+
+def test_a_superseded_frame_leaves_the_live_reconstruction_and_the_published_shifts():
+    """The repeated step's first frame was processed live before anyone knew; once the run's
+    events show it superseded, the reconstruction and the shift trace drop it."""
+    from livetomo.daemon.config import Processing
+    from livetomo.daemon.pipeline import BaseProcessor
+    from livetomo.processing.recon import IncrementalReconstructor
+
+    angles = [0.0, 60.0, 60.0, 120.0]  # seq 1 and 2: the same step, sent twice
+    rng = np.random.default_rng(0)
+    recon = IncrementalReconstructor((4, 16), angles_deg=[0.0, 60.0, 120.0], filter_name="hann")
+
+    class Rotation(BaseProcessor):
+        primary_stream = "dpc_segments"
+
+        def _reconstructions(self):
+            return (recon,)
+
+    processor = Rotation({"num_points": 3}, Processing())
+    for seq, angle in enumerate(angles):
+        processor.records[seq] = {"angle": angle, "shift": (0.0, 0.1 * seq), "quality": None}
+        recon.add(rng.random((4, 16)), angle, key=seq)
+    processor.done = 4
+    reference = IncrementalReconstructor((4, 16), angles_deg=[0.0, 60.0, 120.0], filter_name="hann")
+    rng = np.random.default_rng(0)
+    images = [rng.random((4, 16)) for _ in angles]
+    for seq in (0, 2, 3):
+        reference.add(images[seq], angles[seq], key=seq)
+
+    processor.superseded({"dpc_segments": [1], "xrf_roi": [1]})
+
+    assert processor.progress()[0] == 3
+    assert recon.keys == [0, 2, 3] and processor.published_seqs() == [0, 2, 3]
+    arrays = processor.run_arrays()
+    np.testing.assert_allclose(arrays.angle, [0.0, 60.0, 120.0])
+    np.testing.assert_allclose(np.asarray(recon.volume()), np.asarray(reference.volume()), atol=1e-5)
