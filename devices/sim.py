@@ -331,9 +331,12 @@ def make_tem(
     sink: FrameSink | None = None,
     tilt_model: TiltStageModel | None = None,
     tilt_axis_deg: float = 90.0,
+    stated_axis_error_deg: float = 0.0,
 ) -> TEMDevices:
     """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels; the tilt
-    axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows)."""
+    axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows).
+    The camera states its axis (``tilt_axis_angle`` in its configuration) off by
+    ``stated_axis_error_deg``, as a real calibration is."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
     potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
@@ -351,7 +354,7 @@ def make_tem(
         voxel_size_nm,
         start_run=world.start_run,
         voltage_kv=camera.voltage_kv,
-        tilt_axis_deg=tilt_axis_deg - 90.0,
+        tilt_axis_deg=round(tilt_axis_deg + stated_axis_error_deg - 90.0, 3),
     )
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),

@@ -84,6 +84,20 @@ class TiltSeriesProcessor(BaseProcessor):
             for key, value in device.get("data", {}).items():
                 if key.endswith("_pixel_size"):
                     self.pixel_size_nm = float(value)
+                elif key.endswith("_tilt_axis_angle") and value is not None:
+                    self._stated_axis(90.0 + float(value))  # IMOD's convention: from Y
+
+    def _stated_axis(self, axis_deg: float) -> None:
+        """Start from the axis the camera states (its calibration, as SerialEM's
+        RotationAngle) instead of 90°, unless the configuration fixes the axis or the live
+        estimate has already taken over; frames already processed are redone."""
+        if self.axis_estimator is None or self.axis_sigma_deg is not None or not 0 <= axis_deg < 180:
+            return
+        self.axis_estimator.prior_deg = axis_deg
+        if abs(axis_deg - self.axis_deg) > AXIS_MIN_CHANGE_DEG:
+            self.axis_deg = axis_deg
+            if self.aligned_seqs:
+                self._redo_at_axis()
 
     # -- per frame --------------------------------------------------------------------------
     def frame(self, run, frame, ctx: FrameContext) -> list:

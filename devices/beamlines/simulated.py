@@ -28,6 +28,9 @@ class Settings:
     microprobe_shape: tuple[int, int, int] = (32, 64, 64)
     tem_shape: tuple[int, int, int] = (48, 16, 48)
     tem_tilt_axis_deg: float = 90.0
+    # what the simulated K3 states as its axis differs from the truth by this much, as a
+    # microscope's tilt-axis calibration does (the daemon starts from the stated value)
+    tem_tilt_axis_calibration_error_deg: float = 0.7
     beam_current_min_mA: float = 100.0  # plans suspend below it, resume above twice it
     stage_temperature_max_K: float = 110.0  # plans suspend above it, resume below it less 10 K
     suspend_resume_sleep_s: float = 1.0  # wait after the condition clears before resuming
@@ -39,6 +42,11 @@ class Settings:
                 raise ValueError(f"beamline.{name} = {list(shape)} must be three sizes in [8, 1024] voxels")
         if not 0.0 <= float(self.tem_tilt_axis_deg) < 180.0:
             raise ValueError(f"beamline.tem_tilt_axis_deg = {self.tem_tilt_axis_deg} must be in [0, 180) deg")
+        if not abs(float(self.tem_tilt_axis_calibration_error_deg)) <= 10.0:
+            raise ValueError(
+                f"beamline.tem_tilt_axis_calibration_error_deg = {self.tem_tilt_axis_calibration_error_deg} "
+                "must be within ±10 deg"
+            )
 
 
 PLAN_DEFAULTS = {
@@ -55,7 +63,11 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
     seed = settings.seed
     probe = make_microprobe(shape=settings.microprobe_shape, seed=seed, sink=sink)
     tem = make_tem(
-        shape=settings.tem_shape, seed=seed + 10, sink=sink, tilt_axis_deg=settings.tem_tilt_axis_deg
+        shape=settings.tem_shape,
+        seed=seed + 10,
+        sink=sink,
+        tilt_axis_deg=settings.tem_tilt_axis_deg,
+        stated_axis_error_deg=settings.tem_tilt_axis_calibration_error_deg,
     )
     fib = make_fib(seed=seed + 20)
     correlative = make_correlative(seed=seed + 30, sink=sink)
