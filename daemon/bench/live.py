@@ -141,7 +141,12 @@ def bench_tilt(
                 thickness_nm, thickness_source = float(thickness[()][0]), str(thickness.attrs["source"])
     figures = live_alignment_figures(recording, truth, file_shifts=final_shifts, axis_deg=axis_deg)
     axes = [p.get("tilt_axis_deg") for t, p in recording.messages if t == "runout"]
-    first_estimated = next((i for i, a in enumerate(axes) if a is not None and a != 90.0), None)
+    # (frame, axis) each time the published axis changed: 90 or the camera's stated axis first
+    # (whichever the first frame met), then the live estimates
+    changes = [(i, a) for i, a in enumerate(axes) if a is not None and (i == 0 or a != axes[i - 1])]
+    # (a calibration is quoted to 0.1°, an estimate is not)
+    estimates = [(i, a) for i, a in changes if abs(a - 90.0) > 1e-6 and abs(a - round(a, 1)) > 1e-9]
+    first_estimated = estimates[0][0] if estimates else None
     figures.update(
         n_tilts=n_tilts,
         dose_budget=budget,
@@ -151,6 +156,7 @@ def bench_tilt(
         tilt_axis_deg=axis_deg_est,
         tilt_axis_error_deg=axis_deg_est - axis_deg,
         tilt_axis_sigma_deg=axis_sigma,
+        tilt_axis_changes=changes,
         tilt_axis_from_frame=first_estimated,
         lamella_thickness_nm=thickness_nm,
         lamella_thickness_true_nm=true_thickness,
