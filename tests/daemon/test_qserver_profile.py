@@ -22,6 +22,8 @@ def test_queueserver_loads_the_startup_module_and_runs_its_plans(tmp_path, monke
         "txm",
         "tilt",
         "k3",
+        "image_shift",
+        "live",
         "fib",
         "sxt",
         "fm",
