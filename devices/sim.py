@@ -335,12 +335,14 @@ def make_tem(
     tilt_model: TiltStageModel | None = None,
     tilt_axis_deg: float = 90.0,
     image_shift_model: ImageShiftModel | None = None,
+    **lamella,
 ) -> TEMDevices:
     """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels; the tilt
-    axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows)."""
+    axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows).
+    ``lamella`` goes to ``simulators.k3.make_lamella`` (e.g. more particles for a wider field)."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
-    potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
+    potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed, **lamella)
     camera = K3Model(
         potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults, tilt_axis_deg=tilt_axis_deg
     )
