@@ -94,7 +94,11 @@ def tilt_series(
         group_size=group_size,
         dose_per_tilt_e_per_A2=dose_per_tilt,
         total_dose_e_per_A2=total,
-        **({"tracking": {"max_step_nm": track_max_step_nm, "timeout_s": track_timeout_s}} if track else {}),
+        **(
+            {"tracking": _tracking_md(measurements, image_shift, track_max_step_nm, track_timeout_s)}
+            if track
+            else {}
+        ),
     )
     yield from bps.prepare(camera, K3Settings(dose_e_per_A2=dose_per_tilt), wait=True)
     if not track:
@@ -103,3 +107,13 @@ def tilt_series(
     # staged before the run opens, so it follows this run and no earlier one
     scan = bp.list_scan([camera, image_shift], tilt, angles, per_step=per_step, md=md)
     return (yield from bpp.stage_wrapper(scan, [measurements]))
+
+
+def _tracking_md(measurements, image_shift, max_step_nm, timeout_s) -> dict:
+    """What the run's documents say about tracking; the daemon stores the image shift named here."""
+    return {
+        "measurements": measurements.name,
+        "image_shift": image_shift.name,
+        "max_step_nm": max_step_nm,
+        "timeout_s": timeout_s,
+    }

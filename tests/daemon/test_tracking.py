@@ -1,6 +1,7 @@
 """tilt_series tracking on livetomo serve's own measurements: in-process on the daemon's
 RunEngine, and from an outside RunEngine that reads them over the results stream."""
 
+import h5py
 import numpy as np
 
 from livetomo.daemon.pipeline import RunCollector
@@ -33,6 +34,13 @@ def test_the_daemons_tilt_series_tracks_on_its_in_process_measurements(tmp_path)
     )
     truth = np.array([f.true_shift_px for f in tem.history])
     np.testing.assert_allclose(shifts, -(truth - truth[0]), atol=0.5)
+    # the run file keeps the image shift of every exposure, as the events read it
+    with h5py.File(summary["file"], "r") as f:
+        stored = f["entry/processing/alignment/image_shift"]
+        np.testing.assert_array_equal(stored.attrs["seq"], np.arange(7))
+        events = np.stack([docs.column("image_shift_y"), docs.column("image_shift_x")], 1)
+        np.testing.assert_allclose(stored[()], events)
+    assert np.abs(events).max() > 0.0
 
 
 def test_an_outside_run_engine_tracks_on_the_results_stream(tmp_path):
