@@ -8,8 +8,9 @@ makes the stage's random walk an independent error per step instead of a correla
 predicting from the last position keeps what the walk did so far. ``e`` is seeded by the first
 tilts: after 0, 3 and 6 degrees it is not yet separable from ``r`` (both grow alike), but then
 neither does the prediction need it (the next step grows alike too); the first tilt on the
-other side separates them, and its own prediction is off by ``e·(sin α₁ + sin α₂)``, about
-``0.21 e`` for 3° steps (nothing measured before it can tell).
+other side separates them, and its own prediction is off by about ``0.21 e`` for 3° steps (the
+step from 6° to −3° is ``r − e·(sin 6° + sin 3°)``, predicted as the earlier ``r + e·sin 3°``:
+nothing measured before it can tell).
 """
 
 from __future__ import annotations
