@@ -150,3 +150,21 @@ def test_tracking_parameters_are_checked_before_anything_moves(RE):
         RE(tilt_series(tem.k3, tem.tilt, track=True, measurements=live, image_shift=tem.image_shift,
                        track_on_limit="stop"))  # fmt: skip
     assert tem.tilt.position == 0.0 and not tem.world.history
+
+
+def test_each_correction_is_limited_to_the_maximum_step(RE, docs):
+    tem = drifting_tem()
+    board = MeasurementBoard()
+    RE.subscribe(perfect_daemon(board, tem))
+    live = LiveMeasurements(board, pixel_size_nm=tem.world.pixel_size_nm)
+    RE(tilt_series(tem.k3, tem.tilt, min_deg=-15, max_deg=15, step_deg=3, measurements=live,
+                   image_shift=tem.image_shift, track=True, track_max_step_nm=5.0))  # fmt: skip
+    statuses = docs.column("track_status", stream="tracking")
+    assert any(s.endswith("limited to max_step 5 nm") for s in statuses), statuses
+    # what the deflectors really did between two exposures, never more than the step allowed
+    moved = np.diff(
+        np.stack([docs.column("image_shift_y_true_shift"), docs.column("image_shift_x_true_shift")], 1),
+        axis=0,
+    )
+    assert np.hypot(*moved.T).max() <= 5.0 + 1e-9
+    assert np.hypot(*moved.T).max() > 4.0
