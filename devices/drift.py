@@ -46,3 +46,28 @@ def predict_uncorrected(seqs, angles_deg, positions, next_seq: int, next_angle_d
     coef, *_ = np.linalg.lstsq(design * weight, np.diff(u, axis=0) * weight, rcond=RCOND)
     step = np.array([np.sin(np.deg2rad(next_angle_deg)) - s[-1], next_seq - k[-1]])
     return last + step @ coef
+
+
+def predict_runout(seqs, angles_deg, positions, next_seq: int, next_angle_deg: float):
+    """A rotation stage's runout at ``next_angle_deg``: per axis a constant and the first and
+    second harmonics of the angle (``RotationStageModel``'s wobble), fitted to the positions so
+    far (the jitter is independent per move, so positions, not steps, are fitted); as many
+    harmonics as the points allow (three per harmonic pair and the constant), the last position
+    with fewer than three. ``next_seq`` is unused (runout depends on the angle only)."""
+    angles = np.deg2rad(np.asarray(angles_deg, dtype=float))
+    u = np.asarray(positions, dtype=float).reshape(-1, 2)
+    if u.shape[0] == 0:
+        return None
+    if u.shape[0] < 3:
+        return u[-1].copy()
+    harmonics = 2 if u.shape[0] >= 9 else 1
+
+    def basis(t):
+        t = np.atleast_1d(t)
+        cols = [np.ones_like(t)]
+        for h in range(1, harmonics + 1):
+            cols += [np.cos(h * t), np.sin(h * t)]
+        return np.stack(cols, axis=1)
+
+    coef, *_ = np.linalg.lstsq(basis(angles), u, rcond=RCOND)
+    return (basis(np.deg2rad(next_angle_deg)) @ coef)[0]

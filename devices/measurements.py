@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from .base import number_key, reading, run_as_status
-from .drift import predict_uncorrected
+from .drift import predict_runout, predict_uncorrected
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ class LiveMeasurements:
     ``set(seq)`` names the frame to wait for (acquisition index); ``trigger()`` finishes when
     that frame's measurement arrived, or after ``timeout_s`` with ``{name}_fresh`` False (the
     plan then goes on uncorrected). ``corrector`` (optional, e.g. the image shift) is read at
-    each trigger: its position (nm, camera frame) was in place during the frame, so the
-    prediction is of where the specimen would be with no correction at all.
+    each trigger: its position (``corrector.image_px``) was in place during the frame, so the
+    prediction is of where the specimen would be with no correction at all. ``model``: "tilt"
+    (eucentric error and drift) or "runout" (a rotation stage's wobble): devices/drift.py.
 
     Signals: ``seq`` (of the frame read, -1 if none), ``shift_dy``/``shift_dx`` (px), ``ok``,
     ``uncertainty`` (px), ``age`` (s since the measurement arrived), ``fresh``,
@@ -133,6 +134,7 @@ class LiveMeasurements:
         self.pixel_size_nm = float(pixel_size_nm)
         self.corrector = corrector
         self.timeout_s = float(timeout_s)
+        self.model = "tilt"  # or "runout" (rotation scans): which drift model predicts
         self.expected = 0
         self.corrections: dict[int, tuple[float, float]] = {}  # seq -> corrector position (nm)
         self._last: dict = self._blank()
@@ -235,10 +237,13 @@ class LiveMeasurements:
                 continue
             if self.corrector is not None and seq not in self.corrections:
                 continue  # the correction in place then is unknown
-            cy, cx = self.corrections.get(seq, (0.0, 0.0))
-            # the published shift is minus the displacement; the correction moved it by +c
+            cy, cx = (0.0, 0.0)
+            if self.corrector is not None:
+                cy, cx = self.corrector.image_px(self.corrections[seq], self.pixel_size_nm)
+            # the published shift is minus the displacement; the correction moved the image by c
             seqs.append(seq)
             angles.append(frames[seq].angle_deg)
-            positions.append((-shift[0] - cy / self.pixel_size_nm, -shift[1] - cx / self.pixel_size_nm))
-        predicted = predict_uncorrected(seqs, angles, positions, next_seq, next_angle_deg)
+            positions.append((-shift[0] - cy, -shift[1] - cx))
+        model = predict_runout if self.model == "runout" else predict_uncorrected
+        predicted = model(seqs, angles, positions, next_seq, next_angle_deg)
         return None if predicted is None else -predicted

@@ -365,7 +365,7 @@ def make_tem(
         image_shift=ImageShift(
             _ImageShiftAxis(world, 0),
             _ImageShiftAxis(world, 1),
-            limits_nm=(-world.image_shift.limit_nm, world.image_shift.limit_nm),
+            limits=(-world.image_shift.limit_nm, world.image_shift.limit_nm),
         ),
         world=world,
         sink=sink,

@@ -10,7 +10,7 @@ from ..devices.base import ParameterError
 from ..devices.cameras import K3Settings
 from .tilt_order import tilt_order
 from .tomo import _metadata, check_angles, step_then_checkpoint
-from .tracking import TrackingRecord, check_tracking, track_after_tilt
+from .tracking import TrackingRecord, check_tracking, track_after_frame, tracking_md
 
 
 def tilt_series(
@@ -65,18 +65,19 @@ def tilt_series(
         check_tracking(measurements, image_shift, track_max_step_nm, track_timeout_s, track_on_limit)
         measurements.timeout_s = float(track_timeout_s)
         measurements.corrector = image_shift
+        measurements.model = "tilt"
     index = {"n": 0}
     record = TrackingRecord()
 
     def per_step(detectors, step, pos_cache):
         yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt
         if track:
-            yield from track_after_tilt(
+            yield from track_after_frame(
                 measurements,
                 image_shift,
                 record,
                 index["n"],
-                max_step_nm=track_max_step_nm,
+                max_step=track_max_step_nm,
                 on_limit=track_on_limit,
             )
         if on_tilt is not None:
@@ -95,7 +96,7 @@ def tilt_series(
         dose_per_tilt_e_per_A2=dose_per_tilt,
         total_dose_e_per_A2=total,
         **(
-            {"tracking": _tracking_md(measurements, image_shift, track_max_step_nm, track_timeout_s)}
+            {"tracking": tracking_md(measurements, image_shift, track_max_step_nm, track_timeout_s)}
             if track
             else {}
         ),
@@ -107,13 +108,3 @@ def tilt_series(
     # staged before the run opens, so it follows this run and no earlier one
     scan = bp.list_scan([camera, image_shift], tilt, angles, per_step=per_step, md=md)
     return (yield from bpp.stage_wrapper(scan, [measurements]))
-
-
-def _tracking_md(measurements, image_shift, max_step_nm, timeout_s) -> dict:
-    """What the run's documents say about tracking; the daemon stores the image shift named here."""
-    return {
-        "measurements": measurements.name,
-        "image_shift": image_shift.name,
-        "max_step_nm": max_step_nm,
-        "timeout_s": timeout_s,
-    }

@@ -92,7 +92,7 @@ class TiltSeriesProcessor(BaseProcessor):
     def event(self, run, doc) -> list:
         """A tracked series (plans/tracking.py): the image shift in place during each exposure,
         read with its frame, kept for the run file (the frames were taken there)."""
-        name = (self.start.get("tracking") or {}).get("image_shift")
+        name = (self.start.get("tracking") or {}).get("corrector")
         if name and doc.get("descriptor") == self.primary_descriptor:
             data = doc.get("data", {})
             y, x = data.get(f"{name}_y"), data.get(f"{name}_x")

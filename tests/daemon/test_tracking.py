@@ -27,7 +27,7 @@ def test_the_daemons_tilt_series_tracks_on_its_in_process_measurements(tmp_path)
     assert summary["complete"], summary
     assert docs.column("live_fresh", stream="tracking") == [True] * 7
     statuses = docs.column("track_status", stream="tracking")
-    assert statuses[-1] == "last tilt" and all(s.startswith("corrected") for s in statuses[1:-1]), statuses
+    assert statuses[-1] == "last frame" and all(s.startswith("corrected") for s in statuses[1:-1]), statuses
     # the daemon's measurement of each frame is its shift relative to the first one (simulator truth)
     shifts = np.stack(
         [docs.column("live_shift_dy", stream="tracking"), docs.column("live_shift_dx", stream="tracking")], 1

@@ -79,7 +79,7 @@ def test_tracked_series_keeps_the_area_within_five_percent_of_the_field(RE, docs
     assert without.max() > 0.5 * field_nm  # the target would leave the field
     assert with_.max() < 0.05 * field_nm, with_
     statuses = docs.column("track_status", stream="tracking")
-    assert len(statuses) == 41 and statuses[-1] == "last tilt"
+    assert len(statuses) == 41 and statuses[-1] == "last frame"
     assert sum(s.startswith("corrected") for s in statuses) >= 38
     # each primary event carries the image shift in place during its exposure: with the stage's
     # own offset, it makes up where the simulator really put the specimen on the camera
