@@ -25,7 +25,7 @@ from ..simulators.xrf import EMISSION_LINES
 from .base import ParameterError
 from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera, TransmissionCamera
 from .fib import CryoFIB
-from .image_shift import ImageShift
+from .image_shift import ImageShift, RasterOffset
 from .motion import RasterSpec, RotationStage, ScanStage, TiltStage
 from .sinks import FrameSink, MemorySink
 from .xray import SegmentedDPCDetector, VortexXRF
@@ -113,9 +113,12 @@ class SimMicroprobe:
     HISTORY_LIMIT = 4096  # entries of camera_history (angles and shifts only)
     SPECTRA_KEPT = 16
 
+    RASTER_OFFSET_LIMIT_UM = 20.0  # the fine stage's range for moving the raster's centre
+
     def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
         self.probe = probe
         self.rotation = rotation
+        self.raster_offset_um = np.zeros(2)  # (v, h): where the raster's centre was moved
         self.latest: RasterResult | None = None
         self.history: TruthHistory = TruthHistory(self.HISTORY_BYTES)
         self.camera_history: list[tuple[float, tuple[float, float]]] = []  # (angle, true shift px)
@@ -123,6 +126,11 @@ class SimMicroprobe:
     def start_run(self) -> None:
         self.history.clear()
         self.camera_history.clear()
+        self.raster_offset_um = np.zeros(2)  # each scan starts at the raster's home position
+
+    def specimen_offset_um(self) -> np.ndarray:
+        """Where the specimen is in the raster (v, h) µm: the runout, less the raster's offset."""
+        return np.asarray(self.rotation.true_offset_um) - self.raster_offset_um
 
     def run_raster(self, spec: RasterSpec) -> None:
         if not np.isclose(spec.pixel_size_um * 1000.0, self.probe.pixel_size_nm, rtol=1e-3):
@@ -131,7 +139,7 @@ class SimMicroprobe:
             )
         self.latest = self.probe.raster(
             self.rotation.position_deg,
-            offset_um=tuple(self.rotation.true_offset_um),
+            offset_um=tuple(self.specimen_offset_um()),
             dwell_s=spec.dwell_s,
             shape=spec.shape,
         )
@@ -159,6 +167,30 @@ class SimMicroprobe:
 
     def spectra_backend(self):
         return _SpectraBackend(self)
+
+
+class _RasterOffsetAxis:
+    """One axis of the simulated raster offset (``MotorBackend``); its truth: where the specimen
+    then is in the raster, µm from its centre."""
+
+    def __init__(self, world: SimMicroprobe, axis: int):
+        self.world = world
+        self.axis = axis
+
+    def move(self, target: float) -> float:
+        limit = self.world.RASTER_OFFSET_LIMIT_UM
+        if not abs(target) <= limit:
+            raise ValueError(f"raster offset {target:g} um outside the fine stage's range ±{limit:g} um")
+        offset = self.world.raster_offset_um.copy()
+        offset[self.axis] = float(target)
+        self.world.raster_offset_um = offset
+        return float(target)
+
+    def position(self) -> float:
+        return float(self.world.raster_offset_um[self.axis])
+
+    def truth(self) -> dict[str, tuple[float, str]]:
+        return {"true_specimen": (float(self.world.specimen_offset_um()[self.axis]), "um")}
 
 
 class _SegmentsBackend:
@@ -209,6 +241,7 @@ class MicroprobeDevices:
     dpc: SegmentedDPCDetector
     xrf: VortexXRF
     txm: TransmissionCamera
+    raster_offset: RasterOffset
     world: SimMicroprobe
     sink: FrameSink
 
@@ -236,6 +269,11 @@ def make_microprobe(
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
         txm=TransmissionCamera(world.camera_backend(), sink),
+        raster_offset=RasterOffset(
+            _RasterOffsetAxis(world, 0),
+            _RasterOffsetAxis(world, 1),
+            limits=(-world.RASTER_OFFSET_LIMIT_UM, world.RASTER_OFFSET_LIMIT_UM),
+        ),
         world=world,
         sink=sink,
     )

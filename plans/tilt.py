@@ -66,6 +66,9 @@ def tilt_series(
         measurements.timeout_s = float(track_timeout_s)
         measurements.corrector = image_shift
         measurements.model = "tilt"
+        pixel = camera.read_configuration().get(f"{camera.name}_pixel_size")
+        if pixel is not None:  # the camera's pixels, which the shifts count
+            measurements.pixel_size_nm = float(pixel["value"])
     index = {"n": 0}
     record = TrackingRecord()
 

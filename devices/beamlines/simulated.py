@@ -1,7 +1,8 @@
 """The simulated beamline: every simulated instrument of ``livetomo.devices.sim``.
 
 Devices: ``rotation``, ``scan``, ``dpc``, ``xrf`` (XRF-DPC microprobe) and ``txm`` (a full-field
-transmission camera on the same rotation stage), ``tilt``, ``k3``, ``image_shift`` (cryo-TEM),
+transmission camera on the same rotation stage), ``raster_offset``, ``tilt``, ``k3``,
+``image_shift`` (cryo-TEM),
 ``live`` (the daemon's live measurements, fed in-process),
 ``fib`` (cryo-FIB with EELS), ``sxt``, ``fm`` (correlative soft X-ray and fluorescence cameras).
 ``truth`` holds the simulated worlds, for benchmarks and tests.
@@ -45,7 +46,14 @@ class Settings:
 
 PLAN_DEFAULTS = {
     "tomo_scan": {"detectors": ["txm"], "rotation": "rotation"},
-    "xrf_dpc_tomo": {"dpc": "dpc", "xrf": "xrf", "rotation": "rotation", "scan": "scan"},
+    "xrf_dpc_tomo": {
+        "dpc": "dpc",
+        "xrf": "xrf",
+        "rotation": "rotation",
+        "scan": "scan",
+        "measurements": "live",
+        "raster_offset": "raster_offset",
+    },
     "tilt_series": {"camera": "k3", "tilt": "tilt", "measurements": "live", "image_shift": "image_shift"},
     "mill_lamella": {"fib": "fib"},
     "correlative_acquire": {"sxt": "sxt", "fm": "fm"},
@@ -67,11 +75,12 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         "dpc": probe.dpc,
         "xrf": probe.xrf,
         "txm": probe.txm,
+        "raster_offset": probe.raster_offset,
         "tilt": tem.tilt,
         "k3": tem.k3,
         "image_shift": tem.image_shift,
         # the daemon feeds its board with what it publishes (in-process measurements)
-        "live": LiveMeasurements(MeasurementBoard(), name="live", pixel_size_nm=tem.world.pixel_size_nm),
+        "live": LiveMeasurements(MeasurementBoard(), name="live"),  # plans set its pixel size
         "fib": fib,
         "sxt": correlative.sxt,
         "fm": correlative.fm,

@@ -20,6 +20,7 @@ def test_queueserver_loads_the_startup_module_and_runs_its_plans(tmp_path, monke
         "dpc",
         "xrf",
         "txm",
+        "raster_offset",
         "tilt",
         "k3",
         "image_shift",
