@@ -29,6 +29,7 @@ from ..pipeline import RunCollector
 from ..storage import stream_location
 from ..testing import make_run_engine, running_daemon, wait_until
 from ..transport import DocumentPublisher, ZMQFrameSink
+from .tracking_xrf import run_xrf
 
 # A 192-px K3 field of 4 nm pixels (768 nm wide; the simulated lamella's contrast vanishes at
 # coarser pixels) with as many particles per area as the simulator's default 64-px window. The
@@ -174,4 +175,5 @@ def run(*, quick: bool = False, log=print, seed: int = 0) -> dict:
         f"tracking: {tracked['fresh']}/{len(statuses)} measurements fresh; decisions {tracked['statuses']}; "
         f"within {100 * TARGET:g} % at every tilt: {'yes' if tracked['within_target'] else 'NO'}"
     )
+    figures["xrf"] = run_xrf(quick=quick, log=log, seed=seed)
     return figures

@@ -75,30 +75,16 @@ class TiltSeriesProcessor(BaseProcessor):
         self.mean_counts: dict[int, float] = {}
         self.thickness_nm: float | None = None
         self.thickness_source: str | None = None
-        self.primary_descriptor: str | None = None
-        self.image_shift_nm: dict[int, tuple[float, float]] = {}  # seq -> (y, x) of a tracked series
 
     def _new_aligner(self) -> StreamingTiltAligner:
         return StreamingTiltAligner(thickness_px=self.processing.lamella_thickness_px)
 
     def descriptor(self, run, doc):
-        if doc.get("name") == "primary":
-            self.primary_descriptor = doc.get("uid")
+        super().descriptor(run, doc)
         for device in doc.get("configuration", {}).values():
             for key, value in device.get("data", {}).items():
                 if key.endswith("_pixel_size"):
                     self.pixel_size_nm = float(value)
-
-    def event(self, run, doc) -> list:
-        """A tracked series (plans/tracking.py): the image shift in place during each exposure,
-        read with its frame, kept for the run file (the frames were taken there)."""
-        name = (self.start.get("tracking") or {}).get("corrector")
-        if name and doc.get("descriptor") == self.primary_descriptor:
-            data = doc.get("data", {})
-            y, x = data.get(f"{name}_y"), data.get(f"{name}_x")
-            if isinstance(y, int | float) and isinstance(x, int | float):
-                self.image_shift_nm[int(doc["seq_num"]) - 1] = (float(y), float(x))
-        return []
 
     # -- per frame --------------------------------------------------------------------------
     def frame(self, run, frame, ctx: FrameContext) -> list:
@@ -318,18 +304,6 @@ class TiltSeriesProcessor(BaseProcessor):
                 "sigma": self.axis_sigma_deg if self.axis_sigma_deg is not None else np.nan,
             },
         )
-        if self.image_shift_nm:
-            seqs = sorted(self.image_shift_nm)
-            run.writer.write_processed(
-                "alignment/image_shift",
-                np.asarray([self.image_shift_nm[s] for s in seqs]),
-                attrs={
-                    "units": "nm",
-                    "seq": np.asarray(seqs),
-                    "convention": "(y, x) in the camera's frame (rows, columns), in place during the "
-                    "frame's exposure (tracking); the shifts above are measured on these frames",
-                },
-            )
         if self.thickness_nm is not None:
             run.writer.write_processed(
                 "alignment/lamella_thickness",

@@ -98,3 +98,32 @@ def test_an_outside_run_engine_tracks_on_the_results_stream(tmp_path):
     off = np.hypot(*(truth - truth[0]).T)
     assert off.max() < 4.0 and np.delete(off, [1, 3]).max() < 1.5, off
     assert np.ptp(docs.column("image_shift_x")) > 2 * tem.world.pixel_size_nm
+
+
+def test_the_daemons_xrf_dpc_scan_follows_the_runout_on_its_measurements(tmp_path):
+    with running_daemon(tmp_path, **QUICK) as daemon:
+        docs = RunCollector()
+        daemon.runner.RE.subscribe(docs)
+        params = {
+            "start": 0,
+            "stop": 180,
+            "num": 13,
+            "dwell_s": 0.003,
+            "raster_shape": [12, 32],
+            "follow": True,
+        }
+        summary = record_run(daemon, "xrf_dpc_tomo", params, timeout=300).summary
+        world = daemon.beamline.truth["microprobe"]
+    assert summary["complete"], summary
+    assert docs.column("live_fresh", stream="tracking") == [True] * 13
+    statuses = docs.column("track_status", stream="tracking")
+    assert statuses[-1] == "last frame" and statuses.count("corrected") >= 10, statuses
+    # the raster's centre moved with the runout: where the specimen was in the raster (truth)
+    # varies less than the runout itself did
+    inside = np.array([r.true_shift_px for r in world.history])
+    runout = np.stack([docs.column("rotation_true_offset_v"), docs.column("rotation_true_offset_h")], 1) / 0.3
+    assert np.ptp(inside[4:, 1]) < 0.5 * np.ptp(runout[4:, 1])
+    with h5py.File(summary["file"], "r") as f:
+        stored = f["entry/processing/alignment/raster_offset"]
+        assert stored.attrs["units"] == "um"
+        np.testing.assert_allclose(stored[()][:, 1], docs.column("raster_offset_x"))
