@@ -19,16 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ...devices.measurements import LiveMeasurements
-from ...devices.results_stream import ResultsStreamBoard
 from ...devices.sim import make_tem
 from ...devices.sinks import MemorySink
 from ...plans import tilt_series
 from ...simulators.stages import ImageShiftModel, TiltStageModel
-from ..pipeline import RunCollector
-from ..storage import stream_location
-from ..testing import make_run_engine, running_daemon, wait_until
-from ..transport import DocumentPublisher, ZMQFrameSink
+from ..testing import make_run_engine, running_daemon
+from ._outside import outside_run_engine
 from .tracking_xrf import run_xrf
 
 # A 192-px K3 field of 4 nm pixels (768 nm wide; the simulated lamella's contrast vanishes at
@@ -56,6 +52,11 @@ def _devices(seed: int, sink):
         image_shift_model=ImageShiftModel(),
         **LAMELLA,
     )
+
+
+def _describe(tem):
+    named = {"k3": tem.k3, "tilt": tem.tilt}
+    return {"k3": "tilt"}, {"k3": lambda: (float(tem.k3.exposure), "e/A^2")}, named
 
 
 def _plan(tem, max_deg, step_deg, **tracking):
@@ -104,44 +105,25 @@ def run(*, quick: bool = False, log=print, seed: int = 0) -> dict:
     figures["untracked"] = _figures(plain, field_nm)
 
     with tempfile.TemporaryDirectory(prefix="livetomo-bench-tracking-") as tmp:
-        documents_in = f"ipc://{tmp}/documents_in.sock"
-        sections = {"endpoints": {"documents_in": documents_in}, "web": {"enabled": False}}
+        sections = {
+            "endpoints": {"documents_in": f"ipc://{tmp}/documents_in.sock"},
+            "web": {"enabled": False},
+        }
         with running_daemon(Path(tmp), processing={"refine": None}, **sections) as daemon:
-            endpoints = daemon.config.endpoints
-            holder: dict = {}
-            sink = ZMQFrameSink(
-                endpoints.frames,
-                locate=stream_location(daemon.storage),
-                metadata=lambda device, key: {
-                    "image_key": 0,
-                    "angle_deg": float(holder["tem"].tilt.position),
-                    "exposure": float(holder["tem"].k3.exposure),
-                    "exposure_units": "e/A^2",
-                },
-            )
-            tem = holder["tem"] = _devices(seed, sink)
-            board = ResultsStreamBoard(endpoints.results)
-            live = LiveMeasurements(board, pixel_size_nm=tem.world.pixel_size_nm)
-            publisher = DocumentPublisher(documents_in)
-            docs = RunCollector()
-            RE = make_run_engine()
-            for callback in (sink, publisher, docs):
-                RE.subscribe(callback)
-            try:
-                wait_until(
-                    lambda: publisher.wait_for_subscribers(1, timeout=0.1), 10, "the daemon's documents_in"
+            with outside_run_engine(daemon, lambda sink: _devices(seed, sink), _describe) as outside:
+                tem = outside.devices
+                outside.RE(
+                    _plan(
+                        tem,
+                        max_deg,
+                        step_deg,
+                        track=True,
+                        measurements=outside.live,
+                        image_shift=tem.image_shift,
+                    )
                 )
-                RE(_plan(tem, max_deg, step_deg, track=True, measurements=live, image_shift=tem.image_shift))
-                uid = docs.start["uid"]
-                summary = wait_until(
-                    lambda: next((r for r in daemon.pipeline.finished_runs if r.get("run_uid") == uid), None),
-                    600,
-                    "the tracked run's end",
-                )
-            finally:
-                board.close()
-                publisher.close()
-                sink.close()
+                summary = outside.run_end()
+                docs = outside.docs
     tracked = _figures(tem, field_nm)
     statuses = docs.column("track_status", stream="tracking")
     tracked["statuses"] = {}
