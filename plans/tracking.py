@@ -79,10 +79,10 @@ def decide(values: dict, name: str, current, corrector, pixel_size_nm: float, ma
     seq = get("seq")
     if not get("fresh"):
         return None, f"stale: no measurement of this frame in time (newest: frame {seq}); uncorrected"
-    if not get("ok"):
-        return None, f"frame {seq}'s shift is flagged untrusted; uncorrected"
     if not math.isfinite(get("next_angle")):
         return None, "last frame"
+    if not get("ok"):
+        return None, f"frame {seq}'s shift is flagged untrusted; uncorrected"
     predicted = (get("predicted_dy"), get("predicted_dx"))
     if not all(math.isfinite(v) for v in predicted):
         return None, "no prediction yet; uncorrected"

@@ -101,7 +101,7 @@ def run_xrf(*, quick: bool = False, log=print, seed: int = 0) -> dict:
             "endpoints": {"documents_in": f"ipc://{tmp}/documents_in.sock"},
             "web": {"enabled": False},
         }
-        with running_daemon(Path(tmp), processing={"refine": None}, **sections) as daemon:
+        with running_daemon(Path(tmp), **sections) as daemon:  # the daemon's processing defaults
             with outside_run_engine(daemon, lambda sink: _probe(seed, sink), _describe) as outside:
                 probe = outside.devices
                 outside.RE(_plan(probe, n_angles, follow=True, measurements=outside.live))
