@@ -128,13 +128,7 @@ def run(*, quick: bool = False, log=print, seed: int = 0) -> dict:
     statuses = docs.column("track_status", stream="tracking")
     tracked["statuses"] = {}
     for s in statuses:
-        key = (
-            s.split(",")[0]
-            .split(":")[0]
-            .split("'s shift")[0]
-            .rstrip("0123456789 ")
-            .replace("frame", "untrusted")
-        )
+        key = "untrusted" if "flagged untrusted" in s else s.split(",")[0].split(":")[0]
         tracked["statuses"][key] = tracked["statuses"].get(key, 0) + 1
     tracked["fresh"] = int(sum(docs.column("live_fresh", stream="tracking")))
     tracked["image_shift_range_nm"] = float(
