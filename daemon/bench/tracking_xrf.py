@@ -105,6 +105,7 @@ def run_xrf(*, quick: bool = False, log=print, seed: int = 0) -> dict:
                 probe = outside.devices
                 outside.RE(_plan(probe, n_angles, follow=True, measurements=outside.live))
                 summary = outside.run_end()
+                followed_rms = _final_rms(probe, summary)  # (the run file goes with the directory)
                 docs = outside.docs
     runout = np.array([r.true_shift_px for r in plain.world.history])
     figures["runout_pp_of_raster_width"] = float(np.ptp(runout[:, 1]) / RASTER[1])
@@ -118,7 +119,7 @@ def run_xrf(*, quick: bool = False, log=print, seed: int = 0) -> dict:
     figures["followed"] = {
         "cell_inside_min": float(followed.min()),
         "angles_cut": int((followed < 0.999).sum()),
-        "final_alignment_rms_px": _final_rms(probe, summary),
+        "final_alignment_rms_px": followed_rms,
         "corrected": sum(s.startswith("corrected") for s in statuses),
         "untrusted": sum("untrusted" in s for s in statuses),
         "fresh": int(sum(docs.column("live_fresh", stream="tracking"))),
