@@ -27,6 +27,7 @@ from pathlib import Path
 import zmq
 
 from ..devices.beamlines import beamline_module
+from ..devices.measurements import MeasurementBoard
 from .config import DaemonConfig, load_config
 from .control import ControlAPI, ControlServer, PlanCatalog, PlanQueue, PlanRunner, QueueStore
 from .monitoring import MonitorState, start_web_server
@@ -79,6 +80,7 @@ class Daemon:
         )
         self.results = ResultsPublisher(config.endpoints.results, self.context, self.security)
         self.monitor = MonitorState()
+        self._boards: list[MeasurementBoard] = []  # set once the beamline is built
         self.tiled = run_catalog(config.tiled, self.storage)  # every run's documents to Tiled, or None
         self.pipeline = Pipeline(
             self.receiver.queue,
@@ -110,6 +112,11 @@ class Daemon:
         )
         module = beamline_module(config.beamline.kind)
         self.beamline = module.build(config.beamline.settings, sink=self.sink)
+        self._boards = [
+            d.board
+            for d in self.beamline.devices.values()
+            if isinstance(getattr(d, "board", None), MeasurementBoard)
+        ]
         self.catalog = PlanCatalog(self.beamline.devices, plan_defaults=self.beamline.plan_defaults)
         self.queue = PlanQueue(
             QueueStore(self.storage / QueueStore.FILE_NAME), on_interrupted=self._repair_files
@@ -194,6 +201,8 @@ class Daemon:
         try:
             self.results.publish(topic, payload)
             self.monitor.update(topic, payload)  # the page's state, in process: no second decode
+            for board in self._boards:  # the live-measurement devices plans read, in process
+                board.on_message(topic, payload)
         except Exception as exc:  # a results problem must never stop processing
             log.warning("publishing %s failed: %s", topic, exc)
 

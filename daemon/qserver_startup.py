@@ -32,6 +32,7 @@ from livetomo.daemon.config import load_config
 from livetomo.daemon.storage import HDF5FrameSink, stream_location
 from livetomo.daemon.transport import DocumentPublisher, ZMQFrameSink
 from livetomo.devices.beamlines import beamline_module
+from livetomo.devices.results_stream import ResultsStreamBoard
 from livetomo.plans import correlative_acquire, mill_lamella, tilt_series, tomo_scan, xrf_dpc_tomo  # noqa: F401
 
 logger = logging.getLogger("livetomo.qserver")
@@ -81,4 +82,10 @@ _kind = _config.beamline.kind if _config is not None else "simulated"
 _module = beamline_module(_kind)
 _settings = _config.beamline.settings if _config is not None else _module.Settings()
 _beamline = _module.build(_settings, sink=_sink)
-globals().update(_beamline.devices)  # simulated: rotation, scan, dpc, xrf, txm, tilt, k3, fib, sxt, fm
+if _config is not None and "live" in _beamline.devices:
+    # tracking reads the daemon's measurements over its results stream (nothing feeds the board
+    # in this process); without a daemon, tracking finds every measurement stale and says so
+    _beamline.devices["live"].board = ResultsStreamBoard(_config.endpoints.results)
+globals().update(
+    _beamline.devices
+)  # simulated: rotation, scan, dpc, xrf, txm, tilt, k3, image_shift, live, fib, sxt, fm

@@ -20,11 +20,12 @@ from ..simulators.k3 import K3Camera as K3Model
 from ..simulators.k3 import axis_vectors, make_lamella
 from ..simulators.microprobe import RasterResult, XRFMicroprobe
 from ..simulators.specimen import make_cell
-from ..simulators.stages import RotationStageModel, TiltStageModel
+from ..simulators.stages import ImageShiftModel, RotationStageModel, TiltStageModel
 from ..simulators.xrf import EMISSION_LINES
 from .base import ParameterError
 from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera, TransmissionCamera
 from .fib import CryoFIB
+from .image_shift import ImageShift, RasterOffset
 from .motion import RasterSpec, RotationStage, ScanStage, TiltStage
 from .sinks import FrameSink, MemorySink
 from .xray import SegmentedDPCDetector, VortexXRF
@@ -144,9 +145,12 @@ class SimMicroprobe:
     HISTORY_LIMIT = 4096  # entries of camera_history (angles and shifts only)
     SPECTRA_KEPT = 16
 
+    RASTER_OFFSET_LIMIT_UM = 20.0  # the fine stage's range for moving the raster's centre
+
     def __init__(self, probe: XRFMicroprobe, rotation: RotationStageModel):
         self.probe = probe
         self.rotation = rotation
+        self.raster_offset_um = np.zeros(2)  # (v, h): where the raster's centre was moved
         self.latest: RasterResult | None = None
         self.history: TruthHistory = TruthHistory(self.HISTORY_BYTES)
         self.camera_history: list[tuple[float, tuple[float, float]]] = []  # (angle, true shift px)
@@ -154,6 +158,11 @@ class SimMicroprobe:
     def start_run(self) -> None:
         self.history.clear()
         self.camera_history.clear()
+        self.raster_offset_um = np.zeros(2)  # each scan starts at the raster's home position
+
+    def specimen_offset_um(self) -> np.ndarray:
+        """Where the specimen is in the raster (v, h) µm: the runout, less the raster's offset."""
+        return np.asarray(self.rotation.true_offset_um) - self.raster_offset_um
 
     def run_raster(self, spec: RasterSpec) -> None:
         if not np.isclose(spec.pixel_size_um * 1000.0, self.probe.pixel_size_nm, rtol=1e-3):
@@ -162,7 +171,7 @@ class SimMicroprobe:
             )
         self.latest = self.probe.raster(
             self.rotation.position_deg,
-            offset_um=tuple(self.rotation.true_offset_um),
+            offset_um=tuple(self.specimen_offset_um()),
             dwell_s=spec.dwell_s,
             shape=spec.shape,
         )
@@ -190,6 +199,30 @@ class SimMicroprobe:
 
     def spectra_backend(self):
         return _SpectraBackend(self)
+
+
+class _RasterOffsetAxis:
+    """One axis of the simulated raster offset (``MotorBackend``); its truth: where the specimen
+    then is in the raster, µm from its centre."""
+
+    def __init__(self, world: SimMicroprobe, axis: int):
+        self.world = world
+        self.axis = axis
+
+    def move(self, target: float) -> float:
+        limit = self.world.RASTER_OFFSET_LIMIT_UM
+        if not abs(target) <= limit:
+            raise ValueError(f"raster offset {target:g} um outside the fine stage's range ±{limit:g} um")
+        offset = self.world.raster_offset_um.copy()
+        offset[self.axis] = float(target)
+        self.world.raster_offset_um = offset
+        return float(target)
+
+    def position(self) -> float:
+        return float(self.world.raster_offset_um[self.axis])
+
+    def truth(self) -> dict[str, tuple[float, str]]:
+        return {"true_specimen": (float(self.world.specimen_offset_um()[self.axis]), "um")}
 
 
 class _SegmentsBackend:
@@ -240,6 +273,7 @@ class MicroprobeDevices:
     dpc: SegmentedDPCDetector
     xrf: VortexXRF
     txm: TransmissionCamera
+    raster_offset: RasterOffset
     world: SimMicroprobe
     sink: FrameSink
 
@@ -270,6 +304,11 @@ def make_microprobe(
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
         txm=TransmissionCamera(world.camera_backend(), sink),
+        raster_offset=RasterOffset(
+            _RasterOffsetAxis(world, 0),
+            _RasterOffsetAxis(world, 1),
+            limits=(-world.RASTER_OFFSET_LIMIT_UM, world.RASTER_OFFSET_LIMIT_UM),
+        ),
         world=world,
         sink=sink,
     )
@@ -278,24 +317,38 @@ def make_microprobe(
 class SimTEM:
     """Cryo-TEM: tilt stage with eucentric error and drift, K3 camera, a lamella specimen."""
 
-    def __init__(self, camera: K3Model, tilt: TiltStageModel, pixel_size_nm: float):
+    def __init__(
+        self,
+        camera: K3Model,
+        tilt: TiltStageModel,
+        pixel_size_nm: float,
+        image_shift: ImageShiftModel | None = None,
+    ):
         self.camera = camera
         self.tilt = tilt
         self.pixel_size_nm = pixel_size_nm
+        self.image_shift = image_shift or ImageShiftModel()
         self.history = TruthHistory(SimMicroprobe.HISTORY_BYTES)  # this run's K3Frames
 
     def start_run(self) -> None:
-        """A tilt series starts: the target is centred again, and the record starts afresh."""
+        """A tilt series starts: the target is centred again (image shift at zero), and the
+        record starts afresh."""
         self.history.clear()
         self.tilt.recentre()
+        self.image_shift.recentre()
 
     def true_shift_px(self) -> tuple[float, float]:
         """The specimen's displacement on the camera (dy, dx) px: the stage's offset along and
-        across the tilt axis, turned to the camera's tilt-axis direction."""
+        across the tilt axis, turned to the camera's tilt-axis direction, plus what the image
+        shift really moved (in the camera's frame)."""
         v, h = self.tilt.true_offset_nm / self.pixel_size_nm
         along, across = axis_vectors(getattr(self.camera, "tilt_axis_deg", 90.0))
-        dy, dx = v * along + h * across
+        dy, dx = v * along + h * across + self.image_shift.true_shift_nm / self.pixel_size_nm
         return float(dy), float(dx)
+
+    def true_displacement_nm(self) -> float:
+        """How far the area of interest is from the field centre now (nm): the tracking's truth."""
+        return float(np.hypot(*self.true_shift_px()) * self.pixel_size_nm)
 
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
@@ -314,10 +367,33 @@ class _CameraBackend:
             setattr(self, name, value)
 
 
+class _ImageShiftAxis:
+    """One axis of the simulated image shift (``MotorBackend``), its truth what it really moved."""
+
+    def __init__(self, world: SimTEM, axis: int):
+        self.world = world
+        self.axis = axis
+
+    def move(self, target: float) -> float:
+        return self.world.image_shift.move(self.axis, target)
+
+    def position(self) -> float:
+        return float(self.world.image_shift.setpoint_nm[self.axis])
+
+    def truth(self) -> dict[str, tuple[float, str]]:
+        # where the area of interest really is on the camera, nm from the field centre, this axis
+        shift = self.world.true_shift_px()[self.axis] * self.world.pixel_size_nm
+        return {
+            "true_shift": (float(self.world.image_shift.true_shift_nm[self.axis]), "nm"),
+            "true_target": (float(shift), "nm"),
+        }
+
+
 @dataclass
 class TEMDevices:
     tilt: TiltStage
     k3: K3Camera
+    image_shift: ImageShift
     world: SimTEM
     sink: FrameSink
 
@@ -332,19 +408,22 @@ def make_tem(
     tilt_model: TiltStageModel | None = None,
     tilt_axis_deg: float = 90.0,
     stated_axis_error_deg: float = 0.0,
+    image_shift_model: ImageShiftModel | None = None,
+    **lamella,
 ) -> TEMDevices:
     """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels; the tilt
     axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows).
     The camera states its axis (``tilt_axis_angle`` in its configuration) off by
-    ``stated_axis_error_deg``, as a real calibration is."""
+    ``stated_axis_error_deg``, as a real calibration is. ``lamella`` goes to
+    ``simulators.k3.make_lamella`` (e.g. more particles for a wider field)."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
-    potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed)
+    potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed, **lamella)
     camera = K3Model(
         potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults, tilt_axis_deg=tilt_axis_deg
     )
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
-    world = SimTEM(camera, tilt_model, voxel_size_nm)
+    world = SimTEM(camera, tilt_model, voxel_size_nm, image_shift_model)
     image_shape = (shape[0], shape[2])
     # the device states the axis in SerialEM's and IMOD's convention (counter-clockwise from Y):
     # the camera's 90 deg (vertical) is 0 there
@@ -359,6 +438,11 @@ def make_tem(
     return TEMDevices(
         tilt=TiltStage(SimAxisBackend(tilt_model, _drift_truth)),
         k3=K3Camera(backend, sink),
+        image_shift=ImageShift(
+            _ImageShiftAxis(world, 0),
+            _ImageShiftAxis(world, 1),
+            limits=(-world.image_shift.limit_nm, world.image_shift.limit_nm),
+        ),
         world=world,
         sink=sink,
     )

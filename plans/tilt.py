@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from bluesky import plan_stubs as bps
 from bluesky import plans as bp
+from bluesky import preprocessors as bpp
 
 from ..devices.base import ParameterError
 from ..devices.cameras import K3Settings
 from .tilt_order import tilt_order
 from .tomo import _metadata, check_angles, step_then_checkpoint
+from .tracking import TrackingRecord, check_tracking, track_after_frame, tracking_md
 
 
 def tilt_series(
@@ -24,6 +26,12 @@ def tilt_series(
     dose_per_tilt: float = 3.0,
     dose_budget: float = 150.0,
     on_tilt=None,  # a callable: no annotation, so queueserver can validate the plan
+    track: bool = False,
+    measurements=None,
+    image_shift=None,
+    track_max_step_nm: float = 300.0,
+    track_timeout_s: float = 10.0,
+    track_on_limit: str = "continue",
     md: dict | None = None,
 ):
     """Acquire a tilt series; one event per tilt in acquisition order.
@@ -33,6 +41,15 @@ def tilt_series(
     each tilt, e.g. to track the specimen or refocus (left unannotated so that
     bluesky-queueserver can validate the plan; queued from there it stays None). Checks
     happen before anything moves.
+
+    ``track=True`` re-centres the area of interest after each tilt (plans/tracking.py): the
+    ``measurements`` device (livetomo's live shifts, in-process or over the results stream)
+    predicts where the next tilt would find the specimen, and ``image_shift`` moves it back,
+    by at most ``track_max_step_nm`` per tilt. A measurement not in within ``track_timeout_s``,
+    or flagged untrusted, leaves the step uncorrected; a target beyond the image shift's
+    limits is refused with the limit named and the series goes on uncorrected
+    (``track_on_limit='continue'``) or pauses (``'pause'``). Every decision is an event of the
+    ``tracking`` stream, and the primary events read the image shift.
     """
     angles = tilt_order(min_deg, max_deg, step_deg, order=order, group_size=group_size, start_deg=start_deg)
     check_angles(tilt, angles)
@@ -44,10 +61,28 @@ def tilt_series(
             f"dose_budget = {dose_budget:g} e/A^2; "
             f"allowed: dose_per_tilt <= {dose_budget / len(angles):.3g} e/A^2"
         )
+    if track:
+        check_tracking(measurements, image_shift, track_max_step_nm, track_timeout_s, track_on_limit)
+        measurements.timeout_s = float(track_timeout_s)
+        measurements.corrector = image_shift
+        measurements.model = "tilt"
+        pixel = camera.read_configuration().get(f"{camera.name}_pixel_size")
+        if pixel is not None:  # the camera's pixels, which the shifts count
+            measurements.pixel_size_nm = float(pixel["value"])
     index = {"n": 0}
+    record = TrackingRecord()
 
     def per_step(detectors, step, pos_cache):
         yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt
+        if track:
+            yield from track_after_frame(
+                measurements,
+                image_shift,
+                record,
+                index["n"],
+                max_step=track_max_step_nm,
+                on_limit=track_on_limit,
+            )
         if on_tilt is not None:
             hook = on_tilt(next(iter(step.values())), index["n"])
             if hook is not None:
@@ -63,6 +98,16 @@ def tilt_series(
         group_size=group_size,
         dose_per_tilt_e_per_A2=dose_per_tilt,
         total_dose_e_per_A2=total,
+        **(
+            {"tracking": tracking_md(measurements, image_shift, track_max_step_nm, track_timeout_s)}
+            if track
+            else {}
+        ),
     )
     yield from bps.prepare(camera, K3Settings(dose_e_per_A2=dose_per_tilt), wait=True)
-    return (yield from bp.list_scan([camera], tilt, angles, per_step=per_step, md=md))
+    if not track:
+        return (yield from bp.list_scan([camera], tilt, angles, per_step=per_step, md=md))
+    # the image shift is read with every frame (the real position); the measurements device is
+    # staged before the run opens, so it follows this run and no earlier one
+    scan = bp.list_scan([camera, image_shift], tilt, angles, per_step=per_step, md=md)
+    return (yield from bpp.stage_wrapper(scan, [measurements]))

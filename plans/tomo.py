@@ -7,9 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import plans as bp
+from bluesky import preprocessors as bpp
 
 from ..devices.base import ParameterError, check_range
 from ..devices.motion import RasterSpec
+from .tracking import TrackingRecord, check_tracking, track_after_frame, tracking_md
 
 # Mass energy-absorption coefficient of water (vitreous ice) near 10 keV, cm²/g (NIST, 10 keV: 4.944).
 ICE_MU_EN_CM2_PER_G = 4.944
@@ -123,6 +125,12 @@ def xrf_dpc_tomo(
     energy_kev: float = 10.2,
     dose_budget_gy: float = 1e8,
     order: str = "sequential",
+    follow: bool = False,
+    measurements=None,
+    raster_offset=None,
+    follow_max_step_um: float = 5.0,
+    follow_timeout_s: float = 10.0,
+    follow_on_limit: str = "continue",
     md: dict | None = None,
 ):
     """XRF nanotomography with DPC: a fly-scan raster of DPC + XRF at every angle.
@@ -134,6 +142,13 @@ def xrf_dpc_tomo(
     angles in bit-reversed order (:func:`order_angles`). ``raster_shape`` (rows, columns)
     defaults to the scan stage's ``default_shape``, the field that covers the beamline's usual
     specimen. All checks happen before motion.
+
+    ``follow=True`` moves the next angle's raster centre (``raster_offset``, µm) by the runout
+    livetomo predicts from its live measurements (``measurements``), so the specimen stays
+    centred; at most ``follow_max_step_um`` per angle; stale or untrusted measurements and
+    targets beyond the offset's limits leave the raster where it is (``follow_on_limit``:
+    'continue' or 'pause'), each decision an event of the ``tracking`` stream
+    (plans/tracking.py; docs/tracking.md).
     """
     angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
     check_angles(rotation, angles)
@@ -157,12 +172,34 @@ def xrf_dpc_tomo(
             f"dose_budget_gy = {dose_budget_gy:.3g} Gy; allowed: total dose <= budget"
         )
 
+    if follow:
+        check_tracking(
+            measurements, raster_offset, follow_max_step_um, follow_timeout_s, follow_on_limit,
+            prefix="follow", what="raster_offset",
+        )  # fmt: skip
+        measurements.timeout_s = float(follow_timeout_s)
+        measurements.corrector = raster_offset
+        measurements.model = "runout"
+        measurements.pixel_size_nm = pixel_size_um * 1000.0  # the maps' pixels, which the shifts count
+    index = {"n": 0}
+    record = TrackingRecord(units="um")
+
     def per_step(detectors, step, pos_cache):
         yield from bps.move_per_step(step, pos_cache)  # checkpoints, then moves
         yield from bps.kickoff(scan, wait=True)
         yield from bps.complete(scan, wait=True)
         yield from bps.trigger_and_read([*detectors, *step.keys(), scan])
         yield from bps.checkpoint()  # a pause from here on does not repeat this angle
+        if follow:
+            yield from track_after_frame(
+                measurements,
+                raster_offset,
+                record,
+                index["n"],
+                max_step=follow_max_step_um,
+                on_limit=follow_on_limit,
+            )
+        index["n"] += 1
 
     md = _metadata(
         md,
@@ -175,7 +212,17 @@ def xrf_dpc_tomo(
         dose_gy=dose,
         energy_kev=energy_kev,
         xrf_elements=list(xrf.elements),
+        **(
+            {"tracking": tracking_md(measurements, raster_offset, follow_max_step_um, follow_timeout_s)}
+            if follow
+            else {}
+        ),
     )
     for device in (scan, dpc, xrf):
         yield from bps.prepare(device, spec, wait=True)
-    return (yield from bp.list_scan([dpc, xrf], rotation, angles, per_step=per_step, md=md))
+    if not follow:
+        return (yield from bp.list_scan([dpc, xrf], rotation, angles, per_step=per_step, md=md))
+    # the raster offset is read with every raster (where it really was); the measurements device
+    # is staged before the run opens, so it follows this run and no earlier one
+    plan = bp.list_scan([dpc, xrf, raster_offset], rotation, angles, per_step=per_step, md=md)
+    return (yield from bpp.stage_wrapper(plan, [measurements]))

@@ -135,3 +135,33 @@ class TiltStageModel:
         eucentric = np.array([0.0, self.eucentric_error_nm * np.sin(np.deg2rad(self.position_deg))])
         steady = np.asarray(self.drift_rate_nm_per_s) * self.elapsed_s
         return eucentric + steady + self._walk
+
+
+@dataclass
+class ImageShiftModel:
+    """The TEM's image shift (beam deflection) in the camera's frame, nm on the specimen.
+
+    A setpoint ``(y, x)`` moves the image by ``gain`` times it (a calibration that is a few per
+    cent off is usual); ``true_shift_nm`` is what it really moved, the truth tracking is scored
+    against. ``limit_nm`` is the deflectors' range on each axis.
+    """
+
+    gain: float = 1.0
+    limit_nm: float = 2000.0
+    setpoint_nm: np.ndarray = field(default_factory=lambda: np.zeros(2), init=False)
+
+    def move(self, axis: int, target_nm: float) -> float:
+        if not abs(target_nm) <= self.limit_nm:
+            raise ValueError(
+                f"image shift {target_nm:g} nm outside the deflectors' range ±{self.limit_nm:g} nm"
+            )
+        self.setpoint_nm = self.setpoint_nm.copy()
+        self.setpoint_nm[axis] = float(target_nm)
+        return float(target_nm)
+
+    def recentre(self) -> None:
+        self.setpoint_nm = np.zeros(2)
+
+    @property
+    def true_shift_nm(self) -> np.ndarray:
+        return self.gain * self.setpoint_nm

@@ -36,6 +36,9 @@ DEVICE_KINDS = {
     "tilt": ("a movable axis", ("set", "check")),
     "scan": ("a fly-scan stage", ("kickoff", "complete")),
     "fib": ("a FIB", ("eels", "current", "pattern")),
+    "measurements": ("livetomo's live measurements", ("trigger", "read", "board")),
+    "image_shift": ("an image shift", ("set", "check", "target_for")),
+    "raster_offset": ("a raster offset", ("set", "check", "target_for")),
 }
 DEVICE_PARAMETERS = set(DEVICE_KINDS)
 # Plan parameters that take Python callables (unannotated, so queueserver can validate the plans).

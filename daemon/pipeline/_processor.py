@@ -26,6 +26,7 @@ from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
 from ..transport import encode_image
 from . import _messages as messages
+from ._corrections import CorrectionLog
 
 Report = Callable[[str, int, int], None]
 REFINE_BLOCK = 5  # iterations between progress reports of a run-end refinement
@@ -98,12 +99,14 @@ class BaseProcessor:
         self.n_columns: int | None = None
         self.done = 0
         self._first_stream: str | None = None
+        self.corrections = CorrectionLog(start)  # what tracking moved, for the run file
 
-    # -- the protocol's defaults
+    # -- the protocol's defaults (subclasses that override them call these)
     def descriptor(self, run, doc: dict) -> None:
-        pass
+        self.corrections.descriptor(doc)
 
     def event(self, run, doc: dict) -> list:
+        self.corrections.event(doc)
         return []
 
     def frame(self, run, frame, ctx: FrameContext) -> list:
@@ -343,6 +346,7 @@ class BaseProcessor:
         run.writer.write_group(
             "alignment", fields, nx_class="NXdata", attrs={"signal": "shift", "axes": ["rotation_angle", "."]}
         )
+        self.corrections.write(run.writer)
 
     def pictures(self, run, directory: Path, aligner, slices: dict) -> list[Path]:
         return write_run_pictures(self.run_arrays(aligner, slices), directory, run.uid)

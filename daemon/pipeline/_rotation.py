@@ -57,6 +57,7 @@ class RotationProcessor(BaseProcessor):
         self.dpc_sensitivity: float | None = None  # κ from the DPC detector's geometry (descriptor)
 
     def descriptor(self, run, doc) -> None:
+        super().descriptor(run, doc)
         for device in doc.get("configuration", {}).values():
             for key, value in device.get("data", {}).items():
                 if key.endswith("_sensitivity") and isinstance(value, int | float) and value > 0:

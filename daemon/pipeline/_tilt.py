@@ -80,6 +80,7 @@ class TiltSeriesProcessor(BaseProcessor):
         return StreamingTiltAligner(thickness_px=self.processing.lamella_thickness_px)
 
     def descriptor(self, run, doc):
+        super().descriptor(run, doc)
         for device in doc.get("configuration", {}).values():
             for key, value in device.get("data", {}).items():
                 if key.endswith("_pixel_size"):

@@ -1,7 +1,9 @@
 """The simulated beamline: every simulated instrument of ``livetomo.devices.sim``.
 
 Devices: ``rotation``, ``scan``, ``dpc``, ``xrf`` (XRF-DPC microprobe) and ``txm`` (a full-field
-transmission camera on the same rotation stage), ``tilt``, ``k3`` (cryo-TEM),
+transmission camera on the same rotation stage), ``raster_offset``, ``tilt``, ``k3``,
+``image_shift`` (cryo-TEM),
+``live`` (the daemon's live measurements, fed in-process),
 ``fib`` (cryo-FIB with EELS), ``sxt``, ``fm`` (correlative soft X-ray and fluorescence cameras).
 ``truth`` holds the simulated worlds, for benchmarks and tests.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from bluesky.suspenders import SuspendCeil, SuspendFloor
 
 from ...simulators.facility import BeamModel, CryoStageModel
+from ..measurements import LiveMeasurements, MeasurementBoard
 from ..monitors import PolledSignal
 from ..sim import make_correlative, make_fib, make_microprobe, make_tem
 from ..sinks import FrameSink
@@ -51,8 +54,15 @@ class Settings:
 
 PLAN_DEFAULTS = {
     "tomo_scan": {"detectors": ["txm"], "rotation": "rotation"},
-    "xrf_dpc_tomo": {"dpc": "dpc", "xrf": "xrf", "rotation": "rotation", "scan": "scan"},
-    "tilt_series": {"camera": "k3", "tilt": "tilt"},
+    "xrf_dpc_tomo": {
+        "dpc": "dpc",
+        "xrf": "xrf",
+        "rotation": "rotation",
+        "scan": "scan",
+        "measurements": "live",
+        "raster_offset": "raster_offset",
+    },
+    "tilt_series": {"camera": "k3", "tilt": "tilt", "measurements": "live", "image_shift": "image_shift"},
     "mill_lamella": {"fib": "fib"},
     "correlative_acquire": {"sxt": "sxt", "fm": "fm"},
 }
@@ -77,8 +87,12 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         "dpc": probe.dpc,
         "xrf": probe.xrf,
         "txm": probe.txm,
+        "raster_offset": probe.raster_offset,
         "tilt": tem.tilt,
         "k3": tem.k3,
+        "image_shift": tem.image_shift,
+        # the daemon feeds its board with what it publishes (in-process measurements)
+        "live": LiveMeasurements(MeasurementBoard(), name="live"),  # plans set its pixel size
         "fib": fib,
         "sxt": correlative.sxt,
         "fm": correlative.fm,

@@ -1,0 +1,139 @@
+"""Tracking: after each frame, re-centre the next one from livetomo's live measurements.
+
+The measurements device (:class:`~livetomo.devices.measurements.LiveMeasurements`) predicts
+the shift the next frame would show without correction; a corrector (a TEM's image shift, a
+microprobe's raster offset: ``livetomo.devices.image_shift``) is set to cancel it, limited to a
+maximum step per frame. Each decision goes into the ``tracking`` event stream (the measurement
+read, the corrector after the decision, and ``track_status`` in words), and the primary events
+read the corrector too, so the documents and the run file carry the real positions. Nothing
+moves unless the measurement is fresh and trusted and the target is within the corrector's
+limits; otherwise the step stays uncorrected, and says why.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bluesky import plan_stubs as bps
+
+from ..devices.base import ParameterError, check_range, reading
+
+ON_LIMIT = ("continue", "pause")
+
+
+class TrackingRecord:
+    """What tracking decided at one frame (bluesky Readable, read into the ``tracking`` stream)."""
+
+    def __init__(self, name: str = "track", units: str = "nm"):
+        self.name = name
+        self.units = units
+        self.status = ""
+        self.target = (math.nan, math.nan)
+        self.step = (0.0, 0.0)
+
+    def read(self) -> dict:
+        return {
+            f"{self.name}_status": reading(self.status),
+            f"{self.name}_target_y": reading(self.target[0]),
+            f"{self.name}_target_x": reading(self.target[1]),
+            f"{self.name}_step_y": reading(self.step[0]),
+            f"{self.name}_step_x": reading(self.step[1]),
+        }
+
+    def describe(self) -> dict:
+        out = {f"{self.name}_status": {"source": "plan:tracking", "dtype": "string", "shape": []}}
+        for key in ("target_y", "target_x", "step_y", "step_x"):
+            out[f"{self.name}_{key}"] = {
+                "source": "plan:tracking",
+                "dtype": "number",
+                "shape": [],
+                "units": self.units,
+            }
+        return out
+
+
+def check_tracking(
+    measurements,
+    corrector,
+    max_step: float,
+    timeout_s: float,
+    on_limit: str,
+    *,
+    prefix="track",
+    what="image_shift",
+) -> None:
+    """ParameterError before anything moves when tracking cannot run as asked."""
+    if measurements is None or corrector is None:
+        raise ParameterError(f"{prefix}=True needs a measurements device and an {what} device")
+    units = corrector.units
+    check_range(f"{prefix}_max_step_{units}", max_step, 0.0, 1e5, units)
+    check_range(f"{prefix}_timeout_s", timeout_s, 0.0, 3600.0, "s")
+    if on_limit not in ON_LIMIT:
+        allowed = ", ".join(map(repr, ON_LIMIT))
+        raise ParameterError(f"{prefix}_on_limit = {on_limit!r} is not allowed; allowed: {allowed}")
+
+
+def decide(values: dict, name: str, current, corrector, pixel_size_nm: float, max_step: float):
+    """(target (y, x) in the corrector's units, or None; status) from the measurements' readings."""
+    get = lambda key: values[f"{name}_{key}"]["value"]  # noqa: E731
+    seq = get("seq")
+    if not get("fresh"):
+        return None, f"stale: no measurement of this frame in time (newest: frame {seq}); uncorrected"
+    if not math.isfinite(get("next_angle")):
+        return None, "last frame"
+    if not get("ok"):
+        return None, f"frame {seq}'s shift is flagged untrusted; uncorrected"
+    predicted = (get("predicted_dy"), get("predicted_dx"))
+    if not all(math.isfinite(v) for v in predicted):
+        return None, "no prediction yet; uncorrected"
+    # the published shift is minus the displacement: moving the image by the shift cancels it
+    target = corrector.target_for(predicted, pixel_size_nm)
+    step = [t - c for t, c in zip(target, current, strict=True)]
+    size = math.hypot(*step)
+    if size > max_step:
+        scale = max_step / size
+        target = [c + s * scale for c, s in zip(current, step, strict=True)]
+        units = corrector.units
+        return tuple(target), f"corrected, step {size:.3g} {units} limited to max_step {max_step:g} {units}"
+    return tuple(target), "corrected"
+
+
+def track_after_frame(measurements, corrector, record: TrackingRecord, index: int, *, max_step, on_limit):
+    """Read frame ``index``'s measurement, correct the next frame, record the decision
+    (``max_step`` in the corrector's units)."""
+    yield from bps.abs_set(measurements, index, wait=True)
+    yield from bps.trigger(measurements, wait=True)
+    values = yield from bps.read(measurements)
+    current = corrector.position
+    target, status = decide(
+        values, measurements.name, current, corrector, measurements.pixel_size_nm, max_step
+    )
+    refused = False
+    if target is not None:
+        try:
+            corrector.check(target)
+        except ParameterError as exc:
+            target, status, refused = None, f"refused: {exc}; uncorrected", True
+    record.status = status
+    record.target = target if target is not None else tuple(current)
+    record.step = tuple(t - c for t, c in zip(record.target, current, strict=True))
+    if target is not None:
+        yield from bps.mv(corrector, target)
+    yield from bps.create("tracking")
+    yield from bps.read(measurements)
+    yield from bps.read(corrector)
+    yield from bps.read(record)
+    yield from bps.save()
+    if refused and on_limit == "pause":
+        yield from bps.pause()
+
+
+def tracking_md(measurements, corrector, max_step, timeout_s) -> dict:
+    """What the run's documents say about tracking; the daemon stores the corrector named here."""
+    return {
+        "measurements": measurements.name,
+        "corrector": corrector.name,
+        "units": corrector.units,
+        "max_step": max_step,
+        "timeout_s": timeout_s,
+    }
