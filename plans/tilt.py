@@ -70,7 +70,7 @@ def tilt_series(
         if pixel is not None:  # the camera's pixels, which the shifts count
             measurements.pixel_size_nm = float(pixel["value"])
     index = {"n": 0}
-    record = TrackingRecord()
+    record = TrackingRecord(field_px=getattr(getattr(camera, "backend", None), "shape", None))
 
     def per_step(detectors, step, pos_cache):
         yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt

@@ -19,17 +19,24 @@ from bluesky import plan_stubs as bps
 from ..devices.base import ParameterError, check_range, reading
 
 ON_LIMIT = ("continue", "pause")
+LEFT_FIELD_FRACTION = 0.45  # a trusted shift beyond this share of the field: the target is at its edge
+LOST_AFTER = 3  # this many frames in a row without a trusted measurement: the target is lost
 
 
 class TrackingRecord:
-    """What tracking decided at one frame (bluesky Readable, read into the ``tracking`` stream)."""
+    """What tracking decided at one frame (bluesky Readable, read into the ``tracking`` stream).
 
-    def __init__(self, name: str = "track", units: str = "nm"):
+    ``field_px`` (rows, columns) of the frames: with it, a scan whose target has left the field
+    is paused (see :func:`left_field`)."""
+
+    def __init__(self, name: str = "track", units: str = "nm", field_px=None):
         self.name = name
         self.units = units
+        self.field_px = None if field_px is None else tuple(int(n) for n in field_px)
         self.status = ""
         self.target = (math.nan, math.nan)
         self.step = (0.0, 0.0)
+        self.untrusted_run = 0  # frames in a row without a fresh, trusted measurement
 
     def read(self) -> dict:
         return {
@@ -98,6 +105,29 @@ def decide(values: dict, name: str, current, corrector, pixel_size_nm: float, ma
     return tuple(target), "corrected"
 
 
+def left_field(values: dict, name: str, record: TrackingRecord) -> str | None:
+    """Why the target has left the field (None while it has not): a trusted shift beyond
+    ``LEFT_FIELD_FRACTION`` of the field, or ``LOST_AFTER`` measured frames in a row flagged
+    untrusted (what registrations give once the target is gone). A stale measurement (none in
+    time) says nothing about the specimen and changes neither."""
+    get = lambda key: values[f"{name}_{key}"]["value"]  # noqa: E731
+    if not get("fresh"):
+        return None
+    trusted = bool(get("ok"))
+    record.untrusted_run = 0 if trusted else record.untrusted_run + 1
+    if record.untrusted_run >= LOST_AFTER:
+        return f"{record.untrusted_run} frames in a row with untrusted shifts: the target is lost"
+    if trusted and record.field_px is not None:
+        dy, dx = get("shift_dy"), get("shift_dx")
+        limit = [LEFT_FIELD_FRACTION * n for n in record.field_px]
+        if math.isfinite(dy) and math.isfinite(dx) and (abs(dy) > limit[0] or abs(dx) > limit[1]):
+            return (
+                f"the target moved ({dy:.1f}, {dx:.1f}) px from where the scan began, beyond "
+                f"{LEFT_FIELD_FRACTION:.0%} of the {record.field_px[0]} x {record.field_px[1]} px field"
+            )
+    return None
+
+
 def track_after_frame(measurements, corrector, record: TrackingRecord, index: int, *, max_step, on_limit):
     """Read frame ``index``'s measurement, correct the next frame, record the decision
     (``max_step`` in the corrector's units)."""
@@ -114,6 +144,9 @@ def track_after_frame(measurements, corrector, record: TrackingRecord, index: in
             corrector.check(target)
         except ParameterError as exc:
             target, status, refused = None, f"refused: {exc}; uncorrected", True
+    lost = left_field(values, measurements.name, record)
+    if lost is not None:  # nothing moves after a lost target; the operator decides
+        target, status = None, f"paused: {lost}"
     record.status = status
     record.target = target if target is not None else tuple(current)
     record.step = tuple(t - c for t, c in zip(record.target, current, strict=True))
@@ -124,7 +157,7 @@ def track_after_frame(measurements, corrector, record: TrackingRecord, index: in
     yield from bps.read(corrector)
     yield from bps.read(record)
     yield from bps.save()
-    if refused and on_limit == "pause":
+    if lost is not None or (refused and on_limit == "pause"):
         yield from bps.pause()
 
 

@@ -168,3 +168,46 @@ def test_each_correction_is_limited_to_the_maximum_step(RE, docs):
     )
     assert np.hypot(*moved.T).max() <= 5.0 + 1e-9
     assert np.hypot(*moved.T).max() > 4.0
+
+
+def test_a_series_whose_target_leaves_the_field_is_paused_with_the_reason(RE, docs):
+    # the deflectors' range (40 nm) cannot follow a 2 µm eucentric error: the target walks off
+    tem = drifting_tem(eucentric_nm=2000.0, limit_nm=40.0)
+    board = MeasurementBoard()
+    RE.subscribe(perfect_daemon(board, tem))
+    live = LiveMeasurements(board, pixel_size_nm=tem.world.pixel_size_nm)
+    with pytest.raises(RunEngineInterrupted):
+        RE(series(tem, live, track=True, track_timeout_s=5.0))
+    assert RE.state == "paused"
+    status = docs.column("track_status", stream="tracking")[-1]
+    assert status.startswith("paused: the target moved") and "of the 32 x 32 px field" in status
+    # the simulator's truth: the target really is at the field's edge, and nothing was taken after
+    true = np.array([f.true_shift_px for f in tem.world.history])
+    assert np.abs(true[-1] - true[0]).max() > 0.45 * FIELD_PX - 0.5
+    assert len(tem.world.history) == len(docs.events["primary"]) < 41
+    RE.abort()
+
+
+def test_a_series_whose_registrations_fail_in_a_row_is_paused_as_lost(RE, docs):
+    tem = drifting_tem()
+    board = MeasurementBoard()
+    publish = perfect_daemon(board, tem)
+
+    def untrusted_after_two(name, doc):  # from the third frame on, every shift is flagged
+        publish(name, doc)
+        if name == "event" and board.run_uid and doc["seq_num"] > 2 and "tilt" in doc["data"]:
+            seq = doc["seq_num"] - 1
+            board.on_message(
+                "frame",
+                {"run_uid": board.run_uid, "seq": seq, "angle": doc["data"]["tilt"], "shift": [0.0, 0.0],
+                 "quality": {"ok": False, "uncertainty_px": 5.0}},
+            )  # fmt: skip
+
+    RE.subscribe(untrusted_after_two)
+    live = LiveMeasurements(board, pixel_size_nm=tem.world.pixel_size_nm)
+    with pytest.raises(RunEngineInterrupted):
+        RE(series(tem, live, track=True, track_timeout_s=5.0))
+    statuses = docs.column("track_status", stream="tracking")
+    assert statuses[-1] == "paused: 3 frames in a row with untrusted shifts: the target is lost"
+    assert len(docs.events["primary"]) == 5  # two trusted frames, three flagged, then the pause
+    RE.abort()
