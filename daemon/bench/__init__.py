@@ -23,6 +23,7 @@ BENCHMARKS = {
     "control": "livetomo.daemon.bench.control",
     "learned": "livetomo.daemon.bench.learned",
     "soak": "livetomo.daemon.bench.soak",
+    "scale": "livetomo.daemon.bench.scale",
 }
 
 

@@ -98,7 +98,12 @@ class SlabRunner:
         )
         client = self.client()
         report(f"{text}: {len(tasks)} slabs on Dask", 0, len(tasks))
-        futures = {client.submit(_refine_slab, t, pure=False): t.index for t in tasks}
+        # The slabs' data go to the workers directly (scatter, spread over them), not inside the
+        # task graph through the scheduler, which warns about (and slows down at) tens of MiB.
+        scattered = client.scatter(tasks, hash=False)
+        futures = {
+            client.submit(_refine_slab, d, pure=False): t.index for d, t in zip(scattered, tasks, strict=True)
+        }
         results: dict[int, np.ndarray] = {}
         pending = set(futures)
         try:
