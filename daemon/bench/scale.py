@@ -3,17 +3,18 @@
 The ``k3-bin4`` volume is 1440 (x) × 1023 (z, the tilt axis) × 300 (y, the beam at 0°) voxels
 from 41 tilts (±60° in 3° steps). Its full TV refinement is about 50 CPU-minutes per 30
 iterations on this 2-core machine, so the benchmark refines a documented fraction: the full
-1440 × 300 slices, ``SLICES`` of the 1023 (1/16), ``ITERATIONS`` iterations; the time of the
+1440 × 300 slices, 64 of the 1023 (1/16), 3 iterations; the time of the
 whole volume is projected from it (work ∝ slices × iterations). Four runs of the same
 refinement, warm-started from the FBP of a simulated lamella (``simulators.k3``) projected by
 ``processing.recon.project``:
 
 1. single process, whole volume (what the daemon does without ``processing.dask``; numba on
    both cores);
-2. single process, in slabs (``processing.recon.slabs``: ``SLAB`` slices, TV halo ``HALO``) —
+2. single process, in slabs (``processing.recon.slabs``: 4 slabs of 16 slices, TV halo 4) —
    the reference the Dask runs must equal;
 3. Dask ``LocalCluster``, 1 worker process (1 thread);
-4. Dask ``LocalCluster``, 2 worker processes (1 thread each).
+4. Dask ``LocalCluster``, 2 worker processes (1 thread each);
+3 and 4 interleaved three times (medians), both clusters started and warmed up first.
 
 Reported: times, the speed-up of 2 workers over 1, the serial fraction s from Amdahl's law
 (S = 1/(s + (1 − s)/p) at p = 2, so s = 2/S − 1), the projected time on 16 and 64 workers
@@ -71,7 +72,7 @@ def _rel(a, b) -> float:
 
 def bench_dask(quick: bool, log) -> dict:
     nz, ny, nx = (16, 75, 360) if quick else (64, FULL["ny"], FULL["nx"])
-    iterations, slab, halo = (3, 8, 4) if quick else (5, 16, 4)
+    iterations, slab, halo, repeats = (3, 8, 4, 1) if quick else (3, 16, 4, 3)
     truth, data, tilts = _volume(nz, ny, nx)
     x0 = fbp(data, tilts, shape_yx=(ny, nx))
     tasks = plan_slabs(
@@ -92,17 +93,22 @@ def bench_dask(quick: bool, log) -> dict:
     times["single_process_slabs"] = time.perf_counter() - t0
     tiny = plan_slabs(data[..., :4, :64], tilts, x0[:4, :, :64], method="tv", n_iter=1, slab_slices=4,
                       shape_yx=(ny, 64), mu=1.0)[0]  # fmt: skip
-    for workers in (1, 2):
-        cluster, client = _cluster(workers)
-        try:
+    clusters = {w: _cluster(w) for w in (1, 2)}  # both up before timing: starting one takes seconds
+    runs: dict[str, list[float]] = {"dask_1_workers": [], "dask_2_workers": []}
+    try:
+        for _, client in clusters.values():
             for address in client.scheduler_info()["workers"]:  # load the compiled kernels everywhere
                 client.submit(refine_slab, tiny, workers=[address], pure=False).result()
-            t0 = time.perf_counter()
-            volumes[f"dask_{workers}"] = _on_dask(client, tasks)
-            times[f"dask_{workers}_workers"] = time.perf_counter() - t0
-        finally:
+        for _ in range(repeats):  # interleaved, so drifts in the machine's load hit both alike
+            for workers, (_, client) in clusters.items():
+                t0 = time.perf_counter()
+                volumes[f"dask_{workers}"] = _on_dask(client, tasks)
+                runs[f"dask_{workers}_workers"].append(time.perf_counter() - t0)
+    finally:
+        for cluster, client in clusters.values():
             client.close()
             cluster.close()
+    times.update({k: float(np.median(v)) for k, v in runs.items()})
     speedup = times["dask_1_workers"] / times["dask_2_workers"]
     serial = float(np.clip(2.0 / speedup - 1.0, 0.0, 1.0))
     scale_full = (FULL["nz"] / nz) * (FULL["iterations"] / iterations)
@@ -118,7 +124,8 @@ def bench_dask(quick: bool, log) -> dict:
         "slabs": len(tasks),
         "slab_slices": slab,
         "halo": halo,
-        "seconds": times,
+        "seconds": times,  # Dask: medians of the interleaved repeats
+        "dask_repeats_seconds": runs,
         "speedup_2_over_1_worker": speedup,
         "serial_fraction": serial,
         "projected_seconds": {str(p): projected(p) for p in (16, 64)},
@@ -135,7 +142,9 @@ def bench_dask(quick: bool, log) -> dict:
     log(
         f"  seconds: single process whole {t['single_process_whole']:.1f}, single process slabs "
         f"{t['single_process_slabs']:.1f}, Dask 1 worker {t['dask_1_workers']:.1f}, 2 workers "
-        f"{t['dask_2_workers']:.1f}"
+        f"{t['dask_2_workers']:.1f} (medians of {repeats} interleaved; "
+        f"1 worker {min(runs['dask_1_workers']):.1f}-{max(runs['dask_1_workers']):.1f}, "
+        f"2 workers {min(runs['dask_2_workers']):.1f}-{max(runs['dask_2_workers']):.1f})"
     )
     full_min = {p: projected(p) * scale_full / 60.0 for p in (1, 16, 64)}
     log(

@@ -227,7 +227,7 @@ class BaseProcessor:
                 )
             return self._refine_here(recon, nonnegative, report, text, cancel)
         except RefinementCancelled as exc:
-            report(f"{text}: cancelled ({exc})", 0, 0)
+            report(f"{text}: cancelled ({exc})", 1, 1)
             self.refinement_cancelled = True
             return None
 

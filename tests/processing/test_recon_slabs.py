@@ -86,3 +86,16 @@ def test_inputs_are_not_modified_and_stop_cancels(scan):
     assert len(calls) == 4  # checked before every iteration, stopped at the fourth check
     np.testing.assert_array_equal(data, data_copy)
     np.testing.assert_array_equal(x0, x0_copy)
+
+
+def test_channel_stacks_split_along_z_too(scan):
+    """XRF element maps share one alignment: projections (N, channels, nz, n_u)."""
+    _, angles, data, x0 = scan
+    two = np.stack([data, 2.0 * data], axis=1)  # (N, 2, nz, n_u)
+    start = np.stack([x0, 2.0 * x0])
+    whole = SIRT(two, angles, x0=start).run(4)
+    split = refine_in_slabs(plan_slabs(two, angles, start, method="sirt", n_iter=4, slab_slices=5))
+    assert split.shape == whole.shape == (2, *x0.shape)
+    np.testing.assert_allclose(split, whole, rtol=0, atol=2e-6 * float(np.abs(whole).max()))
+    tv = refine_in_slabs(plan_slabs(two, angles, start, method="tv", n_iter=2, slab_slices=6))
+    assert tv.shape == whole.shape and np.all(np.isfinite(tv))
