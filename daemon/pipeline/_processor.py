@@ -29,7 +29,6 @@ from ..transport import encode_image
 from . import _messages as messages
 
 Report = Callable[[str, int, int], None]
-REFINE_BLOCK = 5  # iterations between progress reports of a run-end refinement
 
 
 @dataclass
@@ -98,7 +97,6 @@ class BaseProcessor:
         self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
         self.n_columns: int | None = None
         self.done = 0
-        self.refinement_cancelled = False
         self._first_stream: str | None = None
 
     # -- the protocol's defaults
@@ -228,7 +226,6 @@ class BaseProcessor:
             return self._refine_here(recon, nonnegative, report, text, cancel)
         except RefinementCancelled as exc:
             report(f"{text}: cancelled ({exc})", 1, 1)
-            self.refinement_cancelled = True
             return None
 
     def _refine_here(self, recon, nonnegative: bool, report: Report, text: str, cancel) -> np.ndarray:
@@ -237,10 +234,11 @@ class BaseProcessor:
         t0 = time.perf_counter()
         report(text, 0, total)
         while refiner.iterations < total:
+            # One iteration at a time: an iteration of a large volume takes seconds to minutes,
+            # and a cancel must not wait for a whole block (reports are throttled by the finisher).
             if cancel is not None and cancel.is_set():
                 raise RefinementCancelled(f"after {refiner.iterations} of {total} iterations")
-            left = budget - (time.perf_counter() - t0)
-            refiner.run(min(REFINE_BLOCK, total - refiner.iterations), max_seconds=max(left, 0.0))
+            refiner.run(1)
             report(text, refiner.iterations, total)
             if time.perf_counter() - t0 >= budget:
                 break
