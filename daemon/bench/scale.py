@@ -21,8 +21,9 @@ Reported: times, the speed-up of 2 workers over 1, the serial fraction s from Am
 (T₁ (s + (1 − s)/p)) for the fraction and the whole volume, and the agreement: the Dask
 volumes against the single-process slab volume (max |difference| / max |volume|, float32
 rounding is ~1e-7..1e-6) and the slab volume against the whole-volume one (TV's halo effect).
-Two points give a crude Amdahl fit: s lumps together scheduling, data transfer and load
-imbalance, and the machine is shared, so it moves from run to run.
+Two points give a crude Amdahl fit: s lumps together scheduling, data transfer, load imbalance
+and other jobs taking the cores, so it moves from run to run; the CPU seconds the workers got
+per wall second (``dask_cores_obtained``) show how much of two cores a run really had.
 """
 
 from __future__ import annotations
@@ -95,15 +96,21 @@ def bench_dask(quick: bool, log) -> dict:
                       shape_yx=(ny, 64), mu=1.0)[0]  # fmt: skip
     clusters = {w: _cluster(w) for w in (1, 2)}  # both up before timing: starting one takes seconds
     runs: dict[str, list[float]] = {"dask_1_workers": [], "dask_2_workers": []}
+    cores: dict[str, list[float]] = {"dask_1_workers": [], "dask_2_workers": []}
     try:
         for _, client in clusters.values():
             for address in client.scheduler_info()["workers"]:  # load the compiled kernels everywhere
                 client.submit(refine_slab, tiny, workers=[address], pure=False).result()
         for _ in range(repeats):  # interleaved, so drifts in the machine's load hit both alike
             for workers, (_, client) in clusters.items():
+                cpu0 = sum(client.run(time.process_time).values())
                 t0 = time.perf_counter()
                 volumes[f"dask_{workers}"] = _on_dask(client, tasks)
-                runs[f"dask_{workers}_workers"].append(time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
+                runs[f"dask_{workers}_workers"].append(wall)
+                # CPU seconds the workers got per wall second: how many cores this run really had
+                cpu = sum(client.run(time.process_time).values()) - cpu0
+                cores[f"dask_{workers}_workers"].append(cpu / wall)
     finally:
         for cluster, client in clusters.values():
             client.close()
@@ -126,6 +133,7 @@ def bench_dask(quick: bool, log) -> dict:
         "halo": halo,
         "seconds": times,  # Dask: medians of the interleaved repeats
         "dask_repeats_seconds": runs,
+        "dask_cores_obtained": cores,  # worker CPU seconds per wall second, per repeat
         "speedup_2_over_1_worker": speedup,
         "serial_fraction": serial,
         "projected_seconds": {str(p): projected(p) for p in (16, 64)},
@@ -144,7 +152,9 @@ def bench_dask(quick: bool, log) -> dict:
         f"{t['single_process_slabs']:.1f}, Dask 1 worker {t['dask_1_workers']:.1f}, 2 workers "
         f"{t['dask_2_workers']:.1f} (medians of {repeats} interleaved; "
         f"1 worker {min(runs['dask_1_workers']):.1f}-{max(runs['dask_1_workers']):.1f}, "
-        f"2 workers {min(runs['dask_2_workers']):.1f}-{max(runs['dask_2_workers']):.1f})"
+        f"2 workers {min(runs['dask_2_workers']):.1f}-{max(runs['dask_2_workers']):.1f}); cores the "
+        f"workers obtained: 1 worker {np.median(cores['dask_1_workers']):.2f}, 2 workers "
+        f"{np.median(cores['dask_2_workers']):.2f} (the machine is shared)"
     )
     full_min = {p: projected(p) * scale_full / 60.0 for p in (1, 16, 64)}
     log(
