@@ -145,6 +145,7 @@ class Daemon:
             status=self.status,
             config=config.as_dict(),
             shutdown=self.shutdown_requested.set,
+            cancel_refinement=self.pipeline.cancel_refinement,
         )
         self.control = ControlServer(self.api, config.endpoints.control, self.context, self.security)
         self.web = None

@@ -77,6 +77,29 @@ class Limits:
 
 
 @dataclass
+class Dask:
+    """Run-end refinement split into slabs along the rotation axis, run on ``dask.distributed``
+    (docs/reconstruction.md, "Scale-out"). ``scheduler`` null: an embedded ``LocalCluster`` of
+    ``workers`` processes (``threads_per_worker`` threads each), started at the first
+    refinement and kept; else a facility scheduler's address, e.g. ``tcp://host:8786`` (its
+    workers need livetomo installed). ``slab_slices``: slices per slab; ``halo_slices``: extra
+    slices each TV slab is solved with on either side (SIRT needs none)."""
+
+    scheduler: str | None = None
+    workers: int = field(default=2, metadata=_range(1, 4096))
+    threads_per_worker: int = field(default=1, metadata=_range(1, 256))
+    slab_slices: int = field(default=16, metadata=_range(1))
+    halo_slices: int = field(default=4, metadata=_range(0, 1024))
+
+    def __post_init__(self):
+        if self.scheduler is not None and not self.scheduler.startswith(("tcp://", "tls://", "inproc://")):
+            raise ValueError(
+                f"processing.dask.scheduler = {self.scheduler!r} must be a scheduler address "
+                "(tcp://host:8786, tls://...) or null for an embedded LocalCluster"
+            )
+
+
+@dataclass
 class Processing:
     """What the pipeline does with frames besides storing them."""
 
@@ -92,6 +115,7 @@ class Processing:
     refine: Literal["tv", "sirt"] | None = "tv"  # run-end refinement, warm-started from the FBP
     refine_iterations: int = field(default=30, metadata=_range(1, 10_000))
     refine_seconds: float = field(default=10.0, metadata=_range(0.0))  # per volume (all elements together)
+    dask: Dask | None = None  # null: refinement in the finisher thread, whole volume; see Dask
 
 
 @dataclass

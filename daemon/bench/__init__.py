@@ -24,6 +24,7 @@ BENCHMARKS = {
     "learned": "livetomo.daemon.bench.learned",
     "soak": "livetomo.daemon.bench.soak",
     "tracking": "livetomo.daemon.bench.tracking",
+    "scale": "livetomo.daemon.bench.scale",
 }
 
 

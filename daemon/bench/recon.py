@@ -2,21 +2,20 @@
 
 Three parts, each on data simulated in the same run, accuracy measured against the true phantom:
 
-(a) FBP of one 512 x 512 slice from 360 angles over 180 deg: livetomo's ``fbp`` against
-    astra-toolbox's CPU ``FBP`` (parallel geometry, ``linear`` projector) and scikit-image's
-    ``iradon``, all on the same sinogram (computed by ``livetomo.simulators.projector`` from a
-    Shepp-Logan-type phantom), medians of interleaved repeats, ratios, RMSE in the inscribed
-    disk. Geometry matching: the simulator measures angles from the y axis with detector
-    column u = x cos θ + y sin θ about centres (n - 1)/2; astra uses the same centres but the
-    opposite angle sense (its y axis points up), so it gets -θ; scikit-image also needs -θ and
-    puts both centres at index n // 2, half a pixel off for even n, so each of its projections
-    is moved by -0.5 + 0.5 (cos θ + sin θ) px with an exact (band-limited, zero-padded) Fourier
-    shift, which places its output grid on the phantom's (outside the timing). All three use the
-    ramp filter with zero padding to at least 2n; pixel size 1 everywhere.
+(a) FBP of one slice of a Shepp-Logan-type phantom, 512 and 1024 px, from 180, 360 and 720
+    angles over 180 deg (sparse: N <= 0.35 n): livetomo's ``fbp`` against astra-toolbox's CPU
+    ``FBP`` (parallel geometry, ``linear`` projector) and scikit-image's ``iradon``, every peer
+    on both cores (``_fbp_peers.py`` says how and how the geometries are matched), medians and
+    ranges of interleaved repeats, ratios, RMSE in the inscribed disk for the ramp filter and
+    for every filter each side has.
 (b) Incremental update throughput: adding one projection to a 256³ volume (read and write of
     every voxel), in voxel updates per second, next to the memory-bandwidth limit measured in
-    the same run (a numpy copy of a 256 MiB array and a two-thread copy; each update moves 8
-    bytes), the generic array path (``backend="xp"``) and the preview-only mode.
+    the same run, the generic array path (``backend="xp"``) and the preview-only mode. The
+    limit: an update reads and writes 4 bytes of the accumulator (8 bytes, no write-allocate:
+    the line was just read); a copy ``dst[:] = src`` moves 12 bytes per element (read src,
+    read dst's line for the write-allocate, write dst), so the copy's bandwidth is
+    12 bytes x elements / time; an in-place parallel ``a[i] += 1`` (exactly the update's
+    traffic) is measured too and the higher of the two limits is used.
 (c) Iterative refinement: SIRT and TV (``TVDescent``) warm-started from the incremental FBP at a
     stated number of iterations, against FBP (ramp and Hann) on a dose-fractionated XRF Zn scan
     (``simulators.microprobe``: many angles, 1 ms dwell, Zn Kα window of the simulated spectra)
@@ -45,6 +44,7 @@ from ...simulators import k3
 from ...simulators.microprobe import XRFMicroprobe
 from ...simulators.projector import project_many
 from ...simulators.specimen import make_cell
+from ._fbp_peers import bench_fbp_regimes
 from .timing import interleaved_medians, jsonable
 
 # Modified Shepp-Logan (Toft): value, semi-axes (a, b), centre (x0, y0), rotation (deg), in
@@ -82,108 +82,35 @@ def _rmse(a, b, mask=None) -> float:
     return float(np.sqrt(np.mean(d[mask] ** 2 if mask is not None else d**2)))
 
 
-# ----------------------------------------------------------------------------- (a) FBP vs peers
-
-
-def _skimage_sinogram(sino: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
-    """Sinogram (n_u, N) for iradon: rows moved so its centre n // 2 lands on ours, (n - 1)/2."""
-    import scipy.fft as sfft
-
-    n_angles, n_u = sino.shape
-    th = np.deg2rad(angles_deg)
-    e = -0.5 + 0.5 * (np.cos(th) + np.sin(th))  # px; see the module docstring
-    size = sfft.next_fast_len(4 * n_u)
-    padded = np.zeros((n_angles, size))
-    padded[:, :n_u] = sino
-    k = sfft.fftfreq(size)
-    moved = np.real(sfft.ifft(sfft.fft(padded, axis=1) * np.exp(2j * np.pi * k[None] * e[:, None]), axis=1))
-    return np.ascontiguousarray(moved[:, :n_u].T)
-
-
-def bench_fbp(n: int, n_angles: int, repeats: int, log) -> tuple[dict, dict]:
-    import astra
-    from skimage.transform import iradon
-
-    phantom = shepp_logan(n)
-    angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
-    t0 = time.perf_counter()
-    sino = project_many(phantom[None], angles)[:, 0].astype(np.float32)
-    log(f"  sinogram {n_angles} x {n} by livetomo.simulators.projector in {time.perf_counter() - t0:.1f} s")
-
-    vol_geom = astra.create_vol_geom(n, n)
-    proj_geom = astra.create_proj_geom("parallel", 1.0, n, -np.deg2rad(angles))
-    projector = astra.create_projector("linear", proj_geom, vol_geom)
-    sk_sino = _skimage_sinogram(sino, angles)
-    out: dict[str, np.ndarray] = {}
-
-    def run_livetomo():
-        out["livetomo"] = fbp(sino, angles, padding="zeros")
-
-    def run_astra():  # what astra.create_reconstruction("FBP", ...) does, minus its unused options
-        sino_id = astra.data2d.create("-sino", proj_geom, sino)
-        rec_id = astra.data2d.create("-vol", vol_geom, 0.0)
-        cfg = astra.astra_dict("FBP")
-        cfg.update(ProjectorId=projector, ProjectionDataId=sino_id, ReconstructionDataId=rec_id)
-        alg_id = astra.algorithm.create(cfg)
-        astra.algorithm.run(alg_id)
-        out["astra"] = astra.data2d.get(rec_id)
-        astra.algorithm.delete(alg_id)
-        astra.data2d.delete([sino_id, rec_id])
-
-    def run_skimage():
-        out["skimage"] = iradon(sk_sino, -angles, filter_name="ramp", output_size=n, circle=True)
-
-    runs = {"livetomo": run_livetomo, "astra": run_astra, "skimage": run_skimage}
-    for fn in runs.values():  # warm-up (numba's compiled kernels load here)
-        fn()
-    times = interleaved_medians(runs, repeats)
-    astra.projector.delete(projector)
-    yy, xx = np.mgrid[:n, :n]
-    disk = np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) < n / 2 - 2
-    rmse = {name: _rmse(rec, phantom, disk) for name, rec in out.items()}
-    figures = {
-        "size": [n, n],
-        "n_angles": n_angles,
-        "repeats": repeats,
-        "median_s": times,
-        "speedup_vs_astra": times["astra"] / times["livetomo"],
-        "speedup_vs_skimage": times["skimage"] / times["livetomo"],
-        "rmse_disk": rmse,
-        "rmse_full_square": {k: _rmse(out[k], phantom) for k in ("livetomo", "astra")},
-        "livetomo_linear_interpolation_rmse_disk": _rmse(
-            fbp(sino, angles, padding="zeros", interpolation="linear"), phantom, disk
-        ),
-        # What the half-pixel centring of iradon costs when it is not corrected:
-        "skimage_without_centre_correction_rmse_disk": _rmse(
-            iradon(np.ascontiguousarray(sino.T), -angles, filter_name="ramp", output_size=n), phantom, disk
-        ),
-    }
-    log(f"(a) FBP, one {n} x {n} slice from {n_angles} angles (medians of {repeats} interleaved runs)")
-    for name in runs:
-        log(f"  {name:9s} {times[name] * 1e3:8.1f} ms   RMSE in disk {rmse[name]:.5f}")
-    log(
-        f"  livetomo is {figures['speedup_vs_astra']:.1f}x faster than astra CPU FBP (target >= 3) and "
-        f"{figures['speedup_vs_skimage']:.1f}x faster than iradon (target >= 5)"
-    )
-    return figures, {"phantom": phantom, **out}
-
-
 # ----------------------------------------------------------------------------- (b) throughput
 
 
+COPY_BYTES_PER_ELEMENT = 12  # float32 copy: read src, read dst (write-allocate), write dst
+UPDATE_BYTES = 8  # accumulator update: read and write 4 bytes (the line is already in cache)
+
+
 def _bandwidth(n_bytes: int, repeats: int) -> dict:
-    """Memory bandwidth (bytes read + written per second) of a numpy and a two-thread copy."""
+    """Memory bandwidth, bytes per second: numpy and two-thread copies (12 bytes per element),
+    and a two-thread in-place increment (8 bytes per element, the accumulator's own traffic)."""
     src = np.ones(n_bytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    copy2 = _parallel_copy()
+    copy2, increment2 = _parallel_kernels()
     copy2(dst, src)
+    increment2(dst)
     times = interleaved_medians(
-        {"numpy": lambda: np.copyto(dst, src), "threads": lambda: copy2(dst, src)}, repeats
+        {
+            "numpy_copy": lambda: np.copyto(dst, src),
+            "threads_copy": lambda: copy2(dst, src),
+            "threads_in_place": lambda: increment2(dst),
+        },
+        repeats,
     )
-    return {k: 2.0 * src.nbytes / t for k, t in times.items()}
+    per_element = {"numpy_copy": COPY_BYTES_PER_ELEMENT, "threads_copy": COPY_BYTES_PER_ELEMENT,
+                   "threads_in_place": UPDATE_BYTES}  # fmt: skip
+    return {k: per_element[k] * src.size / t for k, t in times.items()}
 
 
-def _parallel_copy():
+def _parallel_kernels():
     from numba import njit, prange
 
     @njit(parallel=True)
@@ -191,7 +118,12 @@ def _parallel_copy():
         for i in prange(src.size):
             dst[i] = src[i]
 
-    return copy
+    @njit(parallel=True)
+    def increment(a):  # pragma: no cover - compiled
+        for i in prange(a.size):
+            a[i] += 1.0
+
+    return copy, increment
 
 
 def _cpu_and_wall(fn, repeats: int) -> tuple[float, float]:
@@ -239,7 +171,7 @@ def bench_incremental(n: int, repeats: int, log) -> dict:
         "add_many_4": batch * voxels / times["add_many_4"],
         "backprojection_only": voxels / times["backprojection_only"],
     }
-    limit = max(bw.values()) / 8.0  # each update reads and writes 4 bytes of the accumulator
+    limit = max(bw.values()) / UPDATE_BYTES
     figures = {
         "volume": [n, n, n],
         "repeats": repeats,
@@ -266,8 +198,10 @@ def bench_incremental(n: int, repeats: int, log) -> dict:
         f"{cpu_add / wall_add:.2f} of the 2 cores during add (the machine is shared)"
     )
     log(
-        f"  memory bandwidth: numpy copy {bw['numpy'] / 1e9:.1f} GB/s, two-thread copy "
-        f"{bw['threads'] / 1e9:.1f} GB/s -> limit {limit / 1e9:.2f} G updates/s; add reaches {frac:.2f} of it"
+        f"  memory bandwidth: numpy copy {bw['numpy_copy'] / 1e9:.1f} GB/s, two-thread copy "
+        f"{bw['threads_copy'] / 1e9:.1f} GB/s (12 bytes per element), two-thread in-place update "
+        f"{bw['threads_in_place'] / 1e9:.1f} GB/s (8 bytes) -> limit {limit / 1e9:.2f} G updates/s "
+        f"(8 bytes each); add reaches {frac:.2f} of it"
     )
     log(
         f"  generic array path (backend='xp') {voxels / t_generic / 1e9:.3f} G/s; previews-only mode "
@@ -527,13 +461,16 @@ def _central(vol):
 def run(*, quick: bool = False, log=print, out_dir: str | Path = "livetomo_bench_recon") -> dict:
     """Run (a), (b), (c); print through ``log``; return every figure (JSON-serialisable)."""
     if quick:
-        fbp_n, fbp_angles, fbp_repeats, inc_n, inc_repeats, iters = 128, 90, 3, 96, 5, 10
+        fbp_cases, inc_n, inc_repeats, iters = [(128, 44), (128, 90), (128, 180)], 96, 5, 10
         xrf_shape, xrf_angles, wedge_shape = (8, 40, 40), 60, (12, 32, 48)
     else:
-        fbp_n, fbp_angles, fbp_repeats, inc_n, inc_repeats, iters = 512, 360, 7, 256, 9, 50
+        fbp_cases = [(n, a) for n in (512, 1024) for a in (180, 360, 720)]
+        inc_n, inc_repeats, iters = 256, 9, 50
         xrf_shape, xrf_angles, wedge_shape = (16, 64, 64), 180, (32, 48, 96)
     figures: dict = {"quick": quick}
-    figures["fbp"], slices_fbp = bench_fbp(fbp_n, fbp_angles, fbp_repeats, log)
+    figures["fbp"], slices_fbp = bench_fbp_regimes(
+        fbp_cases, lambda n: 3 if quick else (5 if n <= 512 else 3), shepp_logan, log
+    )
     figures["incremental"] = bench_incremental(inc_n, inc_repeats, log)
     log(f"(c) XRF Zn, dose-fractionated: {xrf_angles} angles, 1 ms dwell")
     figures["xrf"], slices_xrf = bench_xrf(xrf_shape, xrf_angles, 1e-3, iters, log)
@@ -545,7 +482,10 @@ def run(*, quick: bool = False, log=print, out_dir: str | Path = "livetomo_bench
         out = Path(out_dir)
         figures["pictures"] = [
             _write_pictures(
-                out, "fbp_512", {k: slices_fbp[k] for k in ("phantom", "livetomo", "astra", "skimage")}, log
+                out,
+                "fbp_512_180",
+                {k: slices_fbp[k] for k in ("phantom", "livetomo", "astra", "skimage")},
+                log,
             ),
             _write_pictures(out, "xrf_zn", {k: _central(v) for k, v in slices_xrf.items()}, log),
             _write_pictures(out, "wedge", {k: v[v.shape[0] // 2] for k, v in slices_wedge.items()}, log),

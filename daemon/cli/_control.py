@@ -134,6 +134,13 @@ def cmd_shutdown(args) -> int:
     return _emit(args, _client(args)("shutdown", abort=args.abort), str)
 
 
+def cmd_cancel_refinement(args) -> int:
+    def text(result) -> str:
+        return "refinement cancelled for run(s) " + ", ".join(u[:8] for u in result["cancelled"])
+
+    return _emit(args, _client(args)("cancel_refinement", uid=args.uid), text)
+
+
 def cmd_queue(args) -> int:
     client = _client(args)
     action = args.action
@@ -307,6 +314,12 @@ def add_parsers(sub) -> None:
     shutdown = with_control(sub.add_parser("shutdown", help="shut the daemon down cleanly"))
     shutdown.add_argument("--abort", action="store_true", help="abort a running plan first (else refused)")
     shutdown.set_defaults(func=cmd_shutdown)
+
+    cancel = with_control(
+        sub.add_parser("cancel-refinement", help="stop a run-end refinement; the run keeps its FBP volume")
+    )
+    cancel.add_argument("uid", nargs="?", default=None, help="run uid or a prefix (default: all ending)")
+    cancel.set_defaults(func=cmd_cancel_refinement)
 
     queue = with_control(sub.add_parser("queue", help="list, start, stop, clear, remove or move queue items"))
     queue.add_argument("action", choices=["list", "start", "stop", "clear", "remove", "move"])

@@ -27,6 +27,8 @@ class ControlAPI:
     status : ``status() -> dict`` of the daemon's other parts (pipeline, ingest), merged into
         the ``status`` reply; it must not block.
     shutdown : called by the ``shutdown`` command to end the daemon.
+    cancel_refinement : ``cancel_refinement(uid or None) -> list of run uids``: stops the run-end
+        refinement of a run (default every run finishing); it must not block.
     """
 
     def __init__(
@@ -38,11 +40,13 @@ class ControlAPI:
         status: Callable[[], dict] = dict,
         config: dict | None = None,
         shutdown: Callable[[], None] | None = None,
+        cancel_refinement: Callable[[str | None], list[str]] | None = None,
     ):
         self.runner, self.queue, self.catalog = runner, queue, catalog
         self._status = status
         self._config = config or {}
         self._shutdown = shutdown
+        self._cancel_refinement = cancel_refinement
         self.commands: dict[str, Callable[..., object]] = {
             "ping": lambda: "pong",
             "status": self.status,
@@ -64,7 +68,16 @@ class ControlAPI:
             "history": self.history,
             "history_clear": queue.clear_history,
             "shutdown": self.shutdown,
+            "cancel_refinement": self.cancel_refinement,
         }
+
+    def cancel_refinement(self, uid: str | None = None) -> dict:
+        """Stop a run-end refinement (the run keeps its FBP volume); the plan queue is untouched."""
+        if self._cancel_refinement is None:
+            raise RuntimeError("this daemon has no pipeline whose refinement could be cancelled")
+        if uid is not None and not isinstance(uid, str):
+            raise ValueError(f"uid = {uid!r} must be a run uid (or a prefix of one) or null")
+        return {"cancelled": self._cancel_refinement(uid)}
 
     def status(self) -> dict:
         return {**self.runner.status(), "queue_length": len(self.queue), **self._status()}

@@ -143,6 +143,12 @@ class Pipeline:
         self.last_viewable: RunContext | None = None  # the newest run with a processor to view
         # what runs measured that later runs use (the last EELS thickness of a milling run)
         self.session: dict = {}
+        # run-end refinement in slabs on Dask when configured (nothing of Dask imported otherwise)
+        self.slab_runner = None
+        if processing.dask is not None:
+            from ._refine import SlabRunner
+
+            self.slab_runner = SlabRunner(processing.dask)
         self._closing = threading.Event()
         self._threads = [
             threading.Thread(target=self._write_loop, name="livetomo-writer", daemon=True),
@@ -160,6 +166,22 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.1))
+        if self.slab_runner is not None:
+            self.slab_runner.close()
+
+    def cancel_refinement(self, uid: str | None = None) -> list[str]:
+        """Stop the run-end refinement of run ``uid`` (default: every run processing or
+        finishing); the runs keep their FBP volumes. Returns the uids it applied to."""
+        with self._stats_lock:
+            active = [r for r in self._active.values() if r.state in ("processing", "finishing")]
+        if uid is not None:
+            active = [r for r in active if r.uid == uid or r.uid.startswith(str(uid))]
+        if not active:
+            which = f"run {uid!r}" if uid else "no run"
+            raise ValueError(f"{which} is processing or finishing: there is no refinement to cancel")
+        for run in active:
+            run.cancel.set()
+        return [r.uid for r in active]
 
     # -- views on request (the page's slice and sinogram viewers) ---------------------------------
     def request_view(self, kind: str, params: dict, timeout: float = VIEW_TIMEOUT_S) -> dict:
@@ -287,6 +309,7 @@ class Pipeline:
         if hasattr(processor, "session"):
             processor.session = self.session
         run = RunContext(doc["uid"], doc, method, writer, processor)
+        run.slab_runner = self.slab_runner
         self.runs[run.uid] = run
         self.current = run
         with self._stats_lock:
@@ -547,4 +570,7 @@ class Pipeline:
             "run": shown[0].status() if shown else None,
             "runs_finishing": [r.status() for r in active if r.state in ("processing", "finishing")],
             "finished_runs": list(self.finished_runs)[-5:],
+            "refinement_on": "in-process"
+            if self.slab_runner is None
+            else (f"dask {self.slab_runner.address or '(not started)'}"),
         }

@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
+from ...processing.recon.slabs import RefinementCancelled
 from ...processing.register import shift_image
 from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
@@ -29,7 +30,6 @@ from . import _messages as messages
 from ._corrections import CorrectionLog
 
 Report = Callable[[str, int, int], None]
-REFINE_BLOCK = 5  # iterations between progress reports of a run-end refinement
 
 
 @dataclass
@@ -214,25 +214,45 @@ class BaseProcessor:
                 applied.update(moved)
 
     def refined(
-        self, recon: IncrementalReconstructor, *, nonnegative: bool, report: Report, what: str
+        self, recon: IncrementalReconstructor, *, nonnegative: bool, report: Report, what: str, run=None
     ) -> np.ndarray | None:
-        """The configured iterative refinement of ``recon`` (warm-started), bounded in time.
+        """The configured iterative refinement of ``recon`` (warm-started), or None.
 
-        Runs in blocks of iterations, reporting "refining <what> (tv)" with the iterations done,
-        until ``refine_iterations`` or ``refine_seconds`` (for the whole volume, every channel of
-        it together) is reached. ``nonnegative`` only for quantities that cannot be negative
-        (element concentrations); phase and K3 contrast are signed.
+        Without ``processing.dask``: runs here in blocks of iterations, reporting "refining <what>
+        (tv)" with the iterations done, until ``refine_iterations`` or ``refine_seconds`` (for
+        the whole volume, every channel of it together) is reached. With it: slabs along the
+        rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each, reported per
+        slab. ``nonnegative`` only for quantities that cannot be negative (element
+        concentrations); phase and K3 contrast are signed. ``run``'s ``cancel`` event (set by the
+        control API's ``cancel_refinement``) ends it early: None, the run keeps its FBP volume.
         """
         if self.processing.refine is None or recon.n_projections < 3:
             return None
+        cancel = getattr(run, "cancel", None)
+        runner = getattr(run, "slab_runner", None)
+        method, total = self.processing.refine, self.processing.refine_iterations
+        text = f"refining {what} ({method})"
+        try:
+            if runner is not None:
+                return runner.refine(
+                    recon, method, total, nonnegative=nonnegative, report=report, text=text, cancel=cancel
+                )
+            return self._refine_here(recon, nonnegative, report, text, cancel)
+        except RefinementCancelled as exc:
+            report(f"{text}: cancelled ({exc})", 1, 1)
+            return None
+
+    def _refine_here(self, recon, nonnegative: bool, report: Report, text: str, cancel) -> np.ndarray:
         total, budget = self.processing.refine_iterations, self.processing.refine_seconds
         refiner = recon.refiner(self.processing.refine, nonnegative=nonnegative)
-        text = f"refining {what} ({self.processing.refine})"
         t0 = time.perf_counter()
         report(text, 0, total)
         while refiner.iterations < total:
-            left = budget - (time.perf_counter() - t0)
-            refiner.run(min(REFINE_BLOCK, total - refiner.iterations), max_seconds=max(left, 0.0))
+            # One iteration at a time: an iteration of a large volume takes seconds to minutes,
+            # and a cancel must not wait for a whole block (reports are throttled by the finisher).
+            if cancel is not None and cancel.is_set():
+                raise RefinementCancelled(f"after {refiner.iterations} of {total} iterations")
+            refiner.run(1)
             report(text, refiner.iterations, total)
             if time.perf_counter() - t0 >= budget:
                 break

@@ -199,7 +199,9 @@ class RotationProcessor(BaseProcessor):
         # (demo scan, correlation with the true δ: FBP 0.82, SIRT 0.77, TV 0.65, even at μ = 0)
         refined = None
         if self.recon_channel != "phase":
-            refined = self.refined(self.recon, nonnegative=True, report=report, what=self.recon_channel)
+            refined = self.refined(
+                self.recon, nonnegative=True, report=report, what=self.recon_channel, run=run
+            )
         units = None
         if self.recon_channel == "phase":  # rad per voxel, or in units of κ without the geometry
             units = "rad per voxel" if self.dpc_sensitivity else "DPC sensitivity x rad per voxel"
@@ -273,7 +275,7 @@ class XRFDPCProcessor(RotationProcessor):
         report("element volumes (FBP)", 1, 1)
         volumes = np.asarray(self.maps.volume())
         what = ", ".join(self.elements)
-        refined = self.refined(self.maps, nonnegative=True, report=report, what=what)
+        refined = self.refined(self.maps, nonnegative=True, report=report, what=what, run=run)
         for i, element in enumerate(self.elements):
             self.write_volume(run, element, volumes[i], None if refined is None else refined[i], slices)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ class RunContext:
     superseded: dict = field(default_factory=dict)  # stream -> frames whose step was repeated
     forwarded_end: bool = False
     last_preview: dict = field(default_factory=dict)  # stream -> monotonic time of its last previews
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop its run-end refinement
+    slab_runner: object = None  # where its refinement's slabs run (processing.dask), None: in the finisher
 
     @property
     def all_streams_ended(self) -> bool:

@@ -328,7 +328,7 @@ class TiltSeriesProcessor(BaseProcessor):
         if self.recon is not None:
             report("writing the volume", 1, 1)
             volume = np.asarray(self.recon.volume())
-            refined = self.refined(self.recon, nonnegative=False, report=report, what="the tomogram")
+            refined = self.refined(self.recon, nonnegative=False, report=report, what="the tomogram", run=run)
             self.write_volume(run, "k3", volume, refined, slices)
         report("pictures", 1, 1)
         run.writer.flush()

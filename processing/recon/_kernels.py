@@ -5,7 +5,8 @@ only express with large temporaries. Measured on the 2-core development machine
 (``livetomo bench recon``, shared with other jobs): back-projecting one projection into a 256³
 volume, 0.73 G voxel updates/s against 0.023 G/s for the generic array path (``backend="xp"``)
 on the same data, 32x; a 512² slice from 360 angles in 0.04 s (quiet machine) to 0.18 s
-(heavily loaded), 4-6x faster than astra-toolbox's CPU FBP in the same runs.
+(heavily loaded), 4.0-7.0x faster than astra-toolbox's CPU FBP run on both cores (two worker
+processes) in the same runs. It is compute-bound: 0.1-0.14 of the memory-bandwidth limit.
 
 Conventions shared by the kernels (see ``backprojection.py``): a back-projection output row
 ``r`` is a line of voxels fed by row ``qrow[r]`` of every filtered projection; element ``t``

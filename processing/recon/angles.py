@@ -109,3 +109,24 @@ def normalised_tilt_weights(angles_deg, lam: float, dtheta=None) -> np.ndarray:
     d = angular_weights(angles_deg) if dtheta is None else np.asarray(dtheta, dtype=np.float64)
     total = float(np.sum(d * w))
     return w * (float(np.sum(d)) / total) if total > 0 else w
+
+
+def directions_per_half_turn(angles_deg) -> float:
+    """How densely the angles sample directions: π over the typical (median) angular gap.
+
+    Parameters
+    ----------
+    angles_deg : sequence of N angles, degrees, any order and range (modulo 180°).
+
+    Returns
+    -------
+    n_eff : float, the number of uniformly spaced directions over 180° with the same typical
+        spacing. N for N uniform angles over 180° (and for 2N over 360°: a direction measured
+        twice adds no new one); 90 for a ±60° tilt series in 2° steps (the wedge is missing
+        data, not coarser sampling).
+    """
+    a = _as_angles(angles_deg)
+    s = np.sort(np.mod(a, 180.0))
+    gaps = np.diff(np.append(s, s[0] + 180.0))
+    positive = gaps[gaps > 1e-9]
+    return 180.0 / float(np.median(positive)) if positive.size else 1.0

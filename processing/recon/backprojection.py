@@ -12,6 +12,10 @@ projection (``filters.py``) and w_k = Δθ_k · tilt weight_k · extra weight_k 
 (``angles.py``). A projection is a line integral (value × length, length in the unit of
 ``voxel_size``), so the volume is in value per unit length.
 
+Sparse angles: the filter is multiplied by a low-pass that follows the angular sampling
+(``filters.sampling_window``), so the frequencies N directions cannot support do not come
+back as streaks at full gain.
+
 Interpolation: ``"fourier"`` (default) looks up the filtered projection, band-limited
 up-sampled ``oversample`` times, by nearest neighbour; ``"linear"`` interpolates linearly on
 the original grid (as astra's and scikit-image's FBP do).
@@ -26,7 +30,7 @@ import numpy as np
 from ..arrays import get_array_module, next_fast_len, to_numpy
 from . import _kernels_xp
 from ._backend import use_numba
-from .angles import angular_weights, normalised_tilt_weights
+from .angles import angular_weights, directions_per_half_turn, normalised_tilt_weights
 from .errors import NonFiniteProjectionError, ReconstructionError
 from .filters import PADDINGS, check_filter, filter_rows, fourier_filter
 from .shifts import as_shifts, shift_rows
@@ -47,6 +51,8 @@ class FilterPlan:
     oversample : up-sampling of the filtered rows (1 for linear interpolation).
     nearest : nearest-neighbour look-up on the up-sampled row (else linear).
     filter_name, cutoff, padding : see :func:`fbp`.
+    n_directions : directions per half turn the angular-sampling window is set for, or None
+        for no window (``filters.sampling_window``).
     """
 
     n_u: int
@@ -57,6 +63,7 @@ class FilterPlan:
     filter_name: str
     cutoff: float
     padding: str
+    n_directions: float | None = None
 
     @classmethod
     def make(
@@ -69,8 +76,11 @@ class FilterPlan:
         interpolation: str = "fourier",
         oversample: int = 4,
         n_padded: int | None = None,
+        n_directions: float | None = None,
     ) -> FilterPlan:
         check_filter(filter_name, cutoff)
+        if n_directions is not None and not (np.isfinite(n_directions) and n_directions > 0):
+            raise ReconstructionError(f"n_directions must be > 0 or None, got {n_directions}")
         if padding not in PADDINGS:
             raise ReconstructionError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if interpolation not in INTERPOLATIONS:
@@ -92,6 +102,7 @@ class FilterPlan:
             filter_name=filter_name,
             cutoff=float(cutoff),
             padding=padding,
+            n_directions=None if n_directions is None else float(n_directions),
         )
 
     def filter(self, rows, scale=None, xp=np):
@@ -100,7 +111,13 @@ class FilterPlan:
             rows,
             n_padded=self.n_padded,
             pad_left=self.pad_left,
-            response=fourier_filter(self.n_padded, self.filter_name, cutoff=self.cutoff),
+            response=fourier_filter(
+                self.n_padded,
+                self.filter_name,
+                cutoff=self.cutoff,
+                n_directions=self.n_directions,
+                n_u=self.n_u if self.n_directions is not None else None,
+            ),
             padding=self.padding,
             oversample=self.oversample,
             scale=scale,
@@ -253,6 +270,7 @@ def fbp(
     tilt_lambda: float | None = None,
     max_gap_factor: float = 6.0,
     voxel_size: float = 1.0,
+    sampling_window: bool = True,
     n_padded: int | None = None,
     chunk: int | None = None,
     backend: str = "auto",
@@ -277,6 +295,9 @@ def fbp(
     tilt_lambda : λ of the tilt weights cos α / (1 + λ sin² α); None (default) for none.
     max_gap_factor : missing-wedge threshold of the angular weights.
     voxel_size : voxel edge in the length unit of the line integrals.
+    sampling_window : roll off the radial frequencies the angles are too few to support
+        (``filters.sampling_window``, set by :func:`~.angles.directions_per_half_turn` of
+        ``angles_deg`` and n_u); ≥ 0.97 up to Nyquist once N ≥ 0.75 n_u. False: the filter alone.
     n_padded : padded row length; default the next fast length >= 2 n_u.
     chunk : projections filtered and back-projected together; default: as many as fit in
         about 64 MiB of filtered rows (at most 64).
@@ -316,6 +337,7 @@ def fbp(
         interpolation=interpolation,
         oversample=oversample,
         n_padded=n_padded,
+        n_directions=directions_per_half_turn(angles) if sampling_window else None,
     )
     w = projection_weights(angles, tilt_lambda=tilt_lambda, max_gap_factor=max_gap_factor, weights=weights)
     w = w / float(voxel_size)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..arrays import to_numpy
-from .angles import angular_weights, tilt_weights
+from .angles import angular_weights, directions_per_half_turn, tilt_weights
 from .backprojection import (
     FilterPlan,
     angle_terms,
@@ -94,6 +94,10 @@ class IncrementalReconstructor:
         angle's weight; default a quarter of the planned spacing.
     filter_name, cutoff, padding, interpolation, oversample, center_offset, tilt_lambda,
     max_gap_factor, voxel_size : as in :func:`~livetomo.processing.recon.fbp`.
+    sampling_window : as in :func:`~livetomo.processing.recon.fbp`, set from the planned
+        angles; without a plan there is none (the final sampling is not known, and changing
+        the filter would redo every contribution), so the result then equals
+        ``fbp(..., sampling_window=False)``.
     mode : "volume" (maintain the whole volume) or "previews" (maintain three planes).
     preview_point : (z, y, x) of the preview planes; default the volume centre.
     backend : "auto", "numba" or "xp".
@@ -116,6 +120,7 @@ class IncrementalReconstructor:
         tilt_lambda: float | None = None,
         max_gap_factor: float = 6.0,
         voxel_size: float = 1.0,
+        sampling_window: bool = True,
         mode: str = "volume",
         preview_point=None,
         backend: str = "auto",
@@ -132,6 +137,8 @@ class IncrementalReconstructor:
         if mode not in MODES:
             raise ReconstructionError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        self._planned, self._tolerance = self._plan_angles(angles_deg, angle_tolerance_deg)
+        windowed = sampling_window and self._planned is not None
         self.plan = FilterPlan.make(
             self.n_u,
             filter_name=filter_name,
@@ -139,6 +146,7 @@ class IncrementalReconstructor:
             padding=padding,
             interpolation=interpolation,
             oversample=oversample,
+            n_directions=directions_per_half_turn(self._planned) if windowed else None,
         )
         if tilt_lambda is not None:
             tilt_weights([0.0], tilt_lambda)  # validates lambda
@@ -151,7 +159,6 @@ class IncrementalReconstructor:
         self.center_offset = float(center_offset)
         self.backend = backend
         self.xp = xp
-        self._planned, self._tolerance = self._plan_angles(angles_deg, angle_tolerance_deg)
         self._records: dict[object, _Record] = {}
         self._matrices: dict = {}  # projector matrices kept between refiners
         self._keys = itertools.count()

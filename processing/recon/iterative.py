@@ -260,16 +260,7 @@ class TVDescent(_Refiner):
         self._t = 1.0
 
     def _power_iteration(self, n: int = 12) -> float:
-        """‖A‖² by power iteration on one slice (every slice sees the same operator), +5 %."""
-        xp, a = self.xp, self.projector
-        v = a.adjoint(xp.ones((a.n_angles, 1, a.n_u), dtype=xp.float32))
-        norm = 0.0
-        for _ in range(n):
-            v /= float(xp.linalg.norm(v.ravel())) + 1e-30
-            w = a.adjoint(a.forward(v))
-            norm = float(xp.vdot(v.ravel(), w.ravel()))
-            v = w
-        return 1.05 * norm
+        return operator_norm_squared(self.projector, n, xp=self.xp)
 
     def _iterate(self) -> None:
         xp = self.xp
@@ -330,6 +321,20 @@ class TVDescent(_Refiner):
             p, t = q, t_new
         self._dual = p
         return self._project_c(z - lam * self._grad_adjoint(p))
+
+
+def operator_norm_squared(projector: Projector, n: int = 12, *, xp=np) -> float:
+    """‖A‖² of a projector by power iteration on one slice (every slice sees the same
+    operator), plus 5 % so that 1/L is a safe gradient step. Deterministic (fixed start)."""
+    a = projector
+    v = a.adjoint(xp.ones((a.n_angles, 1, a.n_u), dtype=xp.float32))
+    norm = 0.0
+    for _ in range(n):
+        v /= float(xp.linalg.norm(v.ravel())) + 1e-30
+        w = a.adjoint(a.forward(v))
+        norm = float(xp.vdot(v.ravel(), w.ravel()))
+        v = w
+    return 1.05 * norm
 
 
 def _safe_reciprocal(a, xp):

@@ -94,6 +94,17 @@ def test_yaml_config_is_checked(tmp_path):
             r"unknown key config.storage.compresion \(did you mean 'compression'\?\)",
         ),
         ({"storage": "gzip"}, r"config.storage must be a mapping of keys, got str"),
+        # run-end refinement on Dask
+        (
+            {"processing": {"dask": {"worker": 4}}},
+            r"unknown key config.processing.dask.worker \(did you mean 'workers'\?\)",
+        ),
+        (
+            {"processing": {"dask": {"scheduler": "host:8786"}}},
+            r"processing.dask.scheduler = 'host:8786' must be a scheduler address",
+        ),
+        ({"processing": {"dask": {"workers": 0}}}, r"config.processing.dask.workers = 0 is outside"),
+        ({"processing": {"dask": "yes"}}, r"config.processing.dask must be a mapping of keys, got str"),
         # unknown beamline kind
         (
             {"beamline": {"kind": "epcs"}},
@@ -104,6 +115,16 @@ def test_yaml_config_is_checked(tmp_path):
 def test_each_configuration_mistake_is_refused_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=overrides)
+
+
+def test_dask_is_off_by_default_and_a_section_turns_it_on():
+    assert load_config().processing.dask is None
+    local = load_config(overrides={"processing": {"dask": {}}}).processing.dask
+    assert (local.scheduler, local.workers) == (None, 2)  # an embedded LocalCluster
+    remote = load_config(
+        overrides={"processing": {"dask": {"scheduler": "tcp://cluster:8786"}}}
+    ).processing.dask
+    assert remote.scheduler == "tcp://cluster:8786"
 
 
 def test_a_misspelt_key_in_a_file_names_the_file_and_the_key(tmp_path):
