@@ -182,7 +182,7 @@ def xrf_dpc_tomo(
         measurements.model = "runout"
         measurements.pixel_size_nm = pixel_size_um * 1000.0  # the maps' pixels, which the shifts count
     index = {"n": 0}
-    record = TrackingRecord(units="um", field_px=spec.shape)
+    record = TrackingRecord(units="um")  # runout shifts are absolute: no "left the field" rule
 
     def per_step(detectors, step, pos_cache):
         yield from bps.move_per_step(step, pos_cache)  # checkpoints, then moves

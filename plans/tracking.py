@@ -27,7 +27,8 @@ class TrackingRecord:
     """What tracking decided at one frame (bluesky Readable, read into the ``tracking`` stream).
 
     ``field_px`` (rows, columns) of the frames: with it, a scan whose target has left the field
-    is paused (see :func:`left_field`)."""
+    is paused (see :func:`left_field`); only for shifts measured from where the scan began (a
+    tilt series'), not for a rotation scan's absolute runout."""
 
     def __init__(self, name: str = "track", units: str = "nm", field_px=None):
         self.name = name
@@ -36,7 +37,8 @@ class TrackingRecord:
         self.status = ""
         self.target = (math.nan, math.nan)
         self.step = (0.0, 0.0)
-        self.untrusted_run = 0  # frames in a row without a fresh, trusted measurement
+        self.untrusted_run = 0  # measured frames in a row flagged untrusted
+        self.trusted_seen = False  # early frames are often untrusted: "lost" needs a target first
 
     def read(self) -> dict:
         return {
@@ -111,13 +113,14 @@ def left_field(values: dict, name: str, record: TrackingRecord) -> str | None:
     untrusted (what registrations give once the target is gone). A stale measurement (none in
     time) says nothing about the specimen and changes neither."""
     get = lambda key: values[f"{name}_{key}"]["value"]  # noqa: E731
-    if not get("fresh"):
+    if record.field_px is None or not get("fresh"):
         return None
     trusted = bool(get("ok"))
+    record.trusted_seen |= trusted
     record.untrusted_run = 0 if trusted else record.untrusted_run + 1
-    if record.untrusted_run >= LOST_AFTER:
+    if record.trusted_seen and record.untrusted_run >= LOST_AFTER:
         return f"{record.untrusted_run} frames in a row with untrusted shifts: the target is lost"
-    if trusted and record.field_px is not None:
+    if trusted:
         dy, dx = get("shift_dy"), get("shift_dx")
         limit = [LEFT_FIELD_FRACTION * n for n in record.field_px]
         if math.isfinite(dy) and math.isfinite(dx) and (abs(dy) > limit[0] or abs(dx) > limit[1]):
