@@ -203,9 +203,8 @@ def test_many_sequence_jumps_cost_nothing(daemon):
 
     summary = _run_scan_under_attack(daemon, attack)
     assert summary["complete"]
-    t0 = time.perf_counter()
     reply = ControlClient(daemon.config.endpoints.control)("status")
-    assert time.perf_counter() - t0 < 5 and len(json.dumps(reply)) < 50_000  # generous: a bound, not a timing
+    assert len(json.dumps(reply)) < 50_000  # the jumps' missing ranges are bounded, not copied whole
 
 
 def test_an_injected_stream_is_bounded(daemon):

@@ -99,7 +99,6 @@ def test_dask_only_when_configured():
 def test_refinement_is_cancelled_from_the_control_api(tmp_path):
     """A refinement that would take two minutes (TV bounded by time only) ends within seconds of
     ``cancel_refinement``; the run keeps its FBP volumes and has no refined ones."""
-    import time
 
     import h5py
 
@@ -118,10 +117,9 @@ def test_refinement_is_cancelled_from_the_control_api(tmp_path):
                     if "refining" in ((r.get("finishing") or {}).get("text") or "")]  # fmt: skip
 
         run = wait_until(refining, 120, "the run-end refinement")[0]
-        t0 = time.monotonic()
         assert client("cancel_refinement")["cancelled"] == [run["uid"]]
-        wait_until(lambda: daemon.pipeline.finished_runs, 60, "the run's end")
-        assert time.monotonic() - t0 < 30  # not the 120 s the refinement was allowed
+        # the refinement was allowed 120 s and 10 000 iterations: the run ends only if it stopped
+        wait_until(lambda: daemon.pipeline.finished_runs, 60, "the run's end after the cancel")
         summary = daemon.pipeline.finished_runs[-1]
         assert summary["error"] is None and summary["complete"]
         with h5py.File(summary["file"], "r") as f:
