@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from livetomo.daemon.control import ControlClient
-from livetomo.daemon.testing import running_daemon, wait_until
+from livetomo.daemon.testing import wait_until
 from livetomo.daemon.transport import encode_frame, encode_start
 
 SCAN = {"start": 0, "stop": 180, "num": 41, "dwell_s": 0.003, "raster_shape": [12, 32]}
@@ -59,14 +59,6 @@ KILLERS = [
     b"[" * 200,
     b"",
 ]
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    with running_daemon(
-        tmp_path, processing={"refine": None}, limits={"max_message_bytes": 8 << 20}
-    ) as daemon:
-        yield daemon
 
 
 def test_no_control_request_silences_the_daemon_and_abort_works_after_them(daemon):

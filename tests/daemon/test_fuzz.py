@@ -7,11 +7,10 @@ import threading
 
 import h5py
 import numpy as np
-import pytest
 import zmq
 
 from livetomo.daemon.control import ControlClient
-from livetomo.daemon.testing import fuzz_control_request, fuzz_frame_message, running_daemon, wait_until
+from livetomo.daemon.testing import fuzz_control_request, fuzz_frame_message, wait_until
 
 SCAN = {"start": 0, "stop": 180, "num": 61, "dwell_s": 0.003, "raster_shape": [12, 32]}
 N_FRAMES = 4000  # malformed frame messages, at least
@@ -27,14 +26,6 @@ def _rss_mib() -> float:
 def _request(sock, parts) -> dict:
     sock.send_multipart(parts)
     return json.loads(sock.recv())
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    with running_daemon(
-        tmp_path, processing={"refine": None}, limits={"max_message_bytes": 8 << 20}
-    ) as daemon:
-        yield daemon
 
 
 def test_a_scan_under_fuzzing_is_stored_complete_and_abort_still_works(daemon):
