@@ -105,7 +105,9 @@ NAN = float("nan")
 class LiveMeasurements:
     """The daemon's measurements of the running scan (bluesky Readable, Triggerable, Movable).
 
-    ``set(seq)`` names the frame to wait for (acquisition index); ``trigger()`` finishes when
+    ``set(seq)`` names the frame to wait for (acquisition index), ``set((seq, step))`` also the
+    plan's step it belongs to (they differ once a frame was re-acquired: the next angle is the
+    next step's); ``trigger()`` finishes when
     that frame's measurement arrived, or after ``timeout_s`` with ``{name}_fresh`` False (the
     plan then goes on uncorrected). ``corrector`` (optional, e.g. the image shift) is read at
     each trigger: its position (``corrector.image_px``) was in place during the frame, so the
@@ -136,6 +138,7 @@ class LiveMeasurements:
         self.timeout_s = float(timeout_s)
         self.model = "tilt"  # or "runout" (rotation scans): which drift model predicts
         self.expected = 0
+        self.expected_step = 0
         self.corrections: dict[int, tuple[float, float]] = {}  # seq -> corrector position (nm)
         self._last: dict = self._blank()
 
@@ -143,22 +146,27 @@ class LiveMeasurements:
     def stage(self) -> list:
         self.board.follow_next_run()
         self.corrections.clear()
-        self.expected = 0
+        self.expected = self.expected_step = 0
         self._last = self._blank()
         return [self]
 
     def unstage(self) -> list:
         return [self]
 
-    def set(self, seq: int):
-        return run_as_status(self, lambda: setattr(self, "expected", int(seq)))
+    def set(self, seq):
+        seq, step = (seq, seq) if isinstance(seq, int | float) else seq
+
+        def put():
+            self.expected, self.expected_step = int(seq), int(step)
+
+        return run_as_status(self, put)
 
     def trigger(self):
-        seq = self.expected
+        seq, step = self.expected, self.expected_step
         if self.corrector is not None:
             self.corrections[seq] = tuple(float(v) for v in self.corrector.position)
         # waits in a worker thread: the RunEngine stays responsive (pause, stop) meanwhile
-        return run_as_status(self, lambda: self._take(seq), thread=True)
+        return run_as_status(self, lambda: self._take(seq, step), thread=True)
 
     def read(self) -> dict:
         last = dict(self._last)
@@ -203,7 +211,7 @@ class LiveMeasurements:
             "next_angle": NAN,
         }
 
-    def _take(self, seq: int) -> None:
+    def _take(self, seq: int, step: int) -> None:
         found = self.board.wait_for(seq, self.timeout_s)
         measurement = found or self.board.latest()  # stale: the newest there is, said so
         out = self._blank()
@@ -220,9 +228,9 @@ class LiveMeasurements:
                 "received": measurement.received,
             }
         angles, _, _ = self.board.snapshot()
-        if seq + 1 < len(angles):
-            out["next_angle"] = angles[seq + 1]
-            predicted = self.predict(seq + 1, angles[seq + 1])
+        if step + 1 < len(angles):
+            out["next_angle"] = angles[step + 1]
+            predicted = self.predict(seq + 1, angles[step + 1])
             if predicted is not None:
                 out["predicted_dy"], out["predicted_dx"] = (float(v) for v in predicted)
         self._last = out

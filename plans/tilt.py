@@ -10,7 +10,15 @@ from ..devices.base import ParameterError
 from ..devices.cameras import K3Settings
 from .tilt_order import tilt_order
 from .tomo import _metadata, check_angles, step_then_checkpoint
-from .tracking import TrackingRecord, check_tracking, track_after_frame, tracking_md
+from .tracking import (
+    DoseLedger,
+    TrackingRecord,
+    check_tracking,
+    measure,
+    reacquire_if_flagged,
+    track_after_frame,
+    tracking_md,
+)
 
 
 def tilt_series(
@@ -32,6 +40,7 @@ def tilt_series(
     track_max_step_nm: float = 300.0,
     track_timeout_s: float = 10.0,
     track_on_limit: str = "continue",
+    reacquire_flagged: bool = False,
     md: dict | None = None,
 ):
     """Acquire a tilt series; one event per tilt in acquisition order.
@@ -50,6 +59,14 @@ def tilt_series(
     limits is refused with the limit named and the series goes on uncorrected
     (``track_on_limit='continue'``) or pauses (``'pause'``). Every decision is an event of the
     ``tracking`` stream, and the primary events read the image shift.
+
+    ``reacquire_flagged=True`` (needs ``measurements``) takes a tilt whose measurement is
+    flagged untrusted once more, at the same angle and before any correction, if another
+    ``dose_per_tilt`` still fits ``dose_budget``; the re-acquisition is an event of the primary
+    stream like any tilt, the decision (and a refusal for dose) one of the ``tracking`` stream,
+    and the daemon marks the replaced frame invalid. ``total_dose_e_per_A2`` in the metadata is
+    what was planned; the ``tracking`` events name each frame taken again
+    (``track_superseded_frame``) and the dose spent so far.
     """
     angles = tilt_order(min_deg, max_deg, step_deg, order=order, group_size=group_size, start_deg=start_deg)
     check_angles(tilt, angles)
@@ -61,27 +78,53 @@ def tilt_series(
             f"dose_budget = {dose_budget:g} e/A^2; "
             f"allowed: dose_per_tilt <= {dose_budget / len(angles):.3g} e/A^2"
         )
+    if reacquire_flagged and measurements is None:
+        raise ParameterError("reacquire_flagged=True needs a measurements device (livetomo's live shifts)")
     if track:
         check_tracking(measurements, image_shift, track_max_step_nm, track_timeout_s, track_on_limit)
+    if track or reacquire_flagged:
         measurements.timeout_s = float(track_timeout_s)
-        measurements.corrector = image_shift
+        measurements.corrector = image_shift if track else None
         measurements.model = "tilt"
         pixel = camera.read_configuration().get(f"{camera.name}_pixel_size")
         if pixel is not None:  # the camera's pixels, which the shifts count
             measurements.pixel_size_nm = float(pixel["value"])
-    index = {"n": 0}
+    index = {"n": 0, "frame": 0}  # plan steps (tilts), frames taken (re-acquisitions count)
     record = TrackingRecord(field_px=getattr(getattr(camera, "backend", None), "shape", None))
+    ledger = DoseLedger(dose_per_tilt, len(angles), dose_budget, "e/A^2")
+
+    def reshoot(detectors, step):
+        def plan():  # the same readings as bluesky's step, without the move
+            yield from bps.trigger_and_read([*detectors, *step.keys()])
+            yield from bps.checkpoint()
+
+        return plan
 
     def per_step(detectors, step, pos_cache):
         yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt
+        seq = index["frame"]
+        index["frame"] += 1
+        values = None
+        if track or reacquire_flagged:
+            values = yield from measure(measurements, seq, index["n"])
+        if reacquire_flagged and (
+            yield from reacquire_if_flagged(
+                measurements, image_shift if track else None, record, ledger, seq, values,
+                reshoot(detectors, step),
+            )
+        ):  # fmt: skip
+            seq = index["frame"]
+            index["frame"] += 1
+            values = yield from measure(measurements, seq, index["n"])
         if track:
             yield from track_after_frame(
                 measurements,
                 image_shift,
                 record,
-                index["n"],
+                seq,
                 max_step=track_max_step_nm,
                 on_limit=track_on_limit,
+                values=values,
             )
         if on_tilt is not None:
             hook = on_tilt(next(iter(step.values())), index["n"])
@@ -103,11 +146,12 @@ def tilt_series(
             if track
             else {}
         ),
+        **({"reacquire_flagged": True} if reacquire_flagged else {}),
     )
     yield from bps.prepare(camera, K3Settings(dose_e_per_A2=dose_per_tilt), wait=True)
-    if not track:
+    if not (track or reacquire_flagged):
         return (yield from bp.list_scan([camera], tilt, angles, per_step=per_step, md=md))
     # the image shift is read with every frame (the real position); the measurements device is
     # staged before the run opens, so it follows this run and no earlier one
-    scan = bp.list_scan([camera, image_shift], tilt, angles, per_step=per_step, md=md)
+    scan = bp.list_scan([camera, *([image_shift] if track else [])], tilt, angles, per_step=per_step, md=md)
     return (yield from bpp.stage_wrapper(scan, [measurements]))

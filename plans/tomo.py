@@ -11,7 +11,15 @@ from bluesky import preprocessors as bpp
 
 from ..devices.base import ParameterError, check_range
 from ..devices.motion import RasterSpec
-from .tracking import TrackingRecord, check_tracking, track_after_frame, tracking_md
+from .tracking import (
+    DoseLedger,
+    TrackingRecord,
+    check_tracking,
+    measure,
+    reacquire_if_flagged,
+    track_after_frame,
+    tracking_md,
+)
 
 # Mass energy-absorption coefficient of water (vitreous ice) near 10 keV, cm²/g (NIST, 10 keV: 4.944).
 ICE_MU_EN_CM2_PER_G = 4.944
@@ -131,6 +139,7 @@ def xrf_dpc_tomo(
     follow_max_step_um: float = 5.0,
     follow_timeout_s: float = 10.0,
     follow_on_limit: str = "continue",
+    reacquire_flagged: bool = False,
     md: dict | None = None,
 ):
     """XRF nanotomography with DPC: a fly-scan raster of DPC + XRF at every angle.
@@ -149,6 +158,11 @@ def xrf_dpc_tomo(
     targets beyond the offset's limits leave the raster where it is (``follow_on_limit``:
     'continue' or 'pause'), each decision an event of the ``tracking`` stream
     (plans/tracking.py; docs/tracking.md).
+
+    ``reacquire_flagged=True`` (needs ``measurements``) scans an angle whose measurement is
+    flagged untrusted once more, before any correction, if the dose of another raster still
+    fits ``dose_budget_gy``; the decision (or the refusal) is an event of the ``tracking``
+    stream naming the replaced raster, which the daemon marks invalid.
     """
     angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
     check_angles(rotation, angles)
@@ -172,6 +186,13 @@ def xrf_dpc_tomo(
             f"dose_budget_gy = {dose_budget_gy:.3g} Gy; allowed: total dose <= budget"
         )
 
+    if reacquire_flagged and measurements is None:
+        raise ParameterError("reacquire_flagged=True needs a measurements device (livetomo's live shifts)")
+    if reacquire_flagged and not follow:
+        measurements.timeout_s = float(follow_timeout_s)
+        measurements.corrector = None
+        measurements.model = "runout"
+        measurements.pixel_size_nm = pixel_size_um * 1000.0
     if follow:
         check_tracking(
             measurements, raster_offset, follow_max_step_um, follow_timeout_s, follow_on_limit,
@@ -181,23 +202,45 @@ def xrf_dpc_tomo(
         measurements.corrector = raster_offset
         measurements.model = "runout"
         measurements.pixel_size_nm = pixel_size_um * 1000.0  # the maps' pixels, which the shifts count
-    index = {"n": 0}
+    index = {"n": 0, "frame": 0}  # angles, rasters taken (re-acquisitions count)
     record = TrackingRecord(units="um")  # runout shifts are absolute: no "left the field" rule
+    ledger = DoseLedger(dose / len(angles), len(angles), dose_budget_gy, "Gy")
+
+    def raster(detectors, step):
+        def plan():
+            yield from bps.kickoff(scan, wait=True)
+            yield from bps.complete(scan, wait=True)
+            yield from bps.trigger_and_read([*detectors, *step.keys(), scan])
+            yield from bps.checkpoint()  # a pause from here on does not repeat this raster
+
+        return plan
 
     def per_step(detectors, step, pos_cache):
         yield from bps.move_per_step(step, pos_cache)  # checkpoints, then moves
-        yield from bps.kickoff(scan, wait=True)
-        yield from bps.complete(scan, wait=True)
-        yield from bps.trigger_and_read([*detectors, *step.keys(), scan])
-        yield from bps.checkpoint()  # a pause from here on does not repeat this angle
+        yield from raster(detectors, step)()
+        seq = index["frame"]
+        index["frame"] += 1
+        values = None
+        if follow or reacquire_flagged:
+            values = yield from measure(measurements, seq, index["n"])
+        if reacquire_flagged and (
+            yield from reacquire_if_flagged(
+                measurements, raster_offset if follow else None, record, ledger, seq, values,
+                raster(detectors, step),
+            )
+        ):  # fmt: skip
+            seq = index["frame"]
+            index["frame"] += 1
+            values = yield from measure(measurements, seq, index["n"])
         if follow:
             yield from track_after_frame(
                 measurements,
                 raster_offset,
                 record,
-                index["n"],
+                seq,
                 max_step=follow_max_step_um,
                 on_limit=follow_on_limit,
+                values=values,
             )
         index["n"] += 1
 
@@ -217,12 +260,14 @@ def xrf_dpc_tomo(
             if follow
             else {}
         ),
+        **({"reacquire_flagged": True} if reacquire_flagged else {}),
     )
     for device in (scan, dpc, xrf):
         yield from bps.prepare(device, spec, wait=True)
-    if not follow:
+    if not (follow or reacquire_flagged):
         return (yield from bp.list_scan([dpc, xrf], rotation, angles, per_step=per_step, md=md))
     # the raster offset is read with every raster (where it really was); the measurements device
     # is staged before the run opens, so it follows this run and no earlier one
-    plan = bp.list_scan([dpc, xrf, raster_offset], rotation, angles, per_step=per_step, md=md)
+    readers = [dpc, xrf, *([raster_offset] if follow else [])]
+    plan = bp.list_scan(readers, rotation, angles, per_step=per_step, md=md)
     return (yield from bpp.stage_wrapper(plan, [measurements]))

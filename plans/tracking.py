@@ -8,6 +8,13 @@ read, the corrector after the decision, and ``track_status`` in words), and the 
 read the corrector too, so the documents and the run file carry the real positions. Nothing
 moves unless the measurement is fresh and trusted and the target is within the corrector's
 limits; otherwise the step stays uncorrected, and says why.
+
+Re-acquisition (``reacquire_flagged=True`` in the plans): a frame whose fresh measurement is
+flagged untrusted is taken once more at the same angle, before any correction, when the dose
+budget still allows another exposure (:class:`DoseLedger`). The ``tracking`` event that
+decides it names the frame it replaces (``<record>_superseded_frame``); the daemon keeps that
+frame in the run file marked invalid (NXtomo ``image_key`` 3, listed in ``superseded_frames``)
+and aligns and reconstructs with the new one.
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ class TrackingRecord:
         self.step = (0.0, 0.0)
         self.untrusted_run = 0  # measured frames in a row flagged untrusted
         self.trusted_seen = False  # early frames are often untrusted: "lost" needs a target first
+        self.superseded_frame = -1  # the frame this decision replaces by re-acquiring it
 
     def read(self) -> dict:
         return {
             f"{self.name}_status": reading(self.status),
+            f"{self.name}_superseded_frame": reading(self.superseded_frame),
             f"{self.name}_target_y": reading(self.target[0]),
             f"{self.name}_target_x": reading(self.target[1]),
             f"{self.name}_step_y": reading(self.step[0]),
@@ -50,7 +59,10 @@ class TrackingRecord:
         }
 
     def describe(self) -> dict:
-        out = {f"{self.name}_status": {"source": "plan:tracking", "dtype": "string", "shape": []}}
+        out = {
+            f"{self.name}_status": {"source": "plan:tracking", "dtype": "string", "shape": []},
+            f"{self.name}_superseded_frame": {"source": "plan:tracking", "dtype": "integer", "shape": []},
+        }
         for key in ("target_y", "target_x", "step_y", "step_x"):
             out[f"{self.name}_{key}"] = {
                 "source": "plan:tracking",
@@ -131,12 +143,89 @@ def left_field(values: dict, name: str, record: TrackingRecord) -> str | None:
     return None
 
 
-def track_after_frame(measurements, corrector, record: TrackingRecord, index: int, *, max_step, on_limit):
-    """Read frame ``index``'s measurement, correct the next frame, record the decision
-    (``max_step`` in the corrector's units)."""
-    yield from bps.abs_set(measurements, index, wait=True)
+def measure(measurements, seq: int, step: int):
+    """Wait for frame ``seq``'s measurement (the plan's step ``step``: which angle comes next)
+    and read it; returns the readings."""
+    yield from bps.abs_set(measurements, (seq, step), wait=True)
     yield from bps.trigger(measurements, wait=True)
-    values = yield from bps.read(measurements)
+    return (yield from bps.read(measurements))
+
+
+def flagged(values: dict, name: str, seq: int) -> bool:
+    """True when frame ``seq`` was measured in time and its shift is flagged untrusted."""
+    get = lambda key: values[f"{name}_{key}"]["value"]  # noqa: E731
+    return bool(get("fresh")) and int(get("seq")) == seq and not get("ok")
+
+
+class DoseLedger:
+    """A plan's exposures against its dose budget (the plan's units).
+
+    The planned exposures were checked against the budget before anything moved; a
+    re-acquisition is one more, allowed only while the planned ones still fit after it."""
+
+    def __init__(self, per_exposure: float, planned: int, budget: float, units: str):
+        self.per_exposure = float(per_exposure)
+        self.planned = int(planned)
+        self.budget = float(budget)
+        self.units = units
+        self.extra = 0  # re-acquisitions so far
+
+    def total(self, extra: int | None = None) -> float:
+        """The dose of the planned exposures and ``extra`` (default: those so far) more."""
+        return (self.planned + (self.extra if extra is None else extra)) * self.per_exposure
+
+    def allows_another(self) -> bool:
+        return self.total(self.extra + 1) <= self.budget * (1 + 1e-9)
+
+    def text(self, extra: int | None = None) -> str:
+        n = self.extra if extra is None else extra
+        return (
+            f"{self.planned} planned + {n} re-acquired = {self.total(n):.4g} of dose_budget "
+            f"{self.budget:.4g} {self.units}"
+        )
+
+
+def reacquire_if_flagged(
+    measurements, corrector, record: TrackingRecord, ledger: DoseLedger, seq: int, values, reshoot
+):
+    """Frame ``seq`` flagged untrusted: record the decision in the ``tracking`` stream and run
+    ``reshoot()`` (a plan taking the same angle's frame again) if the dose budget allows.
+    ``corrector``: the tracking corrector (None without tracking), read with every decision so
+    the stream keeps one set of fields. Returns True when it re-acquired."""
+    if not flagged(values, measurements.name, seq):
+        return False
+    if not ledger.allows_another():
+        record.status = (
+            f"frame {seq} flagged untrusted; not re-acquired: another {ledger.per_exposure:.4g} "
+            f"{ledger.units} would exceed the budget ({ledger.text(ledger.extra + 1)})"
+        )
+        yield from _save_decision(measurements, corrector, record)
+        return False
+    ledger.extra += 1
+    record.status = f"frame {seq} flagged untrusted: re-acquired at the same angle ({ledger.text()})"
+    record.superseded_frame = seq
+    yield from _save_decision(measurements, corrector, record)
+    record.superseded_frame = -1
+    yield from reshoot()
+    return True
+
+
+def _save_decision(measurements, corrector, record: TrackingRecord):
+    yield from bps.create("tracking")
+    yield from bps.read(measurements)
+    if corrector is not None:
+        yield from bps.read(corrector)
+    yield from bps.read(record)
+    yield from bps.save()
+
+
+def track_after_frame(
+    measurements, corrector, record: TrackingRecord, index: int, *, max_step, on_limit, values=None, step=None
+):
+    """Correct the next frame from frame ``index``'s measurement (``values``: read already, or
+    read now), record the decision (``max_step`` in the corrector's units)."""
+    if values is None:
+        values = yield from measure(measurements, index, index if step is None else step)
     current = corrector.position
     target, status = decide(
         values, measurements.name, current, corrector, measurements.pixel_size_nm, max_step
@@ -155,11 +244,7 @@ def track_after_frame(measurements, corrector, record: TrackingRecord, index: in
     record.step = tuple(t - c for t, c in zip(record.target, current, strict=True))
     if target is not None:
         yield from bps.mv(corrector, target)
-    yield from bps.create("tracking")
-    yield from bps.read(measurements)
-    yield from bps.read(corrector)
-    yield from bps.read(record)
-    yield from bps.save()
+    yield from _save_decision(measurements, corrector, record)
     if lost is not None or (refused and on_limit == "pause"):
         yield from bps.pause()
 

@@ -220,10 +220,18 @@ class StreamingTiltAligner:
         self._aligned: dict[int, object] = {}
         self._shifts: list[np.ndarray] = []
         self._quality: list = []
+        self._excluded: set[int] = set()
 
     @property
     def n_frames(self) -> int:
         return len(self._tilts)
+
+    def exclude(self, index: int) -> None:
+        """Frame ``index`` (arrival order) is no reference for later tilts nor part of
+        :meth:`refine` (e.g. replaced by a re-acquisition); it keeps its slot and its shift."""
+        if not 0 <= index < self.n_frames:
+            raise StreamingAlignmentError(f"no frame {index} to exclude ({self.n_frames} frames)")
+        self._excluded.add(int(index))
 
     @property
     def tilts_deg(self) -> np.ndarray:
@@ -264,13 +272,15 @@ class StreamingTiltAligner:
         index = len(self._tilts)
         quality, ref, outlier, predicted = None, None, False, False
         shift = np.zeros(2)
-        if index > 0:
-            near = sorted(range(index), key=lambda j: (abs(self._tilts[j] - tilt), abs(self._tilts[j]), j))
+        usable = [j for j in range(index) if j not in self._excluded]
+        if usable:
+            near = sorted(usable, key=lambda j: (abs(self._tilts[j] - tilt), abs(self._tilts[j]), j))
             ref = near[0]
             shift, quality = self._register(ref, img, tilt, np.zeros(2), None)
             prediction, limit = None, self.min_outlier_px
-            if index >= 15:  # the 5-term drift model needs 3 tilts per term to predict
-                prediction, scale = predict_drift(self._tilts, self.shifts, np.arange(index), tilt, index)
+            if len(usable) >= 15:  # the 5-term drift model needs 3 tilts per term to predict
+                tilts = [self._tilts[j] for j in usable]
+                prediction, scale = predict_drift(tilts, self.shifts[usable], np.asarray(usable), tilt, index)
                 limit = max(limit, self.outlier_sigma * float(scale.max()))
 
             def search(guess):
@@ -281,7 +291,7 @@ class StreamingTiltAligner:
         self._images.append(img)
         self._shifts.append(np.asarray(shift, dtype=float))
         self._quality.append(quality)
-        if index > 0:
+        if usable:
             self._link(index, ref, near[1 : self.n_references], predicted)
         shift = self._shifts[index]
         return FrameAlignment(
@@ -401,9 +411,12 @@ class StreamingTiltAligner:
             raise StreamingAlignmentError("refine() needs thickness_px (the lamella thickness in pixels)")
         if self.n_frames < 3:
             return self.shifts
+        kept = [k for k in range(self.n_frames) if k not in self._excluded]
+        if len(kept) < 3:
+            return self.shifts
         xp = get_array_module(self._images[0])
         b = self.refine_bin
-        images = xp.stack(self._images)
+        images = xp.stack([self._images[k] for k in kept])
         roi = self.options["roi"]
         if b > 1:
             n, h, w = images.shape
@@ -412,8 +425,8 @@ class StreamingTiltAligner:
                 roi = tuple((lo // b, hi // b) for lo, hi in roi)
         result = reprojection_refine(
             images,
-            self._tilts,
-            self.shifts / b,
+            [self._tilts[k] for k in kept],
+            self.shifts[kept] / b,
             region="slab",
             thickness_px=max(2, int(round(self.thickness_px / b))),
             iterations=self.reproject_iterations if iterations is None else iterations,
@@ -422,7 +435,8 @@ class StreamingTiltAligner:
             band=self.reproject_band,
             upsample_factor=self.options["upsample_factor"],
         )
-        self._shifts = [np.asarray(s, dtype=float) * b for s in result.shifts]
+        for k, shift in zip(kept, result.shifts, strict=True):
+            self._shifts[k] = np.asarray(shift, dtype=float) * b
         self._graph.fixed = {k: s.copy() for k, s in enumerate(self._shifts)}
         self._aligned.clear()
         return self.shifts

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FAULT_KINDS = ("dropped_frame", "stalled_motion", "nan_frame", "detector_timeout")
+FAULT_KINDS = ("dropped_frame", "stalled_motion", "nan_frame", "detector_timeout", "blanked_frame")
 
 
 class SimulatedTimeout(TimeoutError):
@@ -31,7 +31,9 @@ class FaultInjector:
     schedule : mapping of fault kind to the 0-based opportunity numbers at which it fires.
     seed : seed of the random generator used for probabilistic faults.
 
-    Kinds are ``dropped_frame``, ``stalled_motion``, ``nan_frame`` and ``detector_timeout``.
+    Kinds are ``dropped_frame``, ``stalled_motion``, ``nan_frame``, ``detector_timeout`` and
+    ``blanked_frame`` (the beam stayed blanked through an exposure: a valid frame of stray
+    counts only, which alignment must flag rather than trust).
     ``opportunities`` counts how often each kind was asked about, ``fired`` how often it
     fired, so a test can compare what it sees with what was injected.
     """

@@ -38,6 +38,8 @@ V_PROTEIN = 7.0
 V_MEMBRANE = 7.0
 V_GOLD = 30.0
 GOLD_DIAMETER_NM = 10.0
+# counting-mode K3 with the beam blanked: a few stray events per hundred pixels
+STRAY_COUNTS_PER_PX = 0.02
 
 # Inelastic mean free path of vitreous ice at 300 kV with an energy filter (nm).
 MFP_ICE_300KV_NM = 350.0
@@ -480,7 +482,7 @@ class K3Camera:
         rotated accordingly; a drift given to :meth:`acquire` is in camera pixels.
     seed : seed or generator for the counting noise.
     faults : fault injector; each :meth:`acquire` is one opportunity for ``detector_timeout``,
-        ``dropped_frame`` and ``nan_frame``.
+        ``dropped_frame``, ``nan_frame`` and ``blanked_frame``.
 
     Notes
     -----
@@ -626,7 +628,8 @@ class K3Camera:
         Returns
         -------
         frame : :class:`K3Frame`, or None when a ``dropped_frame`` fault fired. Counts saturate
-            at 65535 (uint16).
+            at 65535 (uint16). After a ``blanked_frame`` fault the counts (and ``expected``) are
+            the camera's stray counts, ``STRAY_COUNTS_PER_PX`` per pixel, without the specimen.
 
         Raises
         ------
@@ -640,12 +643,15 @@ class K3Camera:
         timeout = self.faults.fires("detector_timeout")
         dropped = self.faults.fires("dropped_frame")
         nan = self.faults.fires("nan_frame")
+        blanked = self.faults.fires("blanked_frame")
         if timeout:
             raise SimulatedTimeout(f"K3 did not return the frame at tilt {tilt_deg} deg")
         if dropped:
             return None
         shift = (float(shift_px[0]), float(shift_px[1]))
         expected = self.expected_image(tilt_deg, dose_e_per_A2, shift)
+        if blanked:  # no electrons reached the camera: stray counts only
+            expected = np.full(expected.shape, STRAY_COUNTS_PER_PX)
         if nan:
             counts = np.full(expected.shape, np.nan, dtype=np.float32)
         else:

@@ -330,6 +330,9 @@ class Pipeline:
             for key, value in doc["data"].items():  # which frame of each detector this event reads
                 if key.endswith("_frames") and isinstance(value, int) and value > 0:
                     run.event_frames.setdefault(key[: -len("_frames")], set()).add(value - 1)
+                elif key.endswith("_superseded_frame") and isinstance(value, int) and value >= 0:
+                    run.reacquired.add(value)  # the plan takes this frame again (plans/tracking.py)
+                    self.work.put("reacquired", run, value)
             self.work.put("event", run, doc)
 
     def _doc_stop(self, doc: dict) -> None:
@@ -354,18 +357,23 @@ class Pipeline:
             return
         run.forwarded_end, run.end_reason = True, reason
         run.state = "processing"
-        run.superseded = run.find_superseded()
-        for stream, seqs in run.superseded.items():
-            run.writer.mark_superseded(stream, seqs)
-            run.stored[stream] -= len(seqs)
+        repeated = run.find_superseded()
+        for stream, seqs in repeated.items():
             log.warning(
                 "run %s: frames %s of %s were sent again after a pause; kept, marked invalid",
                 run.uid,
                 seqs,
                 stream,
             )
+        reacquired = run.find_reacquired()
+        run.superseded = {
+            s: sorted({*repeated.get(s, ()), *reacquired.get(s, ())}) for s in {*repeated, *reacquired}
+        }
+        for stream, seqs in run.superseded.items():
+            run.writer.mark_superseded(stream, seqs)
+            run.stored[stream] -= len(seqs)
         run.writer.flush()
-        self.work.put("superseded", run, run.superseded)
+        self.work.put("superseded", run, repeated)  # the re-acquired ones left processing already
         self.runs.pop(run.uid, None)
         self.work.put("end", run)
 
@@ -405,6 +413,8 @@ class Pipeline:
             self._frame(run, payload)
         elif kind == "superseded":
             processor.superseded(payload)
+        elif kind == "reacquired":
+            processor.reacquired(payload)
         elif kind == "end":
             for message in processor.previews(run):  # previews of every frame, however many were coalesced
                 self._publish(*message)
@@ -484,6 +494,7 @@ class Pipeline:
         with self._stats_lock:
             self._active.pop(run.uid, None)
         done, planned = run.processor.progress()
+        progress = run.progress()
         topic, summary = messages.run_end(
             run.uid,
             exit_status=(run.stop or {}).get("exit_status", "unknown"),
@@ -499,6 +510,8 @@ class Pipeline:
             reason=(run.stop or {}).get("reason") or None,
             progress_unit=run.method.unit,
             frames_stored=sum(run.stored.values()),
+            dose=progress["dose_so_far"],  # every exposure, replaced ones included
+            dose_units=run.method.dose_units if progress["dose_so_far"] is not None else None,
             # per stream: what its sender's end message said it sent, and what is stored
             streams={
                 s: {

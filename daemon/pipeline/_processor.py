@@ -71,6 +71,8 @@ class Processor(Protocol):
 
     def superseded(self, frames: dict[str, list[int]]) -> None: ...
 
+    def reacquired(self, seq: int) -> None: ...
+
     def previews(self, run) -> list[tuple[str, dict]]: ...
 
     def complete(self, run) -> bool: ...
@@ -98,6 +100,9 @@ class BaseProcessor:
         self.aligned_seqs: list[int] = []  # the frames the aligner holds, in its order
         self.n_columns: int | None = None
         self.done = 0
+        self.replaced_exposures = 0  # frames taken but replaced (re-acquired, repeated): dose, not progress
+        self._counted: set[int] = set()  # primary-stream frames counted in ``done``
+        self._replaced: set[int] = set()  # frames the plan re-acquired
         self._first_stream: str | None = None
         self.corrections = CorrectionLog(start)  # what tracking moved, for the run file
 
@@ -127,7 +132,22 @@ class BaseProcessor:
         across streams, so the numbers apply to every reconstruction."""
         primary = self.primary_stream or self._first_stream
         self.done -= len(frames.get(primary, ()))
-        seqs = {int(s) for stream_seqs in frames.values() for s in stream_seqs}
+        self.replaced_exposures += len(frames.get(primary, ()))
+        self._leave({int(s) for stream_seqs in frames.values() for s in stream_seqs})
+
+    def reacquired(self, seq: int) -> None:
+        """The plan takes frame ``seq`` again (its shift was flagged untrusted): it leaves the
+        progress, the published shifts and the live reconstructions; its replacement comes as
+        a new frame at the same angle."""
+        if seq in self._replaced:
+            return
+        self._replaced.add(seq)
+        if seq in self._counted:
+            self.done -= 1
+            self.replaced_exposures += 1
+        self._leave({seq})
+
+    def _leave(self, seqs: set[int]) -> None:
         for seq in seqs & set(self.records):
             self.records[seq]["superseded"] = True
         reconstructions = getattr(self, "_reconstructions", lambda: ())()
@@ -153,6 +173,10 @@ class BaseProcessor:
         self._first_stream = primary
         if frame.stream == primary:
             self.done += 1
+            self._counted.add(frame.seq)
+            if frame.seq in self._replaced:  # marked before it arrived: taken, not progress
+                self.done -= 1
+                self.replaced_exposures += 1
             return True
         return False
 

@@ -38,6 +38,7 @@ class RunContext:
     stored_seqs: dict = field(default_factory=dict)  # stream -> sequence numbers stored
     event_frames: dict = field(default_factory=dict)  # device -> frame indices its events read
     superseded: dict = field(default_factory=dict)  # stream -> frames whose step was repeated
+    reacquired: set = field(default_factory=set)  # frames the plan took again (flagged untrusted)
     forwarded_end: bool = False
     last_preview: dict = field(default_factory=dict)  # stream -> monotonic time of its last previews
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop its run-end refinement
@@ -82,6 +83,16 @@ class RunContext:
                     out[stream] = extra
         return out
 
+    def find_reacquired(self) -> dict[str, list[int]]:
+        """Frames stored that the plan took again (a step's frames share their number across
+        streams, so each stream that stored one has it replaced)."""
+        out = {}
+        for stream, seqs in self.stored_seqs.items():
+            replaced = sorted(seqs & self.reacquired)
+            if replaced:
+                out[stream] = replaced
+        return out
+
     def progress(self) -> dict:
         """Units done and planned (frames, or stages for milling), times, dose so far."""
         done, planned = self.processor.progress()
@@ -91,7 +102,9 @@ class RunContext:
             if planned and done and self.state == "acquiring"
             else None
         )
-        dose = self.dose_per_frame * done if self.dose_per_frame is not None else None
+        # every exposure doses the specimen, including frames replaced by a re-acquisition
+        exposures = done + getattr(self.processor, "replaced_exposures", 0)
+        dose = self.dose_per_frame * exposures if self.dose_per_frame is not None else None
         return {
             "done": done,
             "planned": planned,

@@ -231,16 +231,20 @@ class TiltSeriesProcessor(BaseProcessor):
         self.axis_updates += 1
         seqs = list(self.aligned_seqs)
         self.aligner = self._new_aligner()
-        for seq in seqs:
+        for k, seq in enumerate(seqs):
             result = self.aligner.add(rotate_image(self.raw[seq], self.axis_deg), self.records[seq]["angle"])
             self.records[seq]["first_shift"] = self.records[seq].get(
                 "first_shift", self._camera(result.shift_px)
             )
+            if self.records[seq].get("superseded"):
+                self.aligner.exclude(k)
         if self.recon is not None:
             self.recon = self._new_recon(self.recon.projection_shape)
             self.applied.clear()
             shifts = self.aligner.shifts
             for seq, s in zip(seqs, shifts, strict=True):
+                if self.records[seq].get("superseded"):
+                    continue  # replaced by a re-acquisition or a repeated step
                 self.recon.add(
                     self._contrast(self.raw[seq]), self.records[seq]["angle"], shift=tuple(s), key=seq
                 )
@@ -267,6 +271,16 @@ class TiltSeriesProcessor(BaseProcessor):
     def live_reconstructions(self) -> dict:
         return {} if self.recon is None else {"k3": self.recon}
 
+    def _reconstructions(self) -> tuple:
+        return (self.recon,)
+
+    def _leave(self, seqs: set[int]) -> None:
+        """Replaced frames also stop being references for the tilts still to come."""
+        super()._leave(seqs)
+        if self.aligner is not None:
+            for seq in seqs & set(self.aligned_seqs):
+                self.aligner.exclude(self.aligned_seqs.index(seq))
+
     def view_sources(self) -> dict:
         return {} if self.recon is None else {"k3": (self.recon, None)}
 
@@ -288,7 +302,7 @@ class TiltSeriesProcessor(BaseProcessor):
         if eels is not None and pixel:
             self.thickness_nm = float(eels)
             return float(eels) / pixel, "last EELS reading of a milling run"
-        seqs = sorted(self.mean_counts)
+        seqs = [s for s in sorted(self.mean_counts) if not self.records[s].get("superseded")]
         estimate = thickness_from_transmission(
             [self.records[s]["angle"] for s in seqs],
             [self.mean_counts[s] for s in seqs],

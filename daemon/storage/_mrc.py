@@ -25,6 +25,7 @@ def write_mrc_tilt_series(
     title: str = "livetomo tilt series",
     voltage_kv: float | None = None,
     tilt_axis_deg: float | None = None,
+    prior_dose_e_per_A2=None,
 ) -> tuple[Path, Path]:
     """Write a tilt series as an MRC image stack plus a SerialEM-style ``.mdoc`` beside it.
 
@@ -44,6 +45,9 @@ def write_mrc_tilt_series(
     tilt_axis_deg : the tilt axis in the image, degrees counter-clockwise from the Y axis (SerialEM's
         and IMOD's convention): the title line ``Tilt axis angle = ...`` that etomo reads, and
         each section's ``RotationAngle``.
+    prior_dose_e_per_A2 : (n_tilts,) dose received before each image, e/Å², when it is more than
+        the images' own doses add up to (frames taken but not in the stack, e.g. one replaced by a
+        re-acquisition); default the cumulative dose of the images before it.
 
     Returns (mrc_path, mdoc_path).
     """
@@ -72,6 +76,8 @@ def write_mrc_tilt_series(
         mrc.voxel_size = pixel_size_A
         mrc.add_label(title[:80])
     prior = None if dose is None else np.concatenate([[0.0], np.cumsum(dose)[:-1]])
+    if prior is not None and prior_dose_e_per_A2 is not None:
+        prior = np.asarray(prior_dose_e_per_A2, dtype=np.float64).reshape(angles.shape)
     lines = [
         f"PixelSpacing = {pixel_size_A:g}",
         *([f"Voltage = {voltage_kv:g}"] if voltage_kv is not None else []),
@@ -122,7 +128,12 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
         }
         exposure = group["exposure"]
         units = _text(exposure.attrs.get("units", ""))
-        out["dose"] = exposure[()][keep] if units in ("e/A^2", "e/Å²", "e/A2") else None
+        out["dose"] = out["prior_dose"] = None
+        if units in ("e/A^2", "e/Å²", "e/A2"):
+            every = np.nan_to_num(exposure[()].astype(np.float64), nan=0.0)
+            # frames marked invalid (replaced, repeated) were exposed too: they count as prior dose
+            out["dose"] = every[keep]
+            out["prior_dose"] = (np.cumsum(every) - every)[keep]
         if pixel_size_A is None:
             if "x_pixel_size" not in group:
                 raise ValueError(f"{h5_path} has no x_pixel_size for this stream; pass pixel_size_A")
@@ -176,6 +187,7 @@ def export_tilt_series(
         timestamps=ts["times"],
         voltage_kv=ts["voltage_kv"],
         tilt_axis_deg=ts["tilt_axis_deg"],
+        prior_dose_e_per_A2=ts["prior_dose"],
     )
 
 
@@ -275,6 +287,7 @@ def export_imod(
         timestamps=ts["times"],
         voltage_kv=ts["voltage_kv"],
         tilt_axis_deg=ts["tilt_axis_deg"],
+        prior_dose_e_per_A2=ts["prior_dose"],
     )
     order = np.argsort(ts["angles"], kind="stable")  # the sections' order in the stacks
     angles, shifts = ts["angles"][order], ts["shifts"][order]

@@ -5,13 +5,14 @@ import h5py
 import numpy as np
 
 from livetomo.daemon.pipeline import RunCollector
-from livetomo.daemon.storage import stream_location
+from livetomo.daemon.storage import stream_group, stream_location
 from livetomo.daemon.testing import make_run_engine, record_run, running_daemon, wait_until
 from livetomo.daemon.transport import DocumentPublisher, ZMQFrameSink
 from livetomo.devices.measurements import LiveMeasurements
 from livetomo.devices.results_stream import ResultsStreamBoard
 from livetomo.devices.sim import make_tem
 from livetomo.plans import tilt_series
+from livetomo.simulators.faults import FaultInjector
 from livetomo.simulators.stages import TiltStageModel
 
 QUICK = {"web": {"enabled": False}, "processing": {"refine": None}}
@@ -129,3 +130,59 @@ def test_the_daemons_xrf_dpc_scan_follows_the_runout_on_its_measurements(tmp_pat
         stored = f["entry/processing/alignment/raster_offset"]
         assert stored.attrs["units"] == "um"
         np.testing.assert_allclose(stored[()][:, 1], docs.column("raster_offset_x"))
+
+
+def _blanked_series(tmp_path, dose_budget: float):
+    """A ±9°/3° series on the daemon whose 4th exposure comes out blanked (simulator fault),
+    re-acquiring flagged frames within ``dose_budget``; (summary, documents, the TEM's truth)."""
+    with running_daemon(tmp_path, **QUICK) as daemon:
+        docs = RunCollector()
+        daemon.runner.RE.subscribe(docs)
+        world = daemon.beamline.truth["tem"]
+        world.camera.faults = FaultInjector(schedule={"blanked_frame": [3]})
+        params = {"min_deg": -9, "max_deg": 9, "step_deg": 3, "dose_per_tilt": 3.0, "order": "bidirectional",
+                  "start_deg": -9, "dose_budget": dose_budget, "reacquire_flagged": True}  # fmt: skip
+        summary = record_run(daemon, "tilt_series", params, timeout=300).summary
+    return summary, docs, world
+
+
+def test_a_flagged_tilt_is_reacquired_and_its_dose_counted(tmp_path):
+    summary, docs, world = _blanked_series(tmp_path, dose_budget=24.0)
+    assert summary["complete"], summary
+    # the blanked exposure was flagged by the daemon, taken again at its angle, and replaced;
+    # a frame flagged later finds the budget spent
+    replaced = docs.column("track_superseded_frame", stream="tracking")
+    statuses = docs.column("track_status", stream="tracking")
+    assert replaced[0] == 3 and set(replaced[1:]) <= {-1}, (replaced, statuses)
+    assert statuses[0].startswith("frame 3 flagged untrusted: re-acquired at the same angle")
+    assert "(7 planned + 1 re-acquired = 24 of dose_budget 24 e/A^2)" in statuses[0]
+    assert all("not re-acquired" in s for s in statuses[1:]), statuses
+    angles = docs.column("tilt")
+    assert len(angles) == 8 and angles[3] == angles[4] == 0.0
+    assert summary["dose"] == 24.0
+    truth = np.array([f.true_shift_px for f in world.history])
+    with h5py.File(summary["file"], "r") as f:
+        group = f[stream_group(summary["streams"] and next(iter(summary["streams"])))]
+        keys = group["image_key"][()]
+        np.testing.assert_array_equal(keys, [0, 0, 0, 3, 0, 0, 0, 0])
+        assert 3 in group.attrs["superseded_frames"]
+        assert group["data"][3].mean() < 0.1  # the blanked frame is kept, marked invalid
+        alignment = f["entry/processing/alignment"]
+        assert 3 not in alignment["seq"][()]
+        shifts = dict(zip(alignment["seq"][()].tolist(), alignment["shift"][()], strict=True))
+    # the replacement aligns with the other tilts as the truth says (camera pixels; the shifts'
+    # origin is a choice, so frames are compared to the replacement)
+    for seq in (0, 1, 2, 5, 6, 7):
+        np.testing.assert_allclose(shifts[seq] - shifts[4], -(truth[seq] - truth[4]), atol=0.5)
+
+
+def test_no_reacquisition_beyond_the_dose_budget(tmp_path):
+    summary, docs, _ = _blanked_series(tmp_path, dose_budget=21.0)
+    assert summary["complete"], summary
+    replaced = docs.column("track_superseded_frame", stream="tracking")
+    statuses = docs.column("track_status", stream="tracking")
+    assert set(replaced) == {-1} and statuses[0].startswith("frame 3 flagged untrusted; not re-acquired"), (
+        statuses
+    )
+    assert "would exceed the budget (7 planned + 1 re-acquired = 24 of dose_budget 21 e/A^2)" in statuses[0]
+    assert len(docs.column("tilt")) == 7 and summary["dose"] == 21.0
