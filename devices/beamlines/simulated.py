@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bluesky.suspenders import SuspendCeil, SuspendFloor
 
 from ...simulators.facility import BeamModel, CryoStageModel
+from ...simulators.faults import FaultInjector
 from ..measurements import LiveMeasurements, MeasurementBoard
 from ..monitors import PolledSignal
 from ..sim import make_correlative, make_fib, make_microprobe, make_tem
@@ -37,6 +38,9 @@ class Settings:
     beam_current_min_mA: float = 100.0  # plans suspend below it, resume above twice it
     stage_temperature_max_K: float = 110.0  # plans suspend above it, resume below it less 10 K
     suspend_resume_sleep_s: float = 1.0  # wait after the condition clears before resuming
+    # K3 exposures (0-based, counted from the daemon's start) that come out blanked: stray
+    # counts only, to rehearse what alignment flags and re-acquisition do (docs/tracking.md)
+    tem_blanked_exposures: tuple[int, ...] = ()
 
     def __post_init__(self):
         for name in ("microprobe_shape", "tem_shape"):
@@ -45,6 +49,9 @@ class Settings:
                 raise ValueError(f"beamline.{name} = {list(shape)} must be three sizes in [8, 1024] voxels")
         if not 0.0 <= float(self.tem_tilt_axis_deg) < 180.0:
             raise ValueError(f"beamline.tem_tilt_axis_deg = {self.tem_tilt_axis_deg} must be in [0, 180) deg")
+        if any(int(n) < 0 for n in self.tem_blanked_exposures):
+            blanked = list(self.tem_blanked_exposures)
+            raise ValueError(f"beamline.tem_blanked_exposures = {blanked}: exposure numbers must be >= 0")
         if not abs(float(self.tem_tilt_axis_calibration_error_deg)) <= 10.0:
             raise ValueError(
                 f"beamline.tem_tilt_axis_calibration_error_deg = {self.tem_tilt_axis_calibration_error_deg} "
@@ -78,6 +85,9 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         sink=sink,
         tilt_axis_deg=settings.tem_tilt_axis_deg,
         stated_axis_error_deg=settings.tem_tilt_axis_calibration_error_deg,
+        faults=FaultInjector(schedule={"blanked_frame": settings.tem_blanked_exposures})
+        if settings.tem_blanked_exposures
+        else None,
     )
     fib = make_fib(seed=seed + 20)
     correlative = make_correlative(seed=seed + 30, sink=sink)

@@ -71,6 +71,10 @@ def test_yaml_config_is_checked(tmp_path):
             {"beamline": {"microprobe_shape": [4, 64, 64]}},
             r"beamline.microprobe_shape = \[4, 64, 64\] must be three sizes in \[8, 1024\]",
         ),
+        (
+            {"beamline": {"tem_blanked_exposures": [3, -1]}},
+            r"beamline.tem_blanked_exposures = \[3, -1\]: exposure numbers must be >= 0",
+        ),
         # unknown keys, with a suggestion
         (
             {"processing": {"refine_iteration": 5}},
