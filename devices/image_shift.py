@@ -107,3 +107,74 @@ class RasterOffset(ImageShift):
         parent=None,
     ):
         super().__init__(y, x, name=name, limits=limits, parent=parent)
+
+
+class _FromOrigin:
+    """A motor backend seen from an origin, in µm: positions are offsets from where it stood
+    when :meth:`rebase` was called (a stage's absolute coordinates mean nothing to tracking);
+    ``um_per_unit`` converts the record's units (1000 for mm)."""
+
+    def __init__(self, backend: MotorBackend, um_per_unit: float = 1.0):
+        self.backend = backend
+        self.threaded = getattr(backend, "threaded", False)
+        self.scale = float(um_per_unit)
+        self.origin = float(backend.position())
+
+    def rebase(self) -> None:
+        self.origin = float(self.backend.position())
+
+    def move(self, target: float) -> float:
+        return (self.backend.move(self.origin + float(target) / self.scale) - self.origin) * self.scale
+
+    def position(self) -> float:
+        return (float(self.backend.position()) - self.origin) * self.scale
+
+    def truth(self) -> dict:
+        return self.backend.truth()
+
+    def stop(self) -> None:
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            stop()
+
+
+class StageShift(ImageShift):
+    """The specimen stage's two lateral axes as a tracking corrector (bluesky Movable, Readable,
+    Stageable): ``y`` along the camera's rows, ``x`` along its columns, in µm **from where the
+    stage stood when the scan began** (staging takes that origin), as the stage moves that
+    SerialEM's and PACEtomo's realignment make. ``limits`` bound the excursion from that origin
+    (the motor records' own limits still apply: a move beyond them fails naming the record).
+    ``image_sign``: +1 when moving the stage by +c moves the image by +c on the camera along that
+    axis, −1 when the camera sees it mirrored (a property of the microscope's optics: calibrate
+    it once, as SerialEM's stage-to-camera matrix). ``um_per_unit``: µm per unit of the motors
+    (1000 for records in mm)."""
+
+    units = "um"
+    nm_per_unit = 1000.0
+
+    def __init__(
+        self,
+        y: MotorBackend,
+        x: MotorBackend,
+        *,
+        name: str = "stage_shift",
+        limits=(-5.0, 5.0),
+        image_sign: float = 1.0,
+        um_per_unit: float = 1.0,
+        parent=None,
+    ):
+        if image_sign not in (1.0, -1.0):
+            raise ParameterError(f"image_sign = {image_sign} must be +1 or -1")
+        self.image_sign = float(image_sign)
+        self._backends = (_FromOrigin(y, um_per_unit), _FromOrigin(x, um_per_unit))
+        super().__init__(*self._backends, name=name, limits=limits, parent=parent)
+
+    def stage(self) -> list:
+        for backend in self._backends:
+            backend.rebase()
+        self.y.resync()
+        self.x.resync()
+        return [self]
+
+    def unstage(self) -> list:
+        return [self]

@@ -79,6 +79,10 @@ class Axis:
     def locate(self) -> dict:
         return {"setpoint": self._setpoint, "readback": self.backend.position()}
 
+    def resync(self) -> None:
+        """Setpoint = readback, after the backend's coordinates changed (a new origin)."""
+        self._setpoint = self.backend.position()
+
     @property
     def position(self) -> float:
         return self.backend.position()

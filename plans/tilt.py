@@ -81,7 +81,11 @@ def tilt_series(
     if reacquire_flagged and measurements is None:
         raise ParameterError("reacquire_flagged=True needs a measurements device (livetomo's live shifts)")
     if track:
-        check_tracking(measurements, image_shift, track_max_step_nm, track_timeout_s, track_on_limit)
+        check_tracking(
+            measurements, image_shift, track_max_step_nm, track_timeout_s, track_on_limit, units="nm"
+        )
+    # the largest step in the corrector's own units (a stage's are µm)
+    max_step = track_max_step_nm / getattr(image_shift, "nm_per_unit", 1.0) if track else track_max_step_nm
     if track or reacquire_flagged:
         measurements.timeout_s = float(track_timeout_s)
         measurements.corrector = image_shift if track else None
@@ -122,7 +126,7 @@ def tilt_series(
                 image_shift,
                 record,
                 seq,
-                max_step=track_max_step_nm,
+                max_step=max_step,
                 on_limit=track_on_limit,
                 values=values,
             )
@@ -141,11 +145,7 @@ def tilt_series(
         group_size=group_size,
         dose_per_tilt_e_per_A2=dose_per_tilt,
         total_dose_e_per_A2=total,
-        **(
-            {"tracking": tracking_md(measurements, image_shift, track_max_step_nm, track_timeout_s)}
-            if track
-            else {}
-        ),
+        **({"tracking": tracking_md(measurements, image_shift, max_step, track_timeout_s)} if track else {}),
         **({"reacquire_flagged": True} if reacquire_flagged else {}),
     )
     yield from bps.prepare(camera, K3Settings(dose_e_per_A2=dose_per_tilt), wait=True)

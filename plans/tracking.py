@@ -82,11 +82,13 @@ def check_tracking(
     *,
     prefix="track",
     what="image_shift",
+    units=None,
 ) -> None:
-    """ParameterError before anything moves when tracking cannot run as asked."""
+    """ParameterError before anything moves when tracking cannot run as asked (``max_step`` in
+    ``units``, default the corrector's)."""
     if measurements is None or corrector is None:
         raise ParameterError(f"{prefix}=True needs a measurements device and an {what} device")
-    units = corrector.units
+    units = units or corrector.units
     check_range(f"{prefix}_max_step_{units}", max_step, 0.0, 1e5, units)
     check_range(f"{prefix}_timeout_s", timeout_s, 0.0, 3600.0, "s")
     if on_limit not in ON_LIMIT:

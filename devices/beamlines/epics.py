@@ -32,6 +32,8 @@ from ..epics import (
     EpicsRasterBuffersBackend,
     RasterPVs,
 )
+from ..image_shift import StageShift
+from ..measurements import LiveMeasurements, MeasurementBoard
 from ..motion import RotationStage, ScanStage, TiltStage
 from ..sinks import FrameSink
 from ..xray import SegmentedDPCDetector, VortexXRF
@@ -50,6 +52,21 @@ class Motor:
     limits: tuple[float, float] | None = None  # the stage's own limits, deg (None: its defaults)
     tolerance: float | None = None  # deg, replaces the record's retry deadband RDBD
     timeout_s: float | None = None  # per move (None: from VELO and ACCL)
+
+
+@dataclass
+class Corrector:
+    """Two motor records that tracking moves (``devices.image_shift.StageShift``): ``y`` along the
+    camera's (or the raster's) rows, ``x`` along its columns; ``range_um`` bounds the excursion
+    from where a scan began; ``image_sign`` +1 when a positive move displaces the image (or the
+    specimen in the raster) the same way, −1 when mirrored; ``um_per_unit``: µm per unit of the
+    records (1000 for mm)."""
+
+    y: Motor
+    x: Motor
+    range_um: float = field(default=5.0, metadata={"range": (0.0, 1e4)})
+    image_sign: float = 1.0
+    um_per_unit: float = field(default=1.0, metadata={"range": (1e-6, 1e6)})
 
 
 @dataclass
@@ -159,6 +176,8 @@ class Settings:
     tilt: Motor | None = None
     raster: Raster | None = None
     cameras: Cameras = field(default_factory=Cameras)
+    stage_shift: Corrector | None = None  # tracking in tilt_series: the specimen stage's x and y
+    raster_offset: Corrector | None = None  # following in xrf_dpc_tomo: what moves the raster's centre
     connect_timeout_s: float = field(default=10.0, metadata={"range": (0.1, 600.0)})
 
     def __post_init__(self):
@@ -174,6 +193,10 @@ class Settings:
                 raise ValueError(f"beamline.{name}.limits = {list(motor.limits)} must be [low, high]")
         if self.raster is not None:
             self._check_buffers(self.raster.buffers)
+        for name in ("stage_shift", "raster_offset"):
+            corrector = getattr(self, name)
+            if corrector is not None and corrector.image_sign not in (1.0, -1.0):
+                raise ValueError(f"beamline.{name}.image_sign = {corrector.image_sign} must be 1 or -1")
         if self.cameras.k3 is not None and not self.cameras.k3.dose_rate_e_per_A2_per_s:
             raise ValueError(
                 "beamline.cameras.k3.dose_rate_e_per_A2_per_s is required: the K3's exposure is a dose "
@@ -201,8 +224,15 @@ class Settings:
 
 PLAN_DEFAULTS = {
     "tomo_scan": {"detectors": ["txm"], "rotation": "rotation"},
-    "xrf_dpc_tomo": {"dpc": "dpc", "xrf": "xrf", "rotation": "rotation", "scan": "scan"},
-    "tilt_series": {"camera": "k3", "tilt": "tilt"},
+    "xrf_dpc_tomo": {
+        "dpc": "dpc",
+        "xrf": "xrf",
+        "rotation": "rotation",
+        "scan": "scan",
+        "measurements": "live",
+        "raster_offset": "raster_offset",
+    },
+    "tilt_series": {"camera": "k3", "tilt": "tilt", "measurements": "live", "image_shift": "stage_shift"},
     "correlative_acquire": {"sxt": "sxt", "fm": "fm"},
 }
 
@@ -217,6 +247,14 @@ def _backends(settings: Settings) -> dict:
         motor = getattr(settings, name)
         if motor is not None:
             out[name] = EpicsMotorBackend(motor.prefix, tolerance=motor.tolerance, timeout=motor.timeout_s)
+    for name in ("stage_shift", "raster_offset"):
+        corrector = getattr(settings, name)
+        if corrector is not None:
+            for axis in ("y", "x"):
+                motor = getattr(corrector, axis)
+                out[f"{name}.{axis}"] = EpicsMotorBackend(
+                    motor.prefix, tolerance=motor.tolerance, timeout=motor.timeout_s
+                )
     raster = settings.raster
     if raster is not None:
         out["raster"] = EpicsRasterBackend(
@@ -283,6 +321,19 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         if motor is not None:
             limits = {"limits": tuple(motor.limits)} if motor.limits is not None else {}
             devices[name] = cls(backends[name], **limits)
+    for name in ("stage_shift", "raster_offset"):
+        corrector = getattr(settings, name)
+        if corrector is not None:
+            devices[name] = StageShift(
+                backends[f"{name}.y"],
+                backends[f"{name}.x"],
+                name=name,
+                limits=(-corrector.range_um, corrector.range_um),
+                image_sign=corrector.image_sign,
+                um_per_unit=corrector.um_per_unit,
+            )
+    # the daemon feeds its board with what it publishes: plans read livetomo's live measurements
+    devices["live"] = LiveMeasurements(MeasurementBoard(), name="live")
     exposure = {}
     if settings.raster is not None:
         raster = settings.raster

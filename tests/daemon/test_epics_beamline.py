@@ -46,7 +46,12 @@ def iocs():
                 {
                     rotation[3:]: {"velocity": 180.0, "acceleration_s": 0.05},
                     tilt[3:]: {"velocity": 20.0, "limits": (-70.0, 70.0)},
-                },
+                    **{
+                        m["prefix"][3:]: {"velocity": 100.0, "egu": "um"}
+                        for m in beamline["raster_offset"].values()
+                        if isinstance(m, dict)
+                    },
+                },  # fmt: skip
             )
         )
         started.append(
@@ -91,6 +96,8 @@ def test_the_example_configuration_is_valid_and_builds_every_device_kind():
     assert settings.rotation.prefix == "LT:ROT" and settings.rotation.limits == (-190.0, 190.0)
     assert list(settings.raster.buffers.rois) == ["P", "S", "K", "Ca", "Fe", "Cu", "Zn"]
     assert settings.cameras.txm.pixel_size_nm == 30.0 and settings.cameras.k3 is None
+    assert (settings.raster_offset.y.prefix, settings.raster_offset.range_um) == ("LT:SY", 10.0)
+    assert settings.stage_shift is None
 
 
 @pytest.mark.parametrize(
