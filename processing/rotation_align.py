@@ -368,6 +368,7 @@ class StreamingProjectionAligner:
         self.reproject_band = reproject_band
         self.n_references = max(1, int(n_references))
         self._angles: list[float] = []
+        self._excluded: set[int] = set()  # frames replaced (re-acquired): out of the solution
         self._images: list = []
         self._moments: list = []
         self._quality: list[RegistrationQuality | None] = []
@@ -396,6 +397,22 @@ class StreamingProjectionAligner:
     @property
     def n_frames(self) -> int:
         return len(self._angles)
+
+    def exclude(self, index: int) -> None:
+        """Frame ``index`` (arrival order) leaves the joint solution (e.g. replaced by a
+        re-acquisition): its links, moment, vertical profile and mirror pairs are dropped, it is
+        no reference for later frames, and its own shift becomes a prediction (not ok)."""
+        if not 0 <= index < self.n_frames:
+            raise StreamingAlignmentError(f"no frame {index} to exclude ({self.n_frames} frames)")
+        self._excluded.add(int(index))
+        self._links = [lk for lk in self._links if index not in (lk.i, lk.j)]
+        self._moments[index] = None
+        self._vertical_abs.pop(index, None)
+        self._pairs = [p for p in self._pairs if index not in p[:2]]
+        self._predicted[index] = True
+        self._chain_cache = self._mode_cache = None
+        self._solve(self._shifts, iterations=2)
+        self._refit_runout()
 
     @property
     def angles_deg(self) -> np.ndarray:
@@ -490,7 +507,8 @@ class StreamingProjectionAligner:
         self._n_cols = int(image.shape[-1])
         quality, ref, outlier, linked = None, None, False, index == 0
         if index > 0:
-            near = sorted(range(index), key=lambda j: (_angle_distance(self._angles[j], angle), j))
+            usable = [j for j in range(index) if j not in self._excluded]
+            near = sorted(usable, key=lambda j: (_angle_distance(self._angles[j], angle), j))
             ref = near[0]
             quality, outlier, linked = self._register_links(index, image, angle, near[: self.n_references])
         self._angles.append(angle)
@@ -653,7 +671,7 @@ class StreamingProjectionAligner:
         options = {k: v for k, v in self.options.items() if k != "roi"}
         roi = _symmetric_roi(self.options["roi"], self._n_cols)
         for j in range(index):
-            if _angle_distance(self._angles[j], angle + 180.0) >= 0.5:
+            if j in self._excluded or _angle_distance(self._angles[j], angle + 180.0) >= 0.5:
                 continue
             _, reg = mirror_centre(
                 self._images[j], self._images[index], channel_signs=signs, roi=roi, **options
@@ -757,7 +775,11 @@ class StreamingProjectionAligner:
         if self._centre_known:
             return
         angle = self._angles[index]
-        partners = [j for j in range(index) if _angle_distance(self._angles[j], angle + 180.0) < 0.5]
+        partners = [
+            j
+            for j in range(index)
+            if j not in self._excluded and _angle_distance(self._angles[j], angle + 180.0) < 0.5
+        ]
         if partners:
             centre, reg = self._mirror_centre(partners[0], index)
             if reg.quality.ok:

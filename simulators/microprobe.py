@@ -27,6 +27,7 @@ from livetomo.simulators.xrf import FLUORESCENCE_CROSS_SECTION_CM2_G, XRFDetecto
 HC_KEV_NM = 1.23984193
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 REFERENCE_KEV = 10.0  # energy at which Specimen.mu and Specimen.delta are given
+BLANKED_FLUX_FRACTION = 1e-4  # what reaches the specimen while the beam is lost (stray photons)
 
 # Segment signs for segments 2, 3, 4, 5: horizontal = (t2 - t3 - t4 + t5)/sum,
 # vertical = (t2 + t3 - t4 - t5)/sum (DESIGN.md).
@@ -102,7 +103,8 @@ class XRFMicroprobe:
         optical depth ∫µ; ~10 % of the 10 keV attenuation of water is
         scattering, polarisation suppresses it ~3x at 90°, times Ω/4π.
     seed : seed or generator for the counting noise.
-    faults : fault injector asked about ``detector_timeout``, ``dropped_frame``
+    faults : fault injector asked about ``blanked_frame`` (the beam lost through a raster:
+        ``BLANKED_FLUX_FRACTION`` of the flux), ``detector_timeout``, ``dropped_frame``
         and ``nan_frame`` once per raster.
     """
 
@@ -189,6 +191,7 @@ class XRFMicroprobe:
         timeout = self.faults.fires("detector_timeout")
         dropped = self.faults.fires("dropped_frame")
         nan_frame = self.faults.fires("nan_frame")
+        blanked = self.faults.fires("blanked_frame")
         if timeout:
             raise SimulatedTimeout(f"XRF microprobe did not answer at {angle_deg} deg")
         if dropped:
@@ -200,6 +203,8 @@ class XRFMicroprobe:
         )
         maps, grad = self._probe_maps(angle_deg, shift, shape)
         n_photons = self.flux_photons_per_s * float(dwell_s)
+        if blanked:  # the beam was lost through the raster (shutter, beam dump): stray photons only
+            n_photons *= BLANKED_FLUX_FRACTION
         optical_depth, phase = maps[0], maps[1]
         transmission = np.exp(-optical_depth)
         segments = self._segments(n_photons * transmission, grad)

@@ -41,6 +41,7 @@ class Settings:
     # K3 exposures (0-based, counted from the daemon's start) that come out blanked: stray
     # counts only, to rehearse what alignment flags and re-acquisition do (docs/tracking.md)
     tem_blanked_exposures: tuple[int, ...] = ()
+    microprobe_blanked_rasters: tuple[int, ...] = ()  # the same for the microprobe's rasters
 
     def __post_init__(self):
         for name in ("microprobe_shape", "tem_shape"):
@@ -49,9 +50,10 @@ class Settings:
                 raise ValueError(f"beamline.{name} = {list(shape)} must be three sizes in [8, 1024] voxels")
         if not 0.0 <= float(self.tem_tilt_axis_deg) < 180.0:
             raise ValueError(f"beamline.tem_tilt_axis_deg = {self.tem_tilt_axis_deg} must be in [0, 180) deg")
-        if any(int(n) < 0 for n in self.tem_blanked_exposures):
-            blanked = list(self.tem_blanked_exposures)
-            raise ValueError(f"beamline.tem_blanked_exposures = {blanked}: exposure numbers must be >= 0")
+        for name in ("tem_blanked_exposures", "microprobe_blanked_rasters"):
+            numbers = list(getattr(self, name))
+            if any(int(n) < 0 for n in numbers):
+                raise ValueError(f"beamline.{name} = {numbers}: exposure numbers must be >= 0")
         if not abs(float(self.tem_tilt_axis_calibration_error_deg)) <= 10.0:
             raise ValueError(
                 f"beamline.tem_tilt_axis_calibration_error_deg = {self.tem_tilt_axis_calibration_error_deg} "
@@ -78,7 +80,14 @@ PLAN_DEFAULTS = {
 def build(settings: Settings, *, sink: FrameSink) -> Beamline:
     """Every simulated instrument, its image detectors writing to ``sink``."""
     seed = settings.seed
-    probe = make_microprobe(shape=settings.microprobe_shape, seed=seed, sink=sink)
+    probe = make_microprobe(
+        shape=settings.microprobe_shape,
+        seed=seed,
+        sink=sink,
+        faults=FaultInjector(schedule={"blanked_frame": settings.microprobe_blanked_rasters})
+        if settings.microprobe_blanked_rasters
+        else None,
+    )
     tem = make_tem(
         shape=settings.tem_shape,
         seed=seed + 10,

@@ -3,6 +3,7 @@ RunEngine, and from an outside RunEngine that reads them over the results stream
 
 import h5py
 import numpy as np
+import pytest
 
 from livetomo.daemon.pipeline import RunCollector
 from livetomo.daemon.storage import stream_group, stream_location
@@ -12,6 +13,7 @@ from livetomo.devices.measurements import LiveMeasurements
 from livetomo.devices.results_stream import ResultsStreamBoard
 from livetomo.devices.sim import make_tem
 from livetomo.plans import tilt_series
+from livetomo.processing.runout import gauge_errors
 from livetomo.simulators.faults import FaultInjector
 from livetomo.simulators.stages import TiltStageModel
 
@@ -231,3 +233,32 @@ def test_a_tracked_series_reconstructs_as_well_as_an_untracked_one(tmp_path):
     assert moved["untracked"] > 2.0 and moved["tracked"] < moved["untracked"], moved
     assert scores["tracked"] >= 0.95 * scores["untracked"], scores
     assert scores["untracked"] > 0.2, scores  # the tomograms are of the lamella at all
+
+
+def test_a_raster_without_beam_is_reacquired_and_left_out_of_the_alignment(tmp_path):
+    """xrf_dpc_tomo on the daemon; the 21st raster is taken while the beam is lost (simulator
+    fault): the daemon flags it, the plan scans that angle again (the dose counted), the file
+    keeps the raster marked invalid, and the final alignment, without it, is right (simulator
+    truth). (A beamless raster makes no links, so the aligner would survive it anyway; a frame
+    with misleading content is what its exclusion is for: the tilt-series test above.)"""
+    sections = {**QUICK, "beamline": {"microprobe_blanked_rasters": [20]}}
+    with running_daemon(tmp_path, **sections) as daemon:
+        docs = RunCollector()
+        daemon.runner.RE.subscribe(docs)
+        params = {"start": 0, "stop": 180, "num": 31, "dwell_s": 0.003, "reacquire_flagged": True}
+        summary = record_run(daemon, "xrf_dpc_tomo", params, timeout=600).summary
+        world = daemon.beamline.truth["microprobe"]
+    assert summary["complete"], summary
+    assert docs.column("track_superseded_frame", stream="tracking") == [20]
+    assert summary["streams"]["dpc_segments"] == {"sent": 32, "stored": 31, "superseded": 1}
+    per_raster = docs.start["dose_gy"] / 31
+    assert summary["dose"] == pytest.approx(32 * per_raster)
+    truth = np.array([r.true_shift_px for r in world.history])
+    angles = np.array([r.angle_deg for r in world.history])
+    with h5py.File(summary["file"], "r") as f:
+        assert f["entry/instrument/dpc_segments/image_key"][20] == 3
+        seq = f["entry/processing/alignment/seq"][()]
+        shifts = f["entry/processing/alignment/shift"][()]
+    assert 20 not in seq and angles[20] == angles[21]
+    ev, eh, _ = gauge_errors(shifts, truth[seq], angles[seq], keep_centre=False)
+    assert np.sqrt(np.mean(ev**2 + eh**2)) < 0.1
