@@ -10,15 +10,7 @@ from ..devices.base import ParameterError
 from ..devices.cameras import K3Settings
 from .tilt_order import tilt_order
 from .tomo import _metadata, check_angles, step_then_checkpoint
-from .tracking import (
-    DoseLedger,
-    TrackingRecord,
-    check_tracking,
-    measure,
-    reacquire_if_flagged,
-    track_after_frame,
-    tracking_md,
-)
+from .tracking import DoseLedger, Steering, TrackingRecord, check_tracking, tracking_md
 
 
 def tilt_series(
@@ -93,9 +85,12 @@ def tilt_series(
         pixel = camera.read_configuration().get(f"{camera.name}_pixel_size")
         if pixel is not None:  # the camera's pixels, which the shifts count
             measurements.pixel_size_nm = float(pixel["value"])
-    index = {"n": 0, "frame": 0}  # plan steps (tilts), frames taken (re-acquisitions count)
-    record = TrackingRecord(field_px=getattr(getattr(camera, "backend", None), "shape", None))
-    ledger = DoseLedger(dose_per_tilt, len(angles), dose_budget, "e/A^2")
+    index = {"n": 0}
+    steering = Steering(
+        measurements, image_shift, DoseLedger(dose_per_tilt, len(angles), dose_budget, "e/A^2"),
+        TrackingRecord(field_px=getattr(getattr(camera, "backend", None), "shape", None)),
+        track=track, reacquire=reacquire_flagged, max_step=max_step, on_limit=track_on_limit,
+    )  # fmt: skip
 
     def reshoot(detectors, step):
         def plan():  # the same readings as bluesky's step, without the move
@@ -106,30 +101,7 @@ def tilt_series(
 
     def per_step(detectors, step, pos_cache):
         yield from step_then_checkpoint(detectors, step, pos_cache)  # a pause never repeats a tilt
-        seq = index["frame"]
-        index["frame"] += 1
-        values = None
-        if track or reacquire_flagged:
-            values = yield from measure(measurements, seq, index["n"])
-        if reacquire_flagged and (
-            yield from reacquire_if_flagged(
-                measurements, image_shift if track else None, record, ledger, seq, values,
-                reshoot(detectors, step),
-            )
-        ):  # fmt: skip
-            seq = index["frame"]
-            index["frame"] += 1
-            values = yield from measure(measurements, seq, index["n"])
-        if track:
-            yield from track_after_frame(
-                measurements,
-                image_shift,
-                record,
-                seq,
-                max_step=max_step,
-                on_limit=track_on_limit,
-                values=values,
-            )
+        yield from steering.after_frame(index["n"], reshoot(detectors, step))
         if on_tilt is not None:
             hook = on_tilt(next(iter(step.values())), index["n"])
             if hook is not None:

@@ -11,15 +11,7 @@ from bluesky import preprocessors as bpp
 
 from ..devices.base import ParameterError, check_range
 from ..devices.motion import RasterSpec
-from .tracking import (
-    DoseLedger,
-    TrackingRecord,
-    check_tracking,
-    measure,
-    reacquire_if_flagged,
-    track_after_frame,
-    tracking_md,
-)
+from .tracking import DoseLedger, Steering, TrackingRecord, check_tracking, tracking_md
 
 # Mass energy-absorption coefficient of water (vitreous ice) near 10 keV, cm²/g (NIST, 10 keV: 4.944).
 ICE_MU_EN_CM2_PER_G = 4.944
@@ -202,9 +194,12 @@ def xrf_dpc_tomo(
         measurements.corrector = raster_offset
         measurements.model = "runout"
         measurements.pixel_size_nm = pixel_size_um * 1000.0  # the maps' pixels, which the shifts count
-    index = {"n": 0, "frame": 0}  # angles, rasters taken (re-acquisitions count)
-    record = TrackingRecord(units="um")  # runout shifts are absolute: no "left the field" rule
-    ledger = DoseLedger(dose / len(angles), len(angles), dose_budget_gy, "Gy")
+    index = {"n": 0}
+    steering = Steering(
+        measurements, raster_offset, DoseLedger(dose / len(angles), len(angles), dose_budget_gy, "Gy"),
+        TrackingRecord(units="um"),  # runout shifts are absolute: no "left the field" rule
+        track=follow, reacquire=reacquire_flagged, max_step=follow_max_step_um, on_limit=follow_on_limit,
+    )  # fmt: skip
 
     def raster(detectors, step):
         def plan():
@@ -218,30 +213,7 @@ def xrf_dpc_tomo(
     def per_step(detectors, step, pos_cache):
         yield from bps.move_per_step(step, pos_cache)  # checkpoints, then moves
         yield from raster(detectors, step)()
-        seq = index["frame"]
-        index["frame"] += 1
-        values = None
-        if follow or reacquire_flagged:
-            values = yield from measure(measurements, seq, index["n"])
-        if reacquire_flagged and (
-            yield from reacquire_if_flagged(
-                measurements, raster_offset if follow else None, record, ledger, seq, values,
-                raster(detectors, step),
-            )
-        ):  # fmt: skip
-            seq = index["frame"]
-            index["frame"] += 1
-            values = yield from measure(measurements, seq, index["n"])
-        if follow:
-            yield from track_after_frame(
-                measurements,
-                raster_offset,
-                record,
-                seq,
-                max_step=follow_max_step_um,
-                on_limit=follow_on_limit,
-                values=values,
-            )
+        yield from steering.after_frame(index["n"], raster(detectors, step))
         index["n"] += 1
 
     md = _metadata(

@@ -260,3 +260,38 @@ def tracking_md(measurements, corrector, max_step, timeout_s) -> dict:
         "max_step": max_step,
         "timeout_s": timeout_s,
     }
+
+
+class Steering:
+    """What a plan does after each frame it takes: read livetomo's measurement of it, re-acquire
+    it if flagged untrusted (``reacquire``), correct the next frame (``track``). Counts the frames
+    taken (re-acquisitions included), which the measurements are numbered by."""
+
+    def __init__(self, measurements, corrector, ledger: DoseLedger, record: TrackingRecord, *,
+                 track: bool, reacquire: bool, max_step: float, on_limit: str):  # fmt: skip
+        self.measurements, self.corrector = measurements, corrector
+        self.ledger, self.record = ledger, record
+        self.track, self.reacquire = bool(track), bool(reacquire)
+        self.max_step, self.on_limit = max_step, on_limit
+        self.frames = 0
+
+    def after_frame(self, step: int, reshoot):
+        """After the frame of plan step ``step``; ``reshoot()`` takes that step's frame again."""
+        seq, self.frames = self.frames, self.frames + 1
+        if not (self.track or self.reacquire):
+            return
+        values = yield from measure(self.measurements, seq, step)
+        corrector = self.corrector if self.track else None
+        reacquired = False
+        if self.reacquire:
+            reacquired = yield from reacquire_if_flagged(
+                self.measurements, corrector, self.record, self.ledger, seq, values, reshoot
+            )
+        if reacquired:
+            seq, self.frames = self.frames, self.frames + 1
+            values = yield from measure(self.measurements, seq, step)
+        if self.track:
+            yield from track_after_frame(
+                self.measurements, self.corrector, self.record, seq,
+                max_step=self.max_step, on_limit=self.on_limit, values=values,
+            )  # fmt: skip

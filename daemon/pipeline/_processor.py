@@ -148,8 +148,14 @@ class BaseProcessor:
         self._leave({seq})
 
     def _leave(self, seqs: set[int]) -> None:
+        """Frames ``seqs`` leave the published shifts, the live reconstructions and the aligner's
+        joint solution (no reference for later frames)."""
         for seq in seqs & set(self.records):
             self.records[seq]["superseded"] = True
+        aligner = getattr(self, "aligner", None)
+        if aligner is not None:
+            for seq in seqs & set(self.aligned_seqs):
+                aligner.exclude(self.aligned_seqs.index(seq))
         reconstructions = getattr(self, "_reconstructions", lambda: ())()
         for recon in reconstructions:
             if recon is not None:

@@ -142,14 +142,6 @@ class RotationProcessor(BaseProcessor):
     def _reconstructions(self) -> tuple:
         return (self.recon,)
 
-    def _leave(self, seqs: set[int]) -> None:
-        """Replaced frames also leave the aligner's joint solution."""
-        super()._leave(seqs)
-        if self.aligner is not None:
-            for seq in seqs & set(self.aligned_seqs):
-                self.aligner.exclude(self.aligned_seqs.index(seq))
-            self._take_current(self.aligner)
-
     def live_reconstructions(self) -> dict:
         """Channel -> the incremental reconstruction that the previews show (for snapshots)."""
         return {} if self.recon is None else {self.recon_channel: self.recon}

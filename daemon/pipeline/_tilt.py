@@ -274,13 +274,6 @@ class TiltSeriesProcessor(BaseProcessor):
     def _reconstructions(self) -> tuple:
         return (self.recon,)
 
-    def _leave(self, seqs: set[int]) -> None:
-        """Replaced frames also stop being references for the tilts still to come."""
-        super()._leave(seqs)
-        if self.aligner is not None:
-            for seq in seqs & set(self.aligned_seqs):
-                self.aligner.exclude(self.aligned_seqs.index(seq))
-
     def view_sources(self) -> dict:
         return {} if self.recon is None else {"k3": (self.recon, None)}
 
