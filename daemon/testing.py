@@ -392,11 +392,16 @@ class RunRecording:
     messages : ``(topic, payload)`` of the ``frame`` and ``runout`` messages, in order.
     summary : the run's ``run_end`` summary (file, pictures, completeness).
     volumes : frames done -> {channel: the live reconstruction at that moment (a copy)}.
+    projections : frames done -> {channel: what the live reconstruction held then, for an
+        iterative one of the same data: ``angles_deg``, ``projections``, ``dx`` (as
+        ``IncrementalReconstructor.aligned_projections``), ``volume``, ``shape_yx``,
+        ``center_offset``, ``voxel_size`` (copies)}.
     """
 
     summary: dict
     messages: list
     volumes: dict
+    projections: dict = field(default_factory=dict)
 
 
 def record_run(daemon, plan: str, params: dict, *, snapshot_at=(), timeout: float = 900.0) -> RunRecording:
@@ -407,6 +412,7 @@ def record_run(daemon, plan: str, params: dict, *, snapshot_at=(), timeout: floa
     """
     messages_seen: list = []
     volumes: dict = {}
+    held: dict = {}
     publish = daemon.pipeline.publish
     wanted = set(int(n) for n in snapshot_at)
 
@@ -416,10 +422,23 @@ def record_run(daemon, plan: str, params: dict, *, snapshot_at=(), timeout: floa
         if topic == "frame" and payload.get("frames_done") in wanted:
             run = daemon.pipeline.current
             processor = getattr(run, "processor", None)
-            out = {}
+            out, data = {}, {}
             for channel, recon in getattr(processor, "live_reconstructions", dict)().items():
                 out[channel] = np.array(recon.volume(), dtype=np.float32, copy=True)
+                if not recon.n_projections:
+                    continue
+                angles, projections, dx = recon.aligned_projections()
+                data[channel] = {
+                    "angles_deg": np.array(angles, dtype=np.float64),
+                    "projections": np.array(projections, dtype=np.float32),
+                    "dx": np.array(dx, dtype=np.float64),
+                    "volume": out[channel],
+                    "shape_yx": tuple(recon.shape_yx),
+                    "center_offset": float(recon.center_offset),
+                    "voxel_size": float(recon.voxel_size),
+                }
             volumes[int(payload["frames_done"])] = out
+            held[int(payload["frames_done"])] = data
         publish(topic, payload)
 
     daemon.pipeline.publish = spy
@@ -434,7 +453,7 @@ def record_run(daemon, plan: str, params: dict, *, snapshot_at=(), timeout: floa
         )
     finally:
         daemon.pipeline.publish = publish
-    return RunRecording(summary, messages_seen, volumes)
+    return RunRecording(summary, messages_seen, volumes, held)
 
 
 def to_axis_frame(shifts, axis_deg: float):
