@@ -19,14 +19,33 @@ formed, so they cost a few reductions, not another FFT:
   images of one signal under white noise the Cramér–Rao bound of a translation is
   ``σ² = 2 σ_n² / Σ(∂s/∂x)²``; with the peak curvature ``c(p) / s²`` (s = FWHM / 2.3548)
   and ``σ_n² = c(p) (1 − ρ) / (ρ n)`` this is ``s · sqrt(2 (1 − ρ) / (ρ n))``, n the
-  effective number of independent noise samples (window- and band-weighted pixels). A
-  floor of one upsampled-grid step over sqrt(12) is added (the rounding of the grid
-  search). Anything that makes the images differ besides the shift (parallax, deformation)
-  lowers ρ and raises the estimate. The tests check that it follows the real error of
-  simulated registrations within a small factor.
-- ``ok``: ``score >= min_score`` and a peak narrower than half the field: featureless or
-  all-noise input is flagged here instead of being returned as a confident shift. When
-  ``ok`` is False the uncertainty is set to infinity.
+  effective number of independent noise samples (window- and band-weighted pixels). Near
+  the detection threshold a peak-picking estimator leaves the Cramér–Rao bound (the peak
+  can sit on a noise bump beside the true one), so this term grows as
+  ``sqrt(1 + (3 / z)²)`` with z the peak's significance against white noise
+  (``ρ sqrt(n) / sqrt(2 ln n)``: about 1 where noise alone could have made the peak).
+  Two small bias terms follow the peak width (what the window and the field's edges
+  change), and a floor of one upsampled-grid step over sqrt(12) (the rounding of the grid
+  search); all in quadrature. Anything that makes the images differ besides the shift
+  (parallax, deformation) lowers ρ and raises the estimate.
+- ``ok``: the shift can be trusted to about a pixel. All of:
+
+  - *significant against the content*: ``score >= MIN_SCORE`` (the peak stands above the
+    surface's own sidelobes) or the correlation beats what unrelated content of this
+    feature size reaches by chance (``ρ sqrt(n_f) / sqrt(2 ln n_f) >= 1``, n_f the number
+    of peak-sized patches in the windowed field);
+  - *significant against noise*: the chance that white noise alone peaks this high
+    anywhere on the surface is below 1 % (``z >= sqrt(1 + ln(100) / ln n)``, the Gaussian
+    tail bound over n samples);
+  - *unique*: the peak exceeds the runner-up local maximum by ``MIN_PEAK_RATIO``;
+  - *supported*: at the found lag the two windows still overlap by at least half of their
+    weight (``MIN_OVERLAP``); beyond, the match rests on a corner of each field and the
+    window correction that undoes the overlap's fall-off multiplies chance correlation;
+  - *precise*: the stated uncertainty is at most ``OK_UNCERTAINTY_PX`` on both axes (a
+    featureless axis, whose peak never falls to half, has an infinite one).
+
+  When ``ok`` is False the uncertainty is set to infinity. ``livetomo bench align`` part
+  (f) measures both against known shifts on 14 kinds of content (docs/alignment.md).
 """
 
 from __future__ import annotations
@@ -39,13 +58,15 @@ import numpy as np
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 MIN_SCORE = 1.6  # pure noise scores about 0.85 +- 0.1 (measured: tests/test_register.py)
 SIGNIFICANCE = 1.0  # the same threshold for the peak's correlation against chance correlation
+NOISE_FALSE_ALARM = 0.01  # accepted chance that white noise alone makes a peak this high
 WINDOW_AREA = 0.375**2 * 4  # effective share of the field under a 2-D Hann window (0.375 per axis)
 MIN_PEAK_RATIO = 1.2  # peak over the runner-up local maximum: below, the match is ambiguous
+MIN_OVERLAP = 0.5  # share of the window weight that must overlap at the found lag
 OK_UNCERTAINTY_PX = 1.0  # a registration is trusted when its stated 1-sigma error is within this
 NOISE_CALIBRATION = 1.5  # factor on the Cramér–Rao term (livetomo bench align, quality part)
 BREADTH_BIAS = 0.01  # px of bias per px² of FWHM over the field length (same benchmark)
 CONTENT_BIAS = 0.01  # px of bias per px of FWHM (same benchmark)
-LOW_SNR = 2.0  # significance below which the noise term grows (same benchmark)
+LOW_SNR = 3.0  # noise significance below which the noise term leaves the Cramér–Rao bound
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,7 @@ def assess_peak(
     noise_samples: float = 1.0,
     min_score: float = MIN_SCORE,
     second_peak: float = float("nan"),
+    overlap: float = 1.0,
 ) -> RegistrationQuality:
     """Build the quality record from the peak, the sidelobe sums and the runner-up peak.
 
@@ -144,6 +166,8 @@ def assess_peak(
     noise_samples : effective number of independent noise samples n.
     min_score : significance threshold (see the module docstring).
     second_peak : the highest local maximum outside the exclusion box (NaN: none known).
+    overlap : the windows' overlap at the found lag over their overlap at zero lag (1 for
+        no window); with a second, content-following pass, that of the first pass's lag.
     """
     n_side = n_all - n_box
     if not (peak > 0.0) or n_side < 2:
@@ -155,7 +179,6 @@ def assess_peak(
     psr = (peak - mean) / (math.sqrt(var) * noise_gain)
     score = psr / math.sqrt(2.0 * math.log(max(n_all, 3)))
     fy, fx = (float(f) for f in fwhm_px)
-    narrow = all(np.isfinite(f) and f < 0.5 * n for f, n in zip((fy, fx), shape, strict=True))
     rho = min(max(float(correlation), 1e-6), 1.0) if math.isfinite(correlation) else 1e-6
     n = max(noise_samples, 1.0)
     # Significance against noise alone: the largest of n_all chance correlations of white
@@ -166,14 +189,26 @@ def assess_peak(
     area = math.pi / 4.0 * (fy if np.isfinite(fy) else shape[0]) * (fx if np.isfinite(fx) else shape[1])
     n_features = min(n, max(n_all * WINDOW_AREA / max(area, 1.0), 2.0))
     significance = rho * math.sqrt(n_features) / math.sqrt(2.0 * math.log(max(n_features, 3.0)))
-    significant = score >= min_score or significance >= SIGNIFICANCE
+    against_content = score >= min_score or significance >= SIGNIFICANCE
+    # White noise: P(max of n unit Gaussians > t) <= n Q(t) ~ exp(-t²/2) n, so a false-alarm
+    # rate α needs t = sqrt(2 ln(n / α)), i.e. z >= sqrt(1 + ln(1/α) / ln n).
+    z = noise_significance(rho, n)
+    against_noise = z >= math.sqrt(1.0 + math.log(1.0 / NOISE_FALSE_ALARM) / math.log(max(n, 3.0)))
     ratio = peak / second_peak if math.isfinite(second_peak) and second_peak > 0.0 else float("inf")
     unique = ratio >= MIN_PEAK_RATIO
-    unc = uncertainty(fwhm_px, rho, n, grid_step, shape, significance=significance)
-    ok = bool(narrow and significant and unique and max(unc) <= OK_UNCERTAINTY_PX)
+    supported = not overlap < MIN_OVERLAP
+    unc = uncertainty(fwhm_px, rho, n, grid_step, shape, significance=z)
+    ok = bool(against_content and against_noise and unique and supported and max(unc) <= OK_UNCERTAINTY_PX)
     if not ok:
         unc = (float("inf"), float("inf"))
     return RegistrationQuality((fy, fx), float(psr), float(score), unc, ok, float(rho), float(ratio))
+
+
+def noise_significance(rho: float, noise_samples: float) -> float:
+    """Correlation ρ at the peak over the largest chance correlation of white noise,
+    ``ρ sqrt(n) / sqrt(2 ln n)`` (n the effective number of noise samples)."""
+    n = max(noise_samples, 3.0)
+    return rho * math.sqrt(n) / math.sqrt(2.0 * math.log(n))
 
 
 def uncertainty(
@@ -182,8 +217,8 @@ def uncertainty(
     """Stated 1-sigma shift error per axis (see the module docstring), pixels."""
     floor = grid_step / math.sqrt(12.0)
     spread = math.sqrt(2.0 * (1.0 - rho) / (rho * max(noise_samples, 1.0)))
-    # Below a few sigma of significance the Cramér–Rao bound is not reached (the peak may
-    # lock on noise next to the true one): the noise term grows as the match weakens.
+    # Below a few times the chance level of white noise the Cramér–Rao bound is not reached
+    # (the peak may sit on a noise bump next to the true one): the noise term grows.
     spread *= math.sqrt(1.0 + (LOW_SNR / max(significance, 1e-6)) ** 2)
     out = []
     for f, length in zip(fwhm_px, shape, strict=True):

@@ -43,6 +43,7 @@ _COARSE_MIN = 256  # px: from this size up the integer peak is found on a coarse
 _COARSE_BANDS = (8, 4)  # coarse surfaces tried: eighth band, then quarter band
 _EIGHTH_WIDTH = 8.0  # px: a peak at least this wide on the eighth band is searched there
 _EXACT_BOX = 8  # px: largest exclusion-box half-width summed exactly on the coarse path
+_FOLLOW_FRACTION = 0.01  # shifts beyond this share of the field get a second, window-following pass
 
 
 class RegistrationError(ValueError):
@@ -485,7 +486,9 @@ def register(
     Notes
     -----
     Inputs are not modified. float32 throughout; cost at 1024 × 1024 about that of three
-    real FFTs (two when the reference is prepared).
+    real FFTs (two when the reference is prepared). A shift beyond 1 % of the field along
+    either axis is measured again on the moving image shifted by the first estimate (the
+    window then weights the same content in both images), which costs three more.
     """
     if isinstance(reference, PreparedReference):
         if (roi, window, band, normalization, workers) != (None, "hann", None, None, None):
@@ -507,6 +510,31 @@ def register(
             f"moving has shape {tuple(mov.shape)}, the reference "
             f"({prepared.n_channels}, {prepared.image_shape[0]}, {prepared.image_shape[1]})"
         )
+    first = _register_once(prepared, mov, int(upsample_factor), max_shift, xp)
+    shape = prepared.shape
+    if prepared.window.window is None or not first.quality.psr > 0.0:  # no window; no peak
+        return first
+    if max(abs(d) / n for d, n in zip(first.shift, shape, strict=True)) <= _FOLLOW_FRACTION:
+        return first
+    # The window stays put while the content moves under it: features in its taper are
+    # weighted differently in the two images, which pulls the peak (by pixels for a strong
+    # edge or a lone spot near the border: livetomo bench align, part f). A second pass on
+    # the moving image shifted by the first estimate compares the same content under the
+    # same weights; the first pass's lag still says how much of the field the match rests on.
+    moved = shift_image(mov, first.shift, mode="edge", workers=prepared.workers)
+    gain = prepared.window.lag_gain([-first.shift[0]], [-first.shift[1]])
+    overlap = 1.0 if gain is None else float(gain[0, 0])
+    second = _register_once(prepared, moved, int(upsample_factor), None, xp, overlap=overlap)
+    total = (first.shift[0] + second.shift[0], first.shift[1] + second.shift[1])
+    if max_shift is not None and any(
+        abs(t) > m + 1e-9 for t, m in zip(total, np.broadcast_to(max_shift, 2), strict=True)
+    ):
+        return first
+    return Registration((float(total[0]), float(total[1])), second.quality)
+
+
+def _register_once(prepared: PreparedReference, mov, upsample: int, max_shift, xp, overlap=None):
+    """One correlation of ``mov`` (channels, full image) with the prepared reference."""
     if prepared.roi is not None:
         mov = mov[:, prepared.roi[0], prepared.roi[1]]
     spec, featureless, energy = _spectrum(mov, prepared.window, xp, prepared.workers)
@@ -527,12 +555,16 @@ def register(
         if prepared.transfer is not None:
             cross *= prepared.transfer
     with single_thread_blas():
-        return _locate_peak(cross, prepared.shape, int(upsample_factor), max_shift, prepared.window, xp,
-                            prepared.workers, noise)  # fmt: skip
+        return _locate_peak(cross, prepared.shape, upsample, max_shift, prepared.window, xp,
+                            prepared.workers, noise, overlap)  # fmt: skip
 
 
-def _locate_peak(cross, shape, upsample, max_shift, window, xp, workers, noise=(0.0, 1.0)) -> Registration:
-    """Integer peak of irfft2(cross), DFT refinement, quality. ``cross`` = conj(R)·M."""
+def _locate_peak(
+    cross, shape, upsample, max_shift, window, xp, workers, noise=(0.0, 1.0), lag_overlap=None
+) -> Registration:
+    """Integer peak of irfft2(cross), DFT refinement, quality. ``cross`` = conj(R)·M.
+
+    ``lag_overlap``: the windows' overlap the match rests on (default: at the found lag)."""
     n_rows, n_cols = shape
     kernel = _DFTKernel(cross, shape, xp, window)
     surface = _Surface(cross, shape, xp, workers, kernel)
@@ -556,7 +588,11 @@ def _locate_peak(cross, shape, upsample, max_shift, window, xp, workers, noise=(
     gain = window.lag_gain([py], [px])
     corrected = peak_value / (1.0 if gain is None else float(gain[0, 0]))
     rho = corrected / noise[0] if noise[0] > 0 else 0.0
-    quality = _quality(surface, kernel, (iy, ix), (py, px), peak_value, step, noise_gain, (rho, noise[1]))
+    if lag_overlap is None:
+        lag_overlap = 1.0 if gain is None else float(gain[0, 0])
+    quality = _quality(
+        surface, kernel, (iy, ix), (py, px), peak_value, step, noise_gain, (rho, noise[1]), lag_overlap
+    )
     py, px = _wrap(py, n_rows), _wrap(px, n_cols)
     # The correlation peaks at the displacement of moving; the registering shift is its negative.
     return Registration((float(-py) + 0.0, float(-px) + 0.0), quality)
@@ -999,7 +1035,9 @@ def _offset_kernel(n, n_half, step, reach, half, xp_name):
     return importlib.import_module(xp_name).asarray(e.T.copy() if half else e)
 
 
-def _quality(surface, kernel, integer_peak, peak, peak_value, step, noise_gain, match) -> RegistrationQuality:
+def _quality(
+    surface, kernel, integer_peak, peak, peak_value, step, noise_gain, match, overlap=1.0
+) -> RegistrationQuality:
     """FWHM from fine profiles (or the integer surface for broad peaks), PSR, uncertainty."""
     n_rows, n_cols = surface.shape
     iy, ix = integer_peak
@@ -1034,6 +1072,7 @@ def _quality(surface, kernel, integer_peak, peak, peak_value, step, noise_gain, 
         correlation=match[0],
         noise_samples=match[1],
         second_peak=second,
+        overlap=overlap,
     )
 
 

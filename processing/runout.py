@@ -374,7 +374,7 @@ def refine_centre(
     return float(trials[i]), float(costs[i])
 
 
-def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True):
+def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True, weights=None):
     """Alignment errors against known displacements, with what no alignment can observe removed.
 
     A shift ``s`` aligns a projection whose specimen was displaced by ``d`` when ``s + d`` is
@@ -388,6 +388,9 @@ def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True):
     true_shift : (n, 2) true displacements, pixels (the simulator's truth).
     angles_deg : (n,) rotation angles, degrees.
     keep_centre : add the centre error ``c`` back into the horizontal errors.
+    weights : (n,) weights of the fit of the unobservable terms (default equal: the gauge that
+        minimises the RMS error), e.g. 1/σ² of stated uncertainties (the most likely gauge
+        under them: a few frames far off then do not spread their error over all others).
 
     Returns
     -------
@@ -396,10 +399,13 @@ def gauge_errors(shifts, true_shift, angles_deg, *, keep_centre: bool = True):
     """
     e = np.asarray(shifts, float) + np.asarray(true_shift, float)
     t = np.deg2rad(np.asarray(angles_deg, float))
+    w = np.ones_like(t) if weights is None else np.nan_to_num(np.asarray(weights, float), posinf=0.0)
+    root = np.sqrt(np.clip(w, 0.0, None))
     basis = np.stack([np.ones_like(t), np.cos(t), np.sin(t)], axis=1)
-    coef, *_ = np.linalg.lstsq(basis, e[:, 1], rcond=None)
+    coef, *_ = np.linalg.lstsq(basis * root[:, None], e[:, 1] * root, rcond=None)
     err_h = e[:, 1] - basis @ coef
-    return e[:, 0] - e[:, 0].mean(), err_h + (coef[0] if keep_centre else 0.0), float(coef[0])
+    err_v = e[:, 0] - np.average(e[:, 0], weights=w if w.sum() > 0 else None)
+    return err_v, err_h + (coef[0] if keep_centre else 0.0), float(coef[0])
 
 
 def validate_pair(angle_0: float, angle_180: float, tolerance_deg: float = 0.5) -> None:

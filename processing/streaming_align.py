@@ -47,6 +47,12 @@ from .tilt_align import check_tilt, predict_drift, stretch_columns, stretch_fact
 __all__ = ["FrameAlignment", "StreamingAlignmentError", "StreamingProjectionAligner", "StreamingTiltAligner"]
 
 
+def _robust_sigma(residuals) -> float:
+    """1.4826 × the median absolute deviation of at least 8 residuals (else NaN)."""
+    r = np.asarray(residuals, dtype=float)
+    return float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size >= 8 else float("nan")
+
+
 class _LinkGraph:
     """Relative shift measurements between frames, solved jointly by least squares.
 
@@ -207,6 +213,10 @@ class StreamingTiltAligner:
         self.options = {"roi": roi, "band": band, "window": window, "upsample_factor": upsample_factor}
         self.n_references = max(1, int(n_references))
         self._graph = _LinkGraph()
+        # Horizontal measurements on the farther references, kept out of the solve (their
+        # parallax) but compared with it: the horizontal links form a tree, so their own
+        # residuals are zero and say nothing about what a horizontal link is worth.
+        self._checks: list[tuple[int, int, float]] = []
         self.stretch = bool(stretch)
         self.outlier_sigma = float(outlier_sigma)
         self.min_outlier_px = float(min_outlier_px)
@@ -333,6 +343,8 @@ class StreamingTiltAligner:
             # features off the mean depth no longer cancels (measured: the horizontal
             # error grew from 0.20 to 0.34 px with 3 references, the vertical fell 0.05 -> 0.02).
             self._graph.add(index, j, (est[0] - used[0], dx if n == 0 else np.nan))
+            if n > 0:
+                self._checks.append((index, j, dx))
         scale = np.array([self._scale(k) for k in range(len(self._shifts))])
         w = self.shifts
         w[:, 1] /= scale
@@ -344,10 +356,15 @@ class StreamingTiltAligner:
                 self._aligned.pop(k, None)
 
     def link_scatter(self) -> np.ndarray:
-        """Robust 1-sigma scatter (dy, dx) of the registrations about the joint solution, pixels.
+        """Robust 1-sigma error (dy, dx) of one registration link in this series, pixels.
 
-        What a single registration link is really worth in this series (its parallax and
-        noise, which its own correlation peak does not see); NaN with fewer than 8 links.
+        What a single link is really worth (its parallax and noise, which its own
+        correlation peak does not see). Vertical: the scatter of the links about the joint
+        solution. Horizontal: every tilt is linked to its nearest tilt only, which leaves no
+        residual, so the horizontal measurements on the farther references are compared with
+        the solution instead; each such difference holds that measurement's error and those
+        of two nearest-tilt links (about three link variances: the scatter over sqrt(3),
+        an overestimate where the wider gap adds parallax). NaN with fewer than 8 links.
         """
         if len(self._graph.links) < 8:
             return np.full(2, np.nan)
@@ -355,10 +372,10 @@ class StreamingTiltAligner:
         w = self.shifts
         w[:, 1] /= scale
         out = []
-        for axis in range(2):
-            r = [w[i, axis] - w[j, axis] - d[axis] for i, j, d in self._graph.links if np.isfinite(d[axis])]
-            r = np.asarray(r) * (scale.mean() if axis == 1 else 1.0)
-            out.append(1.4826 * np.median(np.abs(r - np.median(r))) if r.size >= 8 else np.nan)
+        r = [w[i, 0] - w[j, 0] - d[0] for i, j, d in self._graph.links if np.isfinite(d[0])]
+        out.append(_robust_sigma(r))
+        r = [(w[i, 1] - w[j, 1] - d) * scale[i] for i, j, d in self._checks if np.isfinite(d)]
+        out.append(_robust_sigma(r) / math.sqrt(3.0))
         return np.asarray(out)
 
     def _graph_solve(self, w):

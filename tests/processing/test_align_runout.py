@@ -12,7 +12,7 @@ from livetomo.processing.align_tomo import (
 )
 from livetomo.processing.register import shift_image
 from livetomo.processing.reproject_align import ReprojectionError, reprojection_refine
-from livetomo.processing.runout import RunoutError, fit_runout, mirror_centre, refine_centre
+from livetomo.processing.runout import RunoutError, fit_runout, gauge_errors, mirror_centre, refine_centre
 from livetomo.simulators.projector import project_many
 from livetomo.simulators.stages import RotationStageModel
 
@@ -149,3 +149,27 @@ def test_reprojection_refinement_corrects_jitter():
         reprojection_refine(proj, angles[:-1], np.zeros((angles.size, 2)))
     with pytest.raises(ReprojectionError):
         reprojection_refine(proj, angles, np.zeros((angles.size, 2)), region="slab")
+
+
+def test_gauge_errors_remove_the_unobservable_terms_and_weights_keep_outliers_to_themselves():
+    rng = np.random.default_rng(0)
+    angles = np.arange(61) * 3.0
+    t = np.deg2rad(angles)
+    truth = rng.normal(0.0, 3.0, (61, 2))
+    err = rng.normal(0.0, 0.03, (61, 2))
+    shifts = -truth + err
+    shifts[:, 0] += 1.5  # a vertical offset and a specimen position no alignment can observe
+    shifts[:, 1] += 0.7 + 2.0 * np.cos(t) - 1.0 * np.sin(t)
+    ev, eh, centre = gauge_errors(shifts, truth, angles, keep_centre=False)
+    assert np.sqrt(np.mean(ev**2 + eh**2)) < 0.06 and centre == pytest.approx(0.7, abs=0.02)
+    # two frames far off (flagged, with large stated sigma): with equal weights they tilt the
+    # fitted terms and move every other frame's error; weighted by 1/sigma² they do not
+    far = [4, 56]
+    shifts[far, 1] += (-1.4, 1.4)
+    sigma = np.full(61, 0.03)
+    sigma[far] = 0.5
+    _, eh_equal, _ = gauge_errors(shifts, truth, angles, keep_centre=False)
+    _, eh_weighted, _ = gauge_errors(shifts, truth, angles, keep_centre=False, weights=1.0 / sigma**2)
+    others = np.setdiff1d(np.arange(61), far)
+    assert np.mean(np.abs(eh_equal[others]) > 3 * 0.03) > 0.1
+    assert np.mean(np.abs(eh_weighted[others]) > 3 * 0.03) < 0.02

@@ -70,6 +70,23 @@ def test_dose_symmetric_series_recovers_the_true_drift(series):
     json.dumps(results[5].as_dict())
 
 
+def test_link_scatter_measures_what_one_link_is_worth_on_both_axes(series):
+    tilts, frames, truth = series
+    aligner = StreamingTiltAligner(thickness_px=18)
+    results = [aligner.add(f, t) for f, t in zip(frames, tilts, strict=True)]
+    err = aligner.shifts + truth
+    cos = np.cos(np.deg2rad(tilts))
+    # the true error of each tilt's link to its nearest aligned tilt (horizontal: in the
+    # stretched frame of the tilt, as the aligner links them)
+    links = [(r.index, r.reference_index) for r in results[1:]]
+    true_v = np.array([err[i, 0] - err[j, 0] for i, j in links])
+    true_h = np.array([(err[i, 1] / cos[i] - err[j, 1] / cos[j]) * cos[i] for i, j in links])
+    stated = aligner.link_scatter()
+    for axis, true in ((0, true_v), (1, true_h)):
+        robust = 1.4826 * np.median(np.abs(true - np.median(true)))
+        assert 0.5 < stated[axis] / robust < 2.0, (axis, stated, robust)
+
+
 def test_any_tilt_order_gives_the_same_alignment():
     tilts, frames, truth = _series("bidirectional", max_tilt=30.0, seed=3)
     aligner = StreamingTiltAligner()

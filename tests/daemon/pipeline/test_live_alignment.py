@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from livetomo.daemon.testing import live_alignment_figures, record_run, running_daemon
+from livetomo.daemon.testing import live_alignment_figures, record_run, running_daemon, volume_correlation
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,23 @@ def test_earlier_frames_are_re_estimated_and_published_as_current_values(xrf_run
     assert q["ok"] in (True, False) and q["uncertainty_px"] is not None
 
 
+def test_live_phase_at_half_the_angles_of_an_interlaced_scan(tmp_path):
+    # the issue's live-reconstruction target: at half of the angles, 0.8 of the final's
+    # correlation with the true phase. It holds with the interlaced order; a sequential half
+    # scan leaves a 90° missing wedge that no reconstruction of those projections fills
+    # (0.74 on the benchmark's scans, docs/alignment.md)
+    with running_daemon(tmp_path, web={"enabled": False}) as daemon:
+        params = {"start": 0, "stop": 180, "num": 31, "dwell_s": 0.003, "order": "interlaced"}
+        recording = record_run(daemon, "xrf_dpc_tomo", params, snapshot_at=(15,))
+        true_phase = -np.asarray(daemon.beamline.truth["microprobe"].probe.specimen.delta, dtype=np.float64)
+    with h5py.File(recording.summary["file"], "r") as f:
+        final = f["entry/processing/reconstruction/phase/data"][()]
+    half = recording.volumes[15]["phase"]
+    r_half = volume_correlation(half, true_phase, detail_sigma=2.0)
+    r_final = volume_correlation(final, true_phase, detail_sigma=2.0)
+    assert r_final > 0.5 and r_half >= 0.8 * r_final
+
+
 def test_phase_is_in_radians_from_the_detector_geometry(xrf_run):
     *_, units = xrf_run
     assert units == "rad per voxel"
@@ -87,6 +104,19 @@ def test_tilt_series_meets_the_live_targets_with_an_inclined_axis(tilt_run):
     assert figures["first_rms_px"] <= 0.5 and figures["first_max_px"] <= 1.5
     assert figures["current_worst_rms_px"] <= 0.25
     assert figures["final_rms_px"] <= 0.1
+
+
+def test_tilt_series_stated_uncertainty_covers_the_published_errors(tilt_run):
+    recording, truth, final, *_ = tilt_run
+    figures = live_alignment_figures(recording, truth, file_shifts=final, axis_deg=84.0)
+    assert figures["beyond_3_sigma"] <= 0.01 and figures["flagged"] == 0
+    frames = sorted((p for t, p in recording.messages if t == "frame"), key=lambda p: p["seq"])
+    stated = np.array([p["quality"]["uncertainty_px"] for p in frames])
+    # the reference tilt carries an error too (the series' error lands on it modulo the gauge)
+    assert stated[0] > 0.0
+    # horizontal links are measured, not assumed: the published figures exceed the prior
+    # early tilts fall back to, and grow with the links between a tilt and the reference
+    assert np.median(stated) > 0.1 and stated[-1] > stated[1]
 
 
 def test_the_tilt_axis_is_estimated_live_and_used(tilt_run):
