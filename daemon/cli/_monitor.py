@@ -87,7 +87,7 @@ def render(
             "dose",
             p.get("dose_so_far"),
             p.get("dose_planned"),
-            f"{number(p.get('dose_so_far'), units)} of {number(p.get('dose_planned'), units)}",
+            f"{number(p.get('dose_so_far'), units)} of {number(p.get('dose_planned'), units)} planned",
         ),
     ):
         shown = text or f"{done if done is not None else 0}/{planned if planned is not None else '?'}"

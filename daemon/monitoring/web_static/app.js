@@ -124,7 +124,7 @@ function renderProgress() {
   setText("progress-angles", `${p.angles_done ?? 0} / ${p.angles_planned ?? "?"}`);
   const units = p.dose_units || "";
   setText("progress-dose", p.dose_so_far === null || p.dose_so_far === undefined ? "–"
-    : `${quantity(p.dose_so_far, units)} of ${p.dose_planned ? quantity(p.dose_planned, units) : "?"}`);
+    : `${quantity(p.dose_so_far, units)} of ${p.dose_planned ? quantity(p.dose_planned, units) : "?"} planned`);
   setText("progress-elapsed", duration(p.elapsed_s));
   setText("progress-eta", duration(p.eta_s));
   setText("progress-angle", p.last_angle === null || p.last_angle === undefined ? "–" : `${num(p.last_angle, 2)}°`);
@@ -167,10 +167,13 @@ function renderSlices(chosen) {
 
 // The current value of each frame (the daemon re-estimates earlier frames as the scan grows; the
 // runout message carries the whole table by seq), else the value the frame had when it arrived.
+// A frame older than the table's newest but missing from it was replaced (re-acquired, or its
+// step repeated after a pause): it leaves the plots and is counted apart.
 function currentFrames() {
   const r = model.runout || {}, bySeq = new Map();
   if (r.seqs) r.seqs.forEach((seq, i) => bySeq.set(seq, i));
-  return model.frames.map((f) => {
+  const newest = r.seqs && r.seqs.length ? Math.max(...r.seqs) : -1;
+  return model.frames.filter((f) => bySeq.has(f.seq) || f.seq > newest).map((f) => {
     const i = bySeq.get(f.seq);
     if (i === undefined) return f;
     const shift = r.shifts[i] || [f.dy, f.dx];
@@ -200,8 +203,11 @@ function renderTrace() {
   canvas.dataset.points = String(Plot.draw(canvas, [panel(1, "x", "#4fa3ff"), panel(0, "y", "#c58bff")]));
   canvas.dataset.fitPoints = String(fit.length);
   const axis = r.tilt_axis_deg !== null && r.tilt_axis_deg !== undefined ? `, tilt axis ${num(r.tilt_axis_deg, 2)}°` : "";
+  const replaced = model.frames.length - frames.length;
   setText("trace-caption", frames.length
-    ? `${frames.length} frames (current estimates), ${marked.filter(Boolean).length} flagged (red ×)${axis}` : "");
+    ? `${frames.length} frames (current estimates), ${marked.filter(Boolean).length} flagged (red ×)`
+      + `${replaced ? `, ${replaced} replaced (re-acquired or repeated)` : ""}${axis}` : "");
+  canvas.dataset.replaced = String(replaced);
   canvas.dataset.flagged = String(marked.filter(Boolean).length);
 }
 

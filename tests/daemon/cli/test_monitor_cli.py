@@ -137,7 +137,7 @@ def test_monitor_shows_progress_quality_and_run_end_in_a_terminal(publisher):
     assert _progress(final) == (24, 24)
     assert "run end: completed, 24/24 frames, complete, file /data/run.h5" in final
     assert "xrf_dpc_tomo (xrf-dpc)" in final and f"run {scan.run_uid[:8]}" in final
-    assert re.search(r"^dose\s+\[#+\] 12 MGy of 12 MGy", final, re.M)
+    assert re.search(r"^dose\s+\[#+\] 12 MGy of 12 MGy planned", final, re.M)
     # progress grew through the intermediate values while the scan ran
     counts = [p[0] for p in map(_progress, term.screens()) if p]
     assert counts == sorted(counts) and {6, 15, 21, 24} <= set(counts)
