@@ -29,7 +29,7 @@ import numpy as np
 
 from ..arrays import get_array_module, next_fast_len, to_numpy
 from . import _kernels_xp
-from ._backend import use_numba
+from ._backend import numba_available, use_numba
 from .angles import angular_weights, directions_per_half_turn, normalised_tilt_weights
 from .errors import NonFiniteProjectionError, ReconstructionError
 from .filters import PADDINGS, check_filter, filter_rows, fourier_filter
@@ -105,9 +105,11 @@ class FilterPlan:
             n_directions=None if n_directions is None else float(n_directions),
         )
 
-    def filter(self, rows, scale=None, xp=np):
-        """Filtered rows, shape (..., n_padded * oversample) float32 (see ``filters.filter_rows``)."""
-        return filter_rows(
+    def filter(self, rows, scale=None, xp=np, transposed: bool = False):
+        """Filtered rows, shape (..., n_padded * oversample) float32 (see ``filters.filter_rows``);
+        ``transposed``: rows (nk, n_rows, n_u) give columns (nk, n_padded * oversample, n_rows),
+        what :func:`backproject_columns` reads."""
+        q = filter_rows(
             rows,
             n_padded=self.n_padded,
             pad_left=self.pad_left,
@@ -123,6 +125,17 @@ class FilterPlan:
             scale=scale,
             xp=xp,
         )
+        if not transposed:
+            return q
+        if q.ndim != 3:
+            raise ReconstructionError(f"transposed filtering needs rows (nk, n_rows, n_u), got {rows.shape}")
+        if xp is np and numba_available():
+            from . import _kernels
+
+            qt = np.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=np.float32)
+            _kernels.transpose_rows(q, qt)
+            return qt
+        return xp.ascontiguousarray(xp.swapaxes(q, -1, -2))
 
 
 def projection_weights(
@@ -223,6 +236,40 @@ def backproject_filtered(q, plan: FilterPlan, terms, layout, out, *, backend: st
         )
         return
     _kernels_xp.backproject_rows(q, qrow, b0, rowstep, step, rowcoord, out, nearest=plan.nearest, xp=xp)
+
+
+# Fewest slices for which the column kernels beat the row kernels. Measured on one core of the
+# development machine, 256² slices, G voxel updates/s rows / columns: 4 slices 1.31 / 0.96 (one
+# angle), 1.48 / 2.02 (four); 8 slices 1.31 / 2.19 and 1.50 / 2.83; 16 slices 1.35 / 3.10.
+COLUMNS_MIN_SLICES = 8
+
+
+def columns_supported(xp, backend: str, n_slices: int) -> bool:
+    """Whether a volume of ``n_slices`` slices is best updated by the slice-minor column
+    kernels (:func:`backproject_columns`): numba, and enough slices to fill their vectors."""
+    return n_slices >= COLUMNS_MIN_SLICES and use_numba(xp, backend)
+
+
+def backproject_columns(qt, plan: FilterPlan, terms, shape_yx, out) -> None:
+    """Add the back-projection of filtered columns ``qt`` (nk, L, n_slices) to ``out`` (ny, nx, n_slices).
+
+    The slice-minor layout of the whole volume (numba only): the same sums as
+    :func:`backproject_filtered` with the "volume" row layout, bit for bit, about twice as
+    fast (``_kernels.py``).
+    """
+    from . import _kernels
+
+    b0, rowstep, step = terms
+    ny = shape_yx[0]
+    kernel = _kernels.backproject_columns_nearest if plan.nearest else _kernels.backproject_columns_linear
+    kernel(
+        np.ascontiguousarray(qt, dtype=np.float32),
+        np.ascontiguousarray(b0, dtype=np.float64),
+        np.ascontiguousarray(rowstep, dtype=np.float64),
+        np.ascontiguousarray(step, dtype=np.float64),
+        np.arange(ny) - (ny - 1) / 2.0,  # the row coordinates of row_layout("volume", ...)
+        out,
+    )
 
 
 def chunk_size(n_slices: int, plan: FilterPlan, budget_bytes: int = 64 << 20) -> int:

@@ -37,8 +37,10 @@ from .angles import angular_weights, directions_per_half_turn, tilt_weights
 from .backprojection import (
     FilterPlan,
     angle_terms,
+    backproject_columns,
     backproject_filtered,
     chunk_size,
+    columns_supported,
     detector_centres,
     row_layout,
     split_stack,
@@ -344,11 +346,12 @@ class IncrementalReconstructor:
         """The reconstruction, shape (*stack, ny, nx), float32.
 
         In "volume" mode a read-only view of the running volume (no copy; it changes with
-        the next update, copy it to keep it). In "previews" mode it is computed from the
-        stored projections (one back-projection per projection).
+        the next update, copy it to keep it; on the CPU it is a transposed view of the
+        slice-minor accumulator, so not C-contiguous). In "previews" mode it is computed from
+        the stored projections (one back-projection per projection).
         """
         if self.mode == "volume":
-            v = self._acc["volume"].reshape(self.volume_shape)
+            v = self._running_volume()
             if self.xp is np:
                 v = v.view()
                 v.flags.writeable = False
@@ -367,7 +370,7 @@ class IncrementalReconstructor:
             self.set_preview_point(point)
         z, y, x = self._point
         if self.mode == "volume":
-            v = self._acc["volume"].reshape(self.volume_shape)
+            v = self._running_volume()
             xy, xz, yz = v[..., z, :, :], v[..., :, y, :], v[..., :, :, x]
         else:
             xy, xz, yz = (self._acc[p].reshape(self._plane_shape(p)) for p in _PREVIEW_PLANES)
@@ -452,9 +455,20 @@ class IncrementalReconstructor:
         nc = self._stack[:-1]
         return {"xy": (*nc, ny, nx), "xz": (*nc, self._nz, nx), "yz": (*nc, self._nz, ny)}[plane]
 
+    def _running_volume(self):
+        """The running volume as (*stack, ny, nx) (a view of the accumulator)."""
+        if "columns" in self._acc:
+            v = self._acc["columns"].reshape(*self.shape_yx, *self._stack)
+            return self.xp.moveaxis(v, (0, 1), (-2, -1))
+        return self._acc["volume"].reshape(self.volume_shape)
+
     def _reset_accumulators(self) -> None:
         xp, (ny, nx) = self.xp, self.shape_yx
-        if self.mode == "volume":
+        if self.mode == "volume" and columns_supported(xp, self.backend, self._n_slices):
+            # Slice-minor (ny, nx, slices): the column kernels update it twice as fast as the
+            # row layout (see _kernels.py); volume() hands out a transposed view.
+            self._acc = {"columns": xp.zeros((ny, nx, self._n_slices), dtype=xp.float32)}
+        elif self.mode == "volume":
             self._acc = {"volume": xp.zeros((self._n_slices * ny, nx), dtype=xp.float32)}
         else:
             nc = self._n_slices // self._nz
@@ -534,11 +548,20 @@ class IncrementalReconstructor:
         for k0 in range(0, len(terms), self._chunk):
             chunk = terms[k0 : k0 + self._chunk]
             rows = xp.stack([shift_rows(rec.projection, s[0], xp) for rec, _, s in chunk])
+            rows = rows.reshape(len(chunk), self._n_slices, self.n_u)
             scale = xp.asarray(np.array([w for _, w, _ in chunk]))[:, None]
-            q = self.plan.filter(rows.reshape(len(chunk), self._n_slices, self.n_u), scale=scale, xp=xp)
             angles = np.array([rec.angle for rec, _, _ in chunk])
             centres = detector_centres(self.n_u, self.center_offset, [s[1] for _, _, s in chunk])
+            filtered = {}  # rows, and columns for the slice-minor accumulator, each filtered once
             for plane, out in targets.items():
+                columns = plane == "columns"
+                if columns not in filtered:
+                    filtered[columns] = self.plan.filter(rows, scale=scale, xp=xp, transposed=columns)
+                q = filtered[columns]
+                if columns:
+                    terms_k = angle_terms(self.plan, angles, centres, self.shape_yx)
+                    backproject_columns(q, self.plan, terms_k, self.shape_yx, out)
+                    continue
                 terms_k = angle_terms(self.plan, angles, centres, self.shape_yx, plane, self._point[2])
                 layout = row_layout(plane, self._n_slices, self._nz, self.shape_yx, self._point)
                 backproject_filtered(q, self.plan, terms_k, layout, out, backend=self.backend, xp=xp)
