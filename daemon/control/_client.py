@@ -38,8 +38,10 @@ class ControlClient:
             if self._socket_options is not None:
                 self._socket_options(socket)
             socket.connect(self.endpoint)
-            socket.send(json.dumps({"cmd": cmd, **arguments}).encode())
             try:
+                # a REQ socket with no peer (none listening, or a CURVE handshake refused) cannot
+                # even send: the send timeout is the same "no answer"
+                socket.send(json.dumps({"cmd": cmd, **arguments}).encode())
                 reply = json.loads(socket.recv())
             except zmq.Again as exc:
                 raise TimeoutError(
