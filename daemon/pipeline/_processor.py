@@ -221,7 +221,8 @@ class BaseProcessor:
         Without ``processing.dask``: runs here in blocks of iterations, reporting "refining <what>
         (tv)" with the iterations done, until ``refine_iterations`` or ``refine_seconds`` (for
         the whole volume, every channel of it together) is reached. With it: slabs along the
-        rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each, reported per
+        rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each at most, each
+        stopping when ``refine_seconds`` have passed since the slabs were submitted, reported per
         slab. ``nonnegative`` only for quantities that cannot be negative (element
         concentrations); phase and K3 contrast are signed. ``run``'s ``cancel`` event (set by the
         control API's ``cancel_refinement``) ends it early: None, the run keeps its FBP volume.
@@ -235,8 +236,9 @@ class BaseProcessor:
         try:
             if runner is not None:
                 return runner.refine(
-                    recon, method, total, nonnegative=nonnegative, report=report, text=text, cancel=cancel
-                )
+                    recon, method, total, nonnegative=nonnegative, report=report, text=text, cancel=cancel,
+                    seconds=self.processing.refine_seconds,
+                )  # fmt: skip
             return self._refine_here(recon, nonnegative, report, text, cancel)
         except RefinementCancelled as exc:
             report(f"{text}: cancelled ({exc})", 1, 1)
