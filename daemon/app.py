@@ -117,7 +117,9 @@ class Daemon:
             for d in self.beamline.devices.values()
             if isinstance(getattr(d, "board", None), MeasurementBoard)
         ]
-        self.catalog = PlanCatalog(self.beamline.devices, plan_defaults=self.beamline.plan_defaults)
+        self.catalog = PlanCatalog(
+            self.beamline.devices, plan_defaults=self.beamline.plan_defaults, sized_for=self.beamline.presets
+        )
         self.queue = PlanQueue(
             QueueStore(self.storage / QueueStore.FILE_NAME), on_interrupted=self._repair_files
         )
