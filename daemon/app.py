@@ -109,6 +109,7 @@ class Daemon:
             metadata=self._frame_metadata,
             context=self.context,
             socket_setup=self._client_security(),
+            max_piece_bytes=config.limits.frame_piece_bytes,
         )
         module = beamline_module(config.beamline.kind)
         self.beamline = module.build(config.beamline.settings, sink=self.sink)

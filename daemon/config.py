@@ -63,7 +63,9 @@ class Limits:
     their pixels between the writer and processing (beyond, processing re-reads them from the
     run file, so the writer never waits). ``sequence_window``: how far ahead of the next
     expected frame a frame may arrive (it waits; further ahead is refused).
-    ``max_streams_per_run``: frame streams a run may open.
+    ``max_streams_per_run``: frame streams a run may open. ``frame_piece_bytes``: the daemon's
+    own detectors send a frame larger than this in pieces of whole rows (a raster's lines:
+    docs/frame-protocol.md, "Frames in pieces"), which the writer assembles in the run file.
     """
 
     max_message_bytes: int = field(default=512 * 1024**2, metadata=_range(1))
@@ -74,6 +76,7 @@ class Limits:
     sequence_window: int = field(default=16, metadata=_range(1, 4096))
     max_streams_per_run: int = field(default=32, metadata=_range(1, 1024))
     hold_unknown_run_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
+    frame_piece_bytes: int = field(default=16 * 1024**2, metadata=_range(1024))
 
 
 @dataclass

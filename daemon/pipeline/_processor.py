@@ -136,6 +136,12 @@ class BaseProcessor:
                 for key in seqs & set(recon.keys):
                     recon.remove(key)
 
+    def wants(self, stream: str) -> bool:
+        """Whether frames of ``stream`` go to processing. XRF spectra do not: they are stored for
+        fitting (PyXRF), and every live method works on the element windows (``*_roi``); a 230 ×
+        230 × 4096 raster would otherwise cross the processing queue for nothing."""
+        return not stream.endswith("_spectra")
+
     def complete(self, run) -> bool:
         done, planned = self.progress()
         return run.streams_complete and planned is not None and done >= planned

@@ -36,6 +36,7 @@ class RunContext:
     finishing: dict = field(default_factory=dict)  # run-end work: text, step, total
     stream_device: dict = field(default_factory=dict)  # stream -> the device that sends it
     stored_seqs: dict = field(default_factory=dict)  # stream -> sequence numbers stored
+    pieces: dict = field(default_factory=dict)  # stream -> messages per frame, for streams sent in pieces
     event_frames: dict = field(default_factory=dict)  # device -> frame indices its events read
     superseded: dict = field(default_factory=dict)  # stream -> frames whose step was repeated
     forwarded_end: bool = False
