@@ -6,12 +6,14 @@ frame interval, the time the daemon has to keep pace with) and, for the simulate
 the sizes its simulators need to produce such frames (``beamline.preset`` in the daemon's
 configuration). Plain data: no simulator or plan is imported here.
 
-| preset | plan | frames | interval |
-|---|---|---|---|
-| ``xrf-dpc-230`` | ``xrf_dpc_tomo``, 61 angles over 0–180° | a 230 × 230 raster, 4096-channel spectra, 3 ms dwell | dwell × pixels = 158.7 s |
-| ``k3-bin4`` | ``tilt_series``, ±60°/3° dose-symmetric (41 tilts) | 1440 × 1023 K3 frames binned by 4 | 3 s (PACEtomo-style) |
-| ``k3-full`` | ``tilt_series``, ±60°/3° | 5760 × 4092 counted frames, stored in full, processed binned | 3 s |
-| ``sxt-1024`` | ``tomo_scan`` of the full-field camera ``txm``, 181 angles over 0–180° | 1024² projections | 1 s |
+- ``xrf-dpc-230``: ``xrf_dpc_tomo``, 61 angles over 0–180°, each a 230 × 230 raster of DPC
+  and 4096-channel spectra at 3 ms dwell; frame interval dwell × pixels = 158.7 s.
+- ``k3-bin4``: ``tilt_series``, ±60°/3° dose-symmetric (41 tilts) of 1440 × 1023 K3 frames
+  binned by 4; 3 s per tilt (PACEtomo-style).
+- ``k3-full``: the same series of 5760 × 4092 counted frames, stored in full, processed and
+  previewed binned; 3 s per tilt.
+- ``sxt-1024``: ``tomo_scan`` of the full-field camera ``txm``, 181 angles over 0–180°, 1024²
+  projections; 1 s per projection.
 
 The simulated ``sxt-1024`` uses the full-field Zernike transmission camera of the simulated
 microprobe (the only rotation full-field camera simulated): its frames have the size and rate
@@ -86,8 +88,13 @@ PRESETS: dict[str, ScanPreset] = {
             description="cryo-ET tilt series: K3 frames binned by 4 (1440 x 1023), +-60 deg in 3 deg "
             "steps dose-symmetric (41 tilts), 3 e/A^2 per tilt",
             plan="tilt_series",
-            parameters={"min_deg": -60.0, "max_deg": 60.0, "step_deg": 3.0, "order": "dose-symmetric",
-                        "dose_per_tilt": 3.0},  # fmt: skip
+            parameters={
+                "min_deg": -60.0,
+                "max_deg": 60.0,
+                "step_deg": 3.0,
+                "order": "dose-symmetric",
+                "dose_per_tilt": 3.0,
+            },  # fmt: skip
             # the tomogram of the issue: 1440 x 1023 x 300 voxels
             md={"volume_thickness_nm": 300 * K3_BIN4_PIXEL_NM},
             frame_interval_s=K3_TILT_PERIOD_S,
@@ -109,8 +116,13 @@ PRESETS: dict[str, ScanPreset] = {
             description="cryo-ET tilt series of full counted K3 frames (5760 x 4092, uint16 counts) "
             "stored in full, processed and previewed binned; +-60 deg / 3 deg",
             plan="tilt_series",
-            parameters={"min_deg": -60.0, "max_deg": 60.0, "step_deg": 3.0, "order": "dose-symmetric",
-                        "dose_per_tilt": 3.0},  # fmt: skip
+            parameters={
+                "min_deg": -60.0,
+                "max_deg": 60.0,
+                "step_deg": 3.0,
+                "order": "dose-symmetric",
+                "dose_per_tilt": 3.0,
+            },  # fmt: skip
             md={"volume_thickness_nm": 300 * K3_BIN4_PIXEL_NM},
             frame_interval_s=K3_TILT_PERIOD_S,
             interval_basis="3 s per tilt (PACEtomo-style)",

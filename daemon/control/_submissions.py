@@ -175,9 +175,9 @@ class PlanCatalog:
         if preset is None:
             return name, kwargs, md
         if self.sized_for is not None and name not in self.sized_for:
-            sized = f"sized for {', '.join(self.sized_for)}" if self.sized_for else "sized for small specimens"
+            sized = ", ".join(self.sized_for) or "small specimens"
             raise SubmissionError(
-                f"{name}: the simulated beamline is {sized}; start the daemon with "
+                f"{name}: the simulated beamline is sized for {sized}; start the daemon with "
                 f"'beamline: {{preset: {name}}}' to simulate this scan at its size"
             )
         if kwargs is not None and not isinstance(kwargs, dict):

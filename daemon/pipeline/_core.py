@@ -264,7 +264,8 @@ class Pipeline:
         limit = run.max_frames
         # a stream sent in pieces (docs/frame-protocol.md) numbers its messages, not its frames
         n = run.pieces.get(item.stream, 1)
-        if limit is not None and (getattr(item, "seq", -1) // n >= limit or getattr(item, "count", 0) > limit * n):
+        seq, count = getattr(item, "seq", -1), getattr(item, "count", 0)
+        if limit is not None and (seq // n >= limit or count > limit * n):
             # a frame the plan cannot have made: refused, so no stream grows past the plan
             number = item.seq if isinstance(item, Frame) else item.count
             self._error(

@@ -591,7 +591,7 @@ class NXtomoWriter:
         n = layout["pieces"]
         rows = layout["shape"][0] // n
         if np.shape(block) != (rows, *layout["shape"][1:]):
-            raise ValueError(f"piece of shape {np.shape(block)} for stream {stream!r} of pieces {rows} rows high")
+            raise ValueError(f"piece of shape {np.shape(block)} for {stream!r}: pieces are {rows} rows")
         index, k = divmod(int(seq), n)
         data = self._ds(stream_dataset(stream))
         meta = self._meta[stream]

@@ -176,7 +176,9 @@ class ZMQFrameSink:
         extra.pop("channels", None)
         for k in range(pieces):
             block = data[k * rows : (k + 1) * rows]
-            parts = encode_frame(stream["uid"], data_key, seq + k, block, device=device, fmt=self.fmt, **extra)
+            parts = encode_frame(
+                stream["uid"], data_key, seq + k, block, device=device, fmt=self.fmt, **extra
+            )
             self._send(parts, what=f"piece {k + 1}/{pieces} of frame {seq // pieces} of {data_key}")
         stream["seq"] = seq + pieces
         return seq // pieces

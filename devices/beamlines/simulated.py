@@ -50,7 +50,8 @@ class Settings:
 
     def __post_init__(self):
         if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"beamline.preset = {self.preset!r} is not a preset; presets: {', '.join(PRESETS)}")
+            known = ", ".join(PRESETS)
+            raise ValueError(f"beamline.preset = {self.preset!r} is not a preset; presets: {known}")
         for name in ("microprobe_shape", "tem_shape"):
             shape = getattr(self, name)
             if len(shape) != 3 or min(shape) < 8 or max(shape) > 1024:

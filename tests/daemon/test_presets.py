@@ -51,7 +51,9 @@ def test_spectra_sent_in_lines_are_stored_whole_and_bit_exact(tmp_path):
 
 
 def test_presets_validate_and_are_submitted_by_name(tmp_path):
-    with pytest.raises(ConfigError, match="beamline.preset = 'k3-bin2' is not a preset; presets: xrf-dpc-230"):
+    with pytest.raises(
+        ConfigError, match="beamline.preset = 'k3-bin2' is not a preset; presets: xrf-dpc-230"
+    ):
         load_config(overrides={"beamline": {"preset": "k3-bin2"}})
     for name, preset in PRESETS.items():
         assert preset.frame_interval_s > 0 and preset.bench and preset.bench_fraction, name
