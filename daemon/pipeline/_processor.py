@@ -55,6 +55,27 @@ class RunEnd:
     messages: list[tuple[str, dict]] = field(default_factory=list)
 
 
+def binning_for(shape, limit: int) -> int:
+    """The smallest integer factor that brings ``shape`` (binned along every axis) to at most
+    ``limit`` elements."""
+    b = 1
+    while int(np.prod([max(int(n) // b, 1) for n in shape], dtype=np.int64)) > limit:
+        b += 1
+    return b
+
+
+def bin_image(image, b: int, axes=(-2, -1)) -> np.ndarray:
+    """Mean of ``b`` × ``b`` blocks of the last two axes (rows and columns cropped to multiples of
+    ``b``), float32; ``image`` itself (as float32) when ``b`` is 1."""
+    image = np.asarray(image, dtype=np.float32)
+    if b == 1:
+        return image
+    rows, cols = (image.shape[-2] // b) * b, (image.shape[-1] // b) * b
+    cropped = image[..., :rows, :cols]
+    blocks = cropped.reshape(*image.shape[:-2], rows // b, b, cols // b, b)
+    return blocks.mean(axis=(-3, -1), dtype=np.float32)
+
+
 @runtime_checkable
 class Processor(Protocol):
     """What the pipeline needs from a method's processor (one instance per run)."""
@@ -100,6 +121,8 @@ class BaseProcessor:
         self.done = 0
         self._first_stream: str | None = None
         self.corrections = CorrectionLog(start)  # what tracking moved, for the run file
+        # id(reconstruction) -> frame pixels per voxel of that live volume (binned to keep pace)
+        self.recon_binning: dict[int, int] = {}
 
     # -- the protocol's defaults (subclasses that override them call these)
     def descriptor(self, run, doc: dict) -> None:
@@ -216,7 +239,8 @@ class BaseProcessor:
                 if max(abs(new[0] - old[0]), abs(new[1] - old[1])) > tolerance_px:
                     moved[s] = new
             if moved:
-                recon.update_shifts(moved)
+                b = self.recon_binning.get(id(recon), 1)
+                recon.update_shifts({s: (v[0] / b, v[1] / b) for s, v in moved.items()})
                 applied.update(moved)
 
     def refined(
@@ -266,19 +290,29 @@ class BaseProcessor:
                 break
         return np.asarray(refiner.volume)
 
-    def write_volume(self, run, name: str, volume, refined, slices: dict, units: str | None = None) -> None:
-        """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
-        attrs = {"method": "filtered back-projection"}
+    def write_volume(
+        self, run, name: str, volume, refined, slices: dict, units: str | None = None, binning: int = 1
+    ) -> None:
+        """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept.
+        ``binning``: frame pixels per voxel side (a live volume binned to keep pace)."""
+        attrs = {"method": "filtered back-projection", "binning": int(binning)}
         if units:
             attrs["units"] = units
-        run.writer.write_volume(name, volume, attrs=attrs)
+        pixel = run.writer.pixel_size()
+        voxel = None if pixel is None else (pixel[0] * binning, pixel[1])  # a binned volume's voxels
+        run.writer.write_volume(name, volume, attrs=attrs, voxel_size=voxel)
         slices[name] = central_slices(volume)
         if refined is not None:
             method = self.processing.refine
             run.writer.write_volume(
                 f"{name}_{method}",
                 refined,
-                attrs={"method": method, "iterations": self.processing.refine_iterations},
+                voxel_size=voxel,
+                attrs={
+                    "method": method,
+                    "iterations": self.processing.refine_iterations,
+                    "binning": int(binning),
+                },
             )
             if name in ("phase", "Zn", "k3", "image"):  # the pictures show the main channels refined
                 slices[f"{name} ({method})"] = central_slices(refined)

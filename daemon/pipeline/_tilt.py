@@ -26,7 +26,7 @@ from ...processing.streaming_align import StreamingTiltAligner
 from ...processing.tilt_axis import TiltAxisEstimator, from_axis_frame, rotate_image
 from ..storage import export_imod
 from . import _messages as messages
-from ._processor import BaseProcessor, FrameContext, Report, RunEnd
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, binning_for
 
 AXIS_MIN_CHANGE_DEG = 0.05  # a new axis estimate moving this far (and beyond 2 sigma) is applied
 AXIS_MAX_SIGMA_DEG = 0.5  # estimates less certain than this are not applied
@@ -75,9 +75,14 @@ class TiltSeriesProcessor(BaseProcessor):
         self.mean_counts: dict[int, float] = {}
         self.thickness_nm: float | None = None
         self.thickness_source: str | None = None
+        # Large frames (a full K3 frame) are aligned and reconstructed binned by ``bin`` (set at
+        # the first frame from processing.live_max_frame_pixels): the aligner, the axis estimator
+        # and ``raw`` work in binned pixels, records and messages in camera pixels.
+        self.bin = 1
 
     def _new_aligner(self) -> StreamingTiltAligner:
-        return StreamingTiltAligner(thickness_px=self.processing.lamella_thickness_px)
+        px = self.processing.lamella_thickness_px
+        return StreamingTiltAligner(thickness_px=None if px is None else max(1, round(px / self.bin)))
 
     def descriptor(self, run, doc):
         super().descriptor(run, doc)
@@ -108,7 +113,11 @@ class TiltSeriesProcessor(BaseProcessor):
         self.records[frame.seq] = record
         contrast = None
         with ctx.stage("preprocess"):
-            counts = np.asarray(frame.data, dtype=np.float32)
+            if not self.raw:
+                self.bin = binning_for(frame.data.shape, self.processing.live_max_frame_pixels)
+                if self.aligner is not None and self.bin > 1:
+                    self.aligner = self._new_aligner()
+            counts = bin_image(frame.data, self.bin)
             self.raw[frame.seq] = counts
             self.mean_counts[frame.seq] = float(np.mean(counts))
             contrast = self._contrast(counts)
@@ -124,9 +133,7 @@ class TiltSeriesProcessor(BaseProcessor):
                 self.recon = self.recon or self._new_recon(contrast.shape)
                 if frame.seq not in set(self.recon.keys):  # (a new axis angle may have redone it already)
                     contrast = self._contrast(counts)  # at the current axis angle
-                    self.recon.add(
-                        contrast, frame.angle_deg, shift=self._aligned_shift(frame.seq), key=frame.seq
-                    )
+                    self._add(contrast, frame.angle_deg, self._aligned_shift(frame.seq), frame.seq)
                 self._take_current()
         out = [self.frame_message(run, frame, record, ctx)]
         if self.aligner is not None:
@@ -171,14 +178,35 @@ class TiltSeriesProcessor(BaseProcessor):
         return turned / max(float(np.mean(turned)), 1e-12) - 1.0
 
     def _new_recon(self, shape) -> IncrementalReconstructor:
-        return IncrementalReconstructor(
-            shape, angles_deg=self.angles_planned, filter_name="hann", tilt_lambda=self.processing.tilt_lambda
+        """The live tomogram for turned frames of ``shape`` (binned by ``bin``): as thick as the
+        plan's ``volume_thickness_nm`` (else square slices), binned further by the smallest factor
+        that keeps it within ``processing.live_max_voxels``."""
+        self.contrast_shape = tuple(shape)
+        rows, cols = shape
+        thickness = self.start.get("volume_thickness_nm")
+        ny = cols
+        if isinstance(thickness, int | float) and thickness > 0 and self.pixel_size_nm:
+            ny = max(8, int(round(thickness / (self.pixel_size_nm * self.bin))))
+        r = binning_for((rows, ny, cols), self.processing.live_max_voxels)
+        recon = IncrementalReconstructor(
+            (rows // r, cols // r),
+            shape_yx=(max(ny // r, 1), cols // r),
+            angles_deg=self.angles_planned,
+            filter_name="hann",
+            tilt_lambda=self.processing.tilt_lambda,
         )
+        self.recon_binning[id(recon)] = r
+        return recon
+
+    def _add(self, contrast, angle, shift, key) -> None:
+        """A turned frame's contrast (binned by ``bin``) into the live tomogram, binned as it is."""
+        r = self.recon_binning.get(id(self.recon), 1)
+        self.recon.add(bin_image(contrast, r), angle, shift=(shift[0] / r, shift[1] / r), key=key)
 
     def _camera(self, shift) -> tuple[float, float]:
-        """A shift of the turned frame (rows along the axis) in camera pixels."""
+        """A shift of the turned, binned frame (rows along the axis) in camera pixels."""
         dy, dx = from_axis_frame([shift], self.axis_deg)[0]
-        return float(dy), float(dx)
+        return float(dy) * self.bin, float(dx) * self.bin
 
     def _aligned_shift(self, seq: int) -> tuple[float, float]:
         """The current shift of frame ``seq`` in the turned frame (what the reconstruction takes)."""
@@ -205,7 +233,8 @@ class TiltSeriesProcessor(BaseProcessor):
                     moved[seq] = new
                 applied.setdefault(seq, new)
             if moved:
-                self.recon.update_shifts(moved)
+                r = self.recon_binning.get(id(self.recon), 1)
+                self.recon.update_shifts({s: (v[0] / r, v[1] / r) for s, v in moved.items()})
                 applied.update(moved)
 
     # -- the tilt axis ----------------------------------------------------------------------
@@ -213,10 +242,13 @@ class TiltSeriesProcessor(BaseProcessor):
         estimator = self.axis_estimator
         if estimator is None:
             return
-        estimator.add(counts, self.records[seq]["angle"], self.records[seq]["first_shift"])
+        b = self.bin  # the estimator sees the binned frames: shifts in their pixels
+        first = self.records[seq]["first_shift"]
+        estimator.add(counts, self.records[seq]["angle"], (first[0] / b, first[1] / b))
         if estimator.n_frames < 8 or estimator.n_frames % AXIS_EVERY:
             return
-        estimator.update_shifts([self.records[s]["shift"] for s in self.aligned_seqs])
+        estimator.update_shifts([(self.records[s]["shift"][0] / b, self.records[s]["shift"][1] / b)
+                                 for s in self.aligned_seqs])  # fmt: skip
         estimate = estimator.estimate()
         if estimate is None or not estimate.sigma_deg <= AXIS_MAX_SIGMA_DEG:
             return
@@ -237,13 +269,11 @@ class TiltSeriesProcessor(BaseProcessor):
                 "first_shift", self._camera(result.shift_px)
             )
         if self.recon is not None:
-            self.recon = self._new_recon(self.recon.projection_shape)
+            self.recon = self._new_recon(self.contrast_shape)
             self.applied.clear()
             shifts = self.aligner.shifts
             for seq, s in zip(seqs, shifts, strict=True):
-                self.recon.add(
-                    self._contrast(self.raw[seq]), self.records[seq]["angle"], shift=tuple(s), key=seq
-                )
+                self._add(self._contrast(self.raw[seq]), self.records[seq]["angle"], tuple(s), seq)
                 self.applied.setdefault(id(self.recon), {})[seq] = (float(s[0]), float(s[1]))
 
     # -- messages ---------------------------------------------------------------------------
@@ -304,7 +334,7 @@ class TiltSeriesProcessor(BaseProcessor):
         self.thickness_source = source
         if self.aligner is not None and self.aligner.n_frames >= 3 and thickness_px:
             report(f"refining the alignment (lamella slab {thickness_px:.1f} px, {source})", 1, 1)
-            self.aligner.thickness_px = max(2, int(round(thickness_px)))
+            self.aligner.thickness_px = max(2, int(round(thickness_px / self.bin)))
             self.aligner.refine()
             self._take_current()
         self.write_alignment(run)
@@ -329,7 +359,8 @@ class TiltSeriesProcessor(BaseProcessor):
             report("writing the volume", 1, 1)
             volume = np.asarray(self.recon.volume())
             refined = self.refined(self.recon, nonnegative=False, report=report, what="the tomogram", run=run)
-            self.write_volume(run, "k3", volume, refined, slices)
+            binning = self.bin * self.recon_binning.get(id(self.recon), 1)
+            self.write_volume(run, "k3", volume, refined, slices, binning=binning)
         report("pictures", 1, 1)
         run.writer.flush()
         final = [self.runout_message(run, None)] if self.aligner is not None else []
