@@ -218,6 +218,7 @@ class Daemon:
         pipeline = self.pipeline.status()
         pipeline["stages"]["ingest"] = {
             "count": receiver["received_messages"],
+            "mean_latency_ms": receiver["decode_seconds"] / max(receiver["received_messages"], 1) * 1e3,
             "queue_depth": receiver["queue_depth"],
             "last_error": receiver["last_error"],
         }

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ...devices.presets import PRESETS
+
 
 def _demo(args) -> int:
     from ..demo import run_demo
@@ -23,7 +25,13 @@ def _bench(args) -> int:
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 2
-    figures = run(quick=args.quick, log=(lambda *a: None) if args.json else print)
+    extra = {}
+    if getattr(args, "preset", None):
+        if args.name != "scale":
+            print("--preset applies to 'livetomo bench scale' only", file=sys.stderr)
+            return 2
+        extra = {"presets": args.preset, "dask": False}
+    figures = run(quick=args.quick, log=(lambda *a: None) if args.json else print, **extra)
     if args.json:
         print(json.dumps(figures))
     return 0
@@ -60,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name, e.g. orchestration")
     bench.add_argument("--json", action="store_true", help="print one JSON object with every figure")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for CI smoke runs")
+    bench.add_argument(
+        "--preset",
+        action="append",
+        choices=sorted(PRESETS),
+        help="scale: run only this scan preset (repeatable), without the Dask part",
+    )
     bench.set_defaults(func=_bench)
 
     from ._control import add_parsers

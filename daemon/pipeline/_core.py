@@ -50,7 +50,7 @@ from ._runs import RunContext
 
 log = logging.getLogger("livetomo.pipeline")
 
-STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
+STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish", "export")
 PREVIEW_EVERY_S = 0.5  # while processing is behind, previews still come this often
 VIEW_TIMEOUT_S = 5.0  # a view request not answered by then is refused (the processing thread is busy)
 VIEWS_IN_FLIGHT = 4  # at most this many view requests wait at once
@@ -487,6 +487,7 @@ class Pipeline:
                 log.exception("finishing run %s", run.uid)
             finally:
                 run.writer.close()
+        with self._stage("export"):  # its own stage: a large run's exports take as long as its end work
             try:
                 exports = run.processor.export(run, self.directory, report)
             except Exception as exc:

@@ -120,10 +120,12 @@ class TiltSeriesProcessor(BaseProcessor):
             counts = bin_image(frame.data, self.bin)
             self.raw[frame.seq] = counts
             self.mean_counts[frame.seq] = float(np.mean(counts))
-            contrast = self._contrast(counts)
+            turned_at = self.axis_deg  # one turn serves the aligner and the volume (0.23 s at 1440 x 1023)
+            turned = rotate_image(counts, turned_at)
+            contrast = turned / max(float(np.mean(turned)), 1e-12) - 1.0
         with ctx.stage("align"):
             if self.aligner is not None:
-                result = self.aligner.add(rotate_image(counts, self.axis_deg), frame.angle_deg)
+                result = self.aligner.add(turned, frame.angle_deg)
                 self.aligned_seqs.append(frame.seq)
                 record["shift"] = record["first_shift"] = self._camera(result.shift_px)
                 record["quality"] = self._published_quality(result.quality)
@@ -132,7 +134,8 @@ class TiltSeriesProcessor(BaseProcessor):
             if self.processing.reconstruct and contrast is not None:
                 self.recon = self.recon or self._new_recon(contrast.shape)
                 if frame.seq not in set(self.recon.keys):  # (a new axis angle may have redone it already)
-                    contrast = self._contrast(counts)  # at the current axis angle
+                    if self.axis_deg != turned_at:  # the axis estimate moved in between
+                        contrast = self._contrast(counts)
                     self._add(contrast, frame.angle_deg, self._aligned_shift(frame.seq), frame.seq)
                 self._take_current()
         out = [self.frame_message(run, frame, record, ctx)]
