@@ -122,7 +122,7 @@ class Processing:
     # pixels than live_max_frame_pixels is aligned and reconstructed binned (the smallest
     # integer factor that fits; the run file keeps it whole); a live volume of more voxels per
     # channel than live_max_voxels is binned further. Shifts are still published in camera pixels.
-    live_max_frame_pixels: int = field(default=2**21, metadata=_range(256))
+    live_max_frame_pixels: int = field(default=2**20, metadata=_range(256))
     live_max_voxels: int = field(default=2**25, metadata=_range(256))
     dask: Dask | None = None  # null: refinement in the finisher thread, whole volume; see Dask
 

@@ -55,6 +55,7 @@ from ...processing.recon import TVDescent, fbp, project
 from ...processing.recon.slabs import assemble, plan_slabs, refine_in_slabs, refine_slab
 from ...simulators import k3
 from ..control import ControlClient
+from ..transport import ResultsSubscriber
 from ._serve import served_daemon
 from .timing import jsonable
 
@@ -254,6 +255,11 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
     with served_daemon(directory, overrides) as (server, client):
         t_up = time.monotonic() - t_start
         poll = ControlClient(overrides["endpoints"]["control"], timeout_s=60.0)
+        # each frame's own stage times (the results stream's frame messages): the steady state,
+        # beside the means from the daemon's counters, which include the first frames' warm-up
+        results = ResultsSubscriber(overrides["endpoints"]["results"], topics=("frame",))
+        latencies: list[dict] = []
+        time.sleep(0.3)  # the subscription reaches the publisher
         before = poll("status")
         client("queue_add", plan=name, kwargs=kwargs)
         client("queue_start")
@@ -284,7 +290,11 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
             failed = [h for h in client("history") if h.get("state") in ("failed", "aborted", "halted")]
             if failed:
                 raise RuntimeError(f"{name}: the plan ended {failed[-1]['state']}: {failed[-1].get('error')}")
-            time.sleep(POLL_S)
+            while (message := results.recv(timeout_s=POLL_S)) is not None:
+                latencies.append(message[1].get("latency_ms") or {})
+        while (message := results.recv(timeout_s=0.5)) is not None:
+            latencies.append(message[1].get("latency_ms") or {})
+        results.close()
         t_end = time.monotonic()
         summary = finished[-1]
         rss = _rss_mib(server.pid)
@@ -309,6 +319,13 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
         "complete": bool(summary["complete"]),
         "seconds_per_frame": per_frame,
         "ratio_to_interval": {k: v / interval for k, v in per_frame.items()},
+        # processing stages per frame from the frame messages, the first two (warm-up: compiled
+        # kernels loaded, FFT plans, window terms) left out; medians
+        "processing_median_s_after_warmup": {
+            k: float(np.median([lat.get(k, 0.0) for lat in latencies[2:]] or [np.nan])) / 1e3
+            for k in ("preprocess", "align", "reconstruct", "publish")
+        },
+        "frame_messages": len(latencies),
         "all_stages_per_frame_s": total,
         "all_stages_ratio": total / interval,
         "keeps_pace_at_half_interval": total / interval <= 0.5,
@@ -341,6 +358,8 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
         + ", ".join(f"{k} {per_frame[k] * 1e3:.0f} ms ({r[k]:.3f})" for k in STAGES)
         + f"; all stages {total:.2f} s = {total / interval:.3f} of the interval"
     )
+    steady = figures["processing_median_s_after_warmup"]
+    log("    after warm-up (medians): " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in steady.items()))
     log(
         f"    peak RSS {rss:.0f} MiB ({scan_rss:.0f} while acquiring), frames stored "
         f"{figures['stored_bytes_per_frame'] / 2**20:.1f} MiB/frame "

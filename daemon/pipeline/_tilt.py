@@ -31,6 +31,7 @@ from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, 
 AXIS_MIN_CHANGE_DEG = 0.05  # a new axis estimate moving this far (and beyond 2 sigma) is applied
 AXIS_MAX_SIGMA_DEG = 0.5  # estimates less certain than this are not applied
 AXIS_EVERY = 4  # frames between axis estimates
+REFINE_MAX_PIXELS = 2**18  # frames larger than 512 x 512 are binned for the run-end alignment refinement
 
 
 def thickness_from_transmission(tilts_deg, mean_counts, mfp_nm: float) -> float | None:
@@ -338,6 +339,10 @@ class TiltSeriesProcessor(BaseProcessor):
         if self.aligner is not None and self.aligner.n_frames >= 3 and thickness_px:
             report(f"refining the alignment (lamella slab {thickness_px:.1f} px, {source})", 1, 1)
             self.aligner.thickness_px = max(2, int(round(thickness_px / self.bin)))
+            # the re-projection refinement builds slab volumes from every frame: at 1440 x 1023 it
+            # took over 6 GB and minutes, so it runs on frames binned to at most REFINE_MAX_PIXELS
+            shape = next(iter(self.raw.values())).shape
+            self.aligner.refine_bin = max(self.aligner.refine_bin, binning_for(shape, REFINE_MAX_PIXELS))
             self.aligner.refine()
             self._take_current()
         self.write_alignment(run)
