@@ -199,13 +199,14 @@ def run_preset_demo(
     frames: int | None = None,
     seed: int = 0,
     quiet: bool = False,
+    processing: dict | None = None,
 ) -> PresetDemoResult:
     """A realistic scan preset (``devices.presets``) end to end, as ``livetomo serve`` runs it
     with ``beamline: {preset: NAME}``: the preset submitted by name, every frame stored,
     processed and reconstructed live, the run end; then each stage's time per frame against
     the instrument's frame interval and the alignment against the simulator's truth.
     ``frames`` runs fewer frames (rotation: fewer angles over the same range; tilt series:
-    the same step over a narrower range)."""
+    the same step over a narrower range). ``processing``: configuration overrides of that section."""
     from ..devices.presets import get_preset
     from .app import Daemon
     from .config import load_config
@@ -225,6 +226,7 @@ def run_preset_demo(
                 "beamline": {"seed": seed, "preset": preset_name},
                 "web": {"enabled": False},
                 "tiled": {"enabled": False},
+                **({"processing": processing} if processing else {}),
             }
         )
         daemon = Daemon(config).start()

@@ -11,6 +11,7 @@ pictures) and, once the file is closed, ``export``; both report each step throug
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
-from ...processing.recon.slabs import RefinementCancelled
+from ...processing.recon.slabs import RefinementCancelled, plan_slabs, refine_in_slabs
 from ...processing.register import shift_image
 from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
@@ -275,6 +276,14 @@ class BaseProcessor:
             return None
 
     def _refine_here(self, recon, nonnegative: bool, report: Report, text: str, cancel) -> np.ndarray:
+        channels = (
+            int(np.prod(recon.projection_shape[:-2], dtype=np.int64))
+            if len(recon.projection_shape) > 2
+            else 1
+        )
+        voxels = channels * recon.projection_shape[-2] * recon.shape_yx[0] * recon.shape_yx[1]
+        if voxels > self.processing.live_max_voxels:
+            return self._refine_in_slabs(recon, nonnegative, report, text, cancel, channels)
         total, budget = self.processing.refine_iterations, self.processing.refine_seconds
         refiner = recon.refiner(self.processing.refine, nonnegative=nonnegative)
         t0 = time.perf_counter()
@@ -289,6 +298,34 @@ class BaseProcessor:
             if time.perf_counter() - t0 >= budget:
                 break
         return np.asarray(refiner.volume)
+
+    def _refine_in_slabs(self, recon, nonnegative, report, text, cancel, channels: int) -> np.ndarray:
+        """A volume larger than ``live_max_voxels`` (all channels) refined here slab after slab
+        (``processing.recon.slabs``, as on Dask): the solver's working copies then cover one
+        slab, not the volume (TV of seven 230³ element volumes at once passed 7 GB). Each slab
+        runs ``refine_iterations`` at most and stops at the ``refine_seconds`` deadline after at
+        least one iteration, as Dask slabs do."""
+        method = self.processing.refine
+        nz = recon.projection_shape[-2]
+        per_slice = channels * recon.shape_yx[0] * recon.shape_yx[1]
+        slab = int(max(1, min(nz, (self.processing.live_max_voxels // 4) // max(per_slice, 1))))
+        angles, data, dx = recon.aligned_projections()
+        tasks = plan_slabs(
+            np.asarray(data), angles, np.asarray(recon.volume()), method=method,
+            n_iter=self.processing.refine_iterations, slab_slices=slab, halo=None if method == "tv" else 0,
+            shape_yx=recon.shape_yx, center_offset=recon.center_offset, shifts_dx=dx,
+            voxel_size=recon.voxel_size, nonnegative=nonnegative,
+        )  # fmt: skip
+        deadline = time.time() + self.processing.refine_seconds
+        tasks = [dataclasses.replace(t, deadline=deadline) for t in tasks]
+        report(f"{text}: {len(tasks)} slabs here", 0, len(tasks))
+        stop = None if cancel is None else cancel.is_set
+        try:
+            return refine_in_slabs(
+                tasks, stop, progress=lambda done, n: report(f"{text}: slab {done}/{n}", done, n)
+            )
+        except RefinementCancelled as exc:
+            raise RefinementCancelled(str(exc)) from None
 
     def write_volume(
         self, run, name: str, volume, refined, slices: dict, units: str | None = None, binning: int = 1

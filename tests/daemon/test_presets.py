@@ -108,3 +108,44 @@ def test_large_frames_are_processed_binned_and_published_in_camera_pixels(tmp_pa
     assert full[1] == 1 and full[2] == (128, 128, 128)
     assert binned[1] == 8 and binned[2] == (16, 16, 16)  # frames by 2, the volume by 4 more
     assert binned[0] < full[0] + 0.3, (full, binned)
+
+
+def test_a_preset_runs_end_to_end_at_its_size(tmp_path):
+    """``livetomo demo --preset k3-bin4`` for 3 tilts: 1440 x 1023 frames from the simulated K3,
+    stored whole (uint16), aligned against the simulator's drift, a binned live tomogram."""
+    from livetomo.daemon.demo import run_preset_demo
+
+    result = run_preset_demo("k3-bin4", tmp_path, frames=3, quiet=True, processing={"refine": None})
+    assert result.complete and result.frames == 3 and result.frame_interval_s == 3.0
+    assert set(result.stage_ms_per_frame) >= {"ingest", "store", "align", "reconstruct"}
+    assert result.alignment_rms_px is not None and result.alignment_rms_px < 1.0
+    with h5py.File(result.nxtomo, "r") as f:
+        frames = f["entry/instrument/k3_image/data"]
+        assert frames.shape == (3, 1023, 1440) and frames.dtype == np.uint16
+        assert f["entry/run_metadata/preset"][()] == b"k3-bin4"
+        volume = f["entry/processing/reconstruction/k3"]
+        # frames binned by 2 (1 Mpx), the 1440 x 1023 x 300 tomogram by 2 more: 360 x 255 x 75
+        assert volume.attrs["binning"] == 4 and volume["data"].shape == (255, 75, 360)
+
+
+def test_a_volume_above_the_voxel_budget_is_refined_slab_by_slab(tmp_path):
+    """Run-end TV of volumes larger than ``live_max_voxels`` (all channels) runs slab after slab
+    in the finisher (memory of one slab), and the refined element volumes are written."""
+    seen = []
+    with running_daemon(tmp_path, processing={"live_max_voxels": 8192, "refine_iterations": 2}) as daemon:
+        publish = daemon.pipeline.publish
+        daemon.pipeline.publish = lambda topic, payload: (
+            seen.append(payload.get("text", "")),
+            publish(topic, payload),
+        )
+        summary = _run(daemon, "xrf_dpc_tomo", {"num": 9, "start": 0, "stop": 160, "dwell_s": 0.003,
+                                                "raster_shape": [12, 32]})  # fmt: skip
+    assert summary["complete"]
+    assert any("slab" in str(t) and "refining" in str(t) for t in seen), [t for t in seen if t]
+    with h5py.File(summary["file"], "r") as f:
+        zn, zn_tv = (
+            f["entry/processing/reconstruction/Zn/data"],
+            f["entry/processing/reconstruction/Zn_tv/data"],
+        )
+        assert zn.shape == zn_tv.shape and f["entry/processing/reconstruction/Zn"].attrs["binning"] == 2
+        assert np.isfinite(zn_tv[()]).all() and not np.array_equal(zn[()], zn_tv[()])
