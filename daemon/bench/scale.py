@@ -348,9 +348,10 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
     planned = p.get("num") or round((p["max_deg"] - p["min_deg"]) / p["step_deg"]) + 1
     figures["planned_frames"] = int(planned)
     if figures["acquisition_s_per_frame"] is not None:
-        figures["whole_preset_simulated_s"] = (
-            figures["acquisition_s_per_frame"] * planned + figures["run_end_s"]
-        )
+        # the whole preset on the simulated beamline: acquisition and exports scale with the
+        # frames, the run end (volumes, refinement) does not
+        per_frame = figures["acquisition_s_per_frame"] + figures["export_s"] / max(frames, 1)
+        figures["whole_preset_simulated_s"] = per_frame * planned + figures["run_end_s"]
     r = figures["ratio_to_interval"]
     log(
         f"  {name}: {frames} frames {tuple(preset.frame_shape)} ({figures['fraction']}), interval "

@@ -149,3 +149,20 @@ def test_a_volume_above_the_voxel_budget_is_refined_slab_by_slab(tmp_path):
         )
         assert zn.shape == zn_tv.shape and f["entry/processing/reconstruction/Zn"].attrs["binning"] == 2
         assert np.isfinite(zn_tv[()]).all() and not np.array_equal(zn[()], zn_tv[()])
+
+
+def test_bench_scale_quick_reports_every_figure(tmp_path):
+    """``livetomo bench scale --quick``'s preset part: 3 tilts of k3-bin4 through livetomo serve."""
+    from livetomo.daemon.bench.scale import STAGES, bench_preset
+
+    lines = []
+    figures = bench_preset("k3-bin4", quick=True, directory=tmp_path, log=lines.append)
+    assert figures["complete"] and figures["frames"] == 3 and figures["frame_interval_s"] == 3.0
+    assert set(figures["seconds_per_frame"]) == set(STAGES) and figures["all_stages_per_frame_s"] > 0
+    assert figures["ratio_to_interval"]["align"] == pytest.approx(figures["seconds_per_frame"]["align"] / 3.0)
+    assert figures["peak_daemon_rss_mib"] >= figures["peak_daemon_rss_while_acquiring_mib"] > 100
+    # stored whole and compressed: 1440 x 1023 uint16 is 2.9 MB raw
+    assert figures["raw_bytes_per_frame"] == 1440 * 1023 * 2
+    assert 0 < figures["stored_bytes_per_frame"] < figures["raw_bytes_per_frame"]
+    assert figures["run_end_s"] > 0 and figures["frame_messages"] == 3
+    assert any("k3-bin4: 3 frames" in line for line in lines)
