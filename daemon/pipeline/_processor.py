@@ -251,7 +251,8 @@ class BaseProcessor:
 
         Without ``processing.dask``: runs here in blocks of iterations, reporting "refining <what>
         (tv)" with the iterations done, until ``refine_iterations`` or ``refine_seconds`` (for
-        the whole volume, every channel of it together) is reached. With it: slabs along the
+        the whole volume, every channel of it together) is reached; a volume above
+        ``live_max_voxels`` here in slabs (``_refine_in_slabs``). With it: slabs along the
         rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each at most, each
         stopping when ``refine_seconds`` have passed since the slabs were submitted, reported per
         slab. ``nonnegative`` only for quantities that cannot be negative (element
