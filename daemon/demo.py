@@ -173,6 +173,7 @@ class PresetDemoResult:
     stage_ms_per_frame: dict
     frame_interval_s: float
     alignment_rms_px: float | None  # against the simulator's truth, up to what no alignment can observe
+    unaligned_rms_px: float | None  # the same for zero shifts: what the specimen really moved
     pictures: list[Path]
 
 
@@ -251,6 +252,7 @@ def run_preset_demo(
     if summary["error"]:
         raise RuntimeError(f"processing the scan failed: {summary['error']}")
     n = max(int(summary["frames_received"]), 1)
+    errors = _alignment_error(preset.plan, summary["file"], truth)
     stages = {
         k: totals.get(k, 0.0) / n
         for k in ("ingest", "store", "preprocess", "align", "reconstruct", "publish")
@@ -264,7 +266,8 @@ def run_preset_demo(
         seconds=seconds,
         stage_ms_per_frame=stages,
         frame_interval_s=preset.frame_interval_s,
-        alignment_rms_px=_alignment_error(preset.plan, summary["file"], truth),
+        alignment_rms_px=errors[0],
+        unaligned_rms_px=errors[1],
         pictures=[Path(p) for p in summary["pictures"]],
     )
     if not quiet:
@@ -281,31 +284,39 @@ def run_preset_demo(
             + f"; all stages {total:.2f} s = {total / preset.frame_interval_s:.3f} of the frame interval"
         )
         if result.alignment_rms_px is not None:
-            print(f"alignment against the simulator's truth: RMS error {result.alignment_rms_px:.3f} px")
+            print(
+                f"alignment against the simulator's truth: RMS error {result.alignment_rms_px:.3f} px "
+                f"(unaligned {result.unaligned_rms_px:.2f} px)"
+            )
         print(f"wrote {result.nxtomo}")
         for p in result.pictures:
             print(f"wrote {p}")
     return result
 
 
-def _alignment_error(plan: str, path, truth) -> float | None:
+def _alignment_error(plan: str, path, truth) -> tuple[float | None, float | None]:
     """RMS (px) of the stored shifts against the simulator's true displacements, less what no
-    alignment can observe (a constant; for rotation also the specimen's a·cos θ + b·sin θ)."""
+    alignment can observe (a constant; for rotation also the specimen's a·cos θ + b·sin θ), and
+    the same for no alignment at all."""
     with h5py.File(path, "r") as f:
         if "entry/processing/alignment/shift" not in f:
-            return None
+            return None, None
         shifts = f["entry/processing/alignment/shift"][()]
         angles = f["entry/processing/alignment/rotation_angle"][()] if plan != "tilt_series" else None
     if plan == "tilt_series":
         true = np.array([fr.true_shift_px for fr in truth["tem"].history])
-        err = shifts + true
-        return float(np.sqrt(np.mean((err - err.mean(axis=0)) ** 2) * 2))
+
+        def rms(e):
+            return float(np.sqrt(np.mean((e - e.mean(axis=0)) ** 2) * 2))
+
+        return rms(shifts + true), rms(true)
     world = truth["microprobe"]
     if plan == "xrf_dpc_tomo":
         true = np.array([r.true_shift_px for r in world.history])
     else:
         true = np.array([s for _, s in world.camera_history])
     if len(true) != len(shifts):
-        return None
+        return None, None
     err_v, err_h, _ = gauge_errors(shifts, true, angles, keep_centre=False)
-    return _rms(err_v, err_h)
+    raw_v, raw_h, _ = gauge_errors(np.zeros_like(shifts), true, angles, keep_centre=False)
+    return _rms(err_v, err_h), _rms(raw_v, raw_h)
