@@ -350,8 +350,8 @@ def bench_preset(name: str, *, quick: bool, directory: str | Path, log) -> dict:
     if figures["acquisition_s_per_frame"] is not None:
         # the whole preset on the simulated beamline: acquisition and exports scale with the
         # frames, the run end (volumes, refinement) does not
-        per_frame = figures["acquisition_s_per_frame"] + figures["export_s"] / max(frames, 1)
-        figures["whole_preset_simulated_s"] = per_frame * planned + figures["run_end_s"]
+        frame_s = figures["acquisition_s_per_frame"] + figures["export_s"] / max(frames, 1)
+        figures["whole_preset_simulated_s"] = frame_s * planned + figures["run_end_s"]
     r = figures["ratio_to_interval"]
     log(
         f"  {name}: {frames} frames {tuple(preset.frame_shape)} ({figures['fraction']}), interval "
