@@ -151,6 +151,8 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
             if names:
                 out["volume"] = recon[(plain or names)[0]]["data"][()]
                 out["volume_name"] = (plain or names)[0]
+                # a live volume binned to keep pace (frame pixels per voxel)
+                out["volume_binning"] = int(recon[(plain or names)[0]].attrs.get("binning", 1))
     if not np.isfinite(out["angles"]).all():
         bad = int((~np.isfinite(out["angles"])).sum())
         raise ValueError(f"{h5_path}: {bad} projections have no tilt angle")
@@ -289,11 +291,13 @@ def export_imod(
         "".join("".join(f"{v:12.7f}" for v in t[:4]) + f"{t[4]:12.3f}{t[5]:12.3f}\n" for t in transforms)
     )
     paths.append(xf)
-    stack = ts["stack"][order]
-    aligned = np.stack([apply_xf(img, t) for img, t in zip(stack, transforms, strict=True)])
     ali = stem.with_name(stem.name + "_ali.mrc")
-    with mrcfile.new(ali, overwrite=True) as mrc:
-        mrc.set_data(aligned.astype(np.float32))
+    n, rows, cols = ts["stack"].shape
+    # section by section into a memory-mapped file: 41 full K3 frames aligned at once were
+    # 15 GB of float64
+    with mrcfile.new_mmap(ali, shape=(n, rows, cols), mrc_mode=2, overwrite=True) as mrc:
+        for k, (i, t) in enumerate(zip(order, transforms, strict=True)):
+            mrc.data[k] = apply_xf(ts["stack"][i], t).astype(np.float32)
         mrc.set_image_stack()
         mrc.voxel_size = px
         mrc.add_label("livetomo aligned tilt series (raw stack moved by the .xf shifts)")
@@ -305,7 +309,7 @@ def export_imod(
         with mrcfile.new(rec, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
             mrc.set_volume()
-            mrc.voxel_size = px * int(binning)
+            mrc.voxel_size = px * int(binning) * ts.get("volume_binning", 1)
             mrc.add_label(f"livetomo tomogram ({ts['volume_name']}, FBP), binned {int(binning)}")
         paths.append(rec)
     return paths
