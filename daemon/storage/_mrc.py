@@ -62,12 +62,13 @@ def write_mrc_tilt_series(
     if dose_e_per_A2 is not None:
         dose = np.broadcast_to(np.asarray(dose_e_per_A2, dtype=np.float64), angles.shape)
     order = np.argsort(angles, kind="stable") if sort_by_angle else np.arange(len(angles))
-    data = stack[order]
-    if data.dtype not in _MRC_DTYPES:
-        data = data.astype(np.float32)
+    dtype = stack.dtype if stack.dtype in _MRC_DTYPES else np.dtype(np.float32)
     path = Path(path)
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data))
+    # section by section into a memory-mapped file, not a reordered copy of the stack (41 full
+    # K3 frames are 1.9 GB)
+    with mrcfile.new_mmap(path, shape=stack.shape, mrc_mode=_MRC_DTYPES[dtype], overwrite=True) as mrc:
+        for z, i in enumerate(order):
+            mrc.data[z] = stack[i]
         mrc.set_image_stack()
         mrc.voxel_size = pixel_size_A
         mrc.add_label(title[:80])
@@ -76,8 +77,8 @@ def write_mrc_tilt_series(
         f"PixelSpacing = {pixel_size_A:g}",
         *([f"Voltage = {voltage_kv:g}"] if voltage_kv is not None else []),
         f"ImageFile = {path.name}",
-        f"ImageSize = {data.shape[2]} {data.shape[1]}",
-        f"DataMode = {_MRC_DTYPES[data.dtype]}",
+        f"ImageSize = {stack.shape[2]} {stack.shape[1]}",
+        f"DataMode = {_MRC_DTYPES[dtype]}",
         "",
         f"[T = {title}]",
     ]
@@ -114,9 +115,15 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
         group = f[stream_group(stream) if stream else "/entry/instrument/detector"]
         keys = group["image_key"][()]
         keep = np.flatnonzero(keys == 0)
+        data = group["data"]
         out = {
             "index": keep,
-            "stack": group["data"][()][keep],
+            # every frame kept: read as it is, not read and then indexed (a second copy)
+            "stack": data[()]
+            if keep.size == data.shape[0]
+            else data[keep.tolist()]
+            if keep.size
+            else data[0:0],
             "angles": group["rotation_angle"][()][keep],
             "times": group["timestamp"][()][keep],
         }
