@@ -118,8 +118,8 @@ class Processing:
     refine: Literal["tv", "sirt"] | None = "tv"  # run-end refinement, warm-started from the FBP
     refine_iterations: int = field(default=30, metadata=_range(1, 10_000))
     refine_seconds: float = field(default=10.0, metadata=_range(0.0))  # per volume (all elements together)
-    # Keeping pace with large frames (docs/architecture.md, "Large frames"): a frame of more
-    # pixels than live_max_frame_pixels is aligned and reconstructed binned (the smallest
+    # Keeping pace with large frames (docs/architecture.md, "Large frames"): a tilt-series frame
+    # of more pixels than live_max_frame_pixels is aligned and reconstructed binned (the smallest
     # integer factor that fits; the run file keeps it whole); a live volume of more voxels per
     # channel than live_max_voxels is binned further. Shifts are still published in camera pixels.
     live_max_frame_pixels: int = field(default=2**20, metadata=_range(256))
