@@ -160,6 +160,17 @@ class BaseProcessor:
                 for key in seqs & set(recon.keys):
                     recon.remove(key)
 
+    def degraded(self) -> dict:
+        """What this run gives up to keep pace with large frames, for ``livetomo status``
+        (docs/architecture.md, "Large frames"): frames processed binned, live volumes binned."""
+        out = {}
+        if getattr(self, "bin", 1) > 1:
+            out["frames_binned_by"] = int(self.bin)
+        r = max(list(self.recon_binning.values()), default=1)
+        if r > 1:
+            out["live_volume_binned_by"] = int(r)
+        return out
+
     def wants(self, stream: str) -> bool:
         """Whether frames of ``stream`` go to processing. XRF spectra do not: they are stored for
         fitting (PyXRF), and every live method works on the element windows (``*_roi``); a 230 ×

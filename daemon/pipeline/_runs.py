@@ -136,5 +136,7 @@ class RunContext:
             "dose_so_far": p["dose_so_far"],
             "dose_units": self.method.dose_units if p["dose_so_far"] is not None else None,
             "finishing": dict(self.finishing) or None,
+            # binned frames or live volume, when the frames are too large to process at full size
+            "degraded": getattr(self.processor, "degraded", dict)(),
             "file": str(self.writer.path),
         }

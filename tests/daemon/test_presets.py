@@ -104,7 +104,14 @@ def test_large_frames_are_processed_binned_and_published_in_camera_pixels(tmp_pa
         full = _tilt_errors(_run(daemon, "tilt_series", plan), daemon.beamline.truth["tem"])
     limits = {"refine": None, "live_max_frame_pixels": 64 * 64, "live_max_voxels": 4096}
     with running_daemon(tmp_path / "b", beamline=beamline, processing=limits) as daemon:
+        seen = []
+        status = daemon.api.status
+        daemon.pipeline.publish = (lambda publish: lambda topic, payload: (
+            seen.append((status().get("run") or {}).get("degraded")) if topic == "frame" else None,
+            publish(topic, payload)))(daemon.pipeline.publish)  # fmt: skip
         binned = _tilt_errors(_run(daemon, "tilt_series", plan), daemon.beamline.truth["tem"])
+    # livetomo status says what the run gives up to keep pace
+    assert {"frames_binned_by": 2, "live_volume_binned_by": 4} in seen
     assert full[1] == 1 and full[2] == (128, 128, 128)
     assert binned[1] == 8 and binned[2] == (16, 16, 16)  # frames by 2, the volume by 4 more
     assert binned[0] < full[0] + 0.3, (full, binned)
