@@ -109,6 +109,7 @@ class Daemon:
             metadata=self._frame_metadata,
             context=self.context,
             socket_setup=self._client_security(),
+            max_piece_bytes=config.limits.frame_piece_bytes,
         )
         module = beamline_module(config.beamline.kind)
         self.beamline = module.build(config.beamline.settings, sink=self.sink)
@@ -117,7 +118,9 @@ class Daemon:
             for d in self.beamline.devices.values()
             if isinstance(getattr(d, "board", None), MeasurementBoard)
         ]
-        self.catalog = PlanCatalog(self.beamline.devices, plan_defaults=self.beamline.plan_defaults)
+        self.catalog = PlanCatalog(
+            self.beamline.devices, plan_defaults=self.beamline.plan_defaults, sized_for=self.beamline.presets
+        )
         self.queue = PlanQueue(
             QueueStore(self.storage / QueueStore.FILE_NAME), on_interrupted=self._repair_files
         )
@@ -215,6 +218,7 @@ class Daemon:
         pipeline = self.pipeline.status()
         pipeline["stages"]["ingest"] = {
             "count": receiver["received_messages"],
+            "mean_latency_ms": receiver["decode_seconds"] / max(receiver["received_messages"], 1) * 1e3,
             "queue_depth": receiver["queue_depth"],
             "last_error": receiver["last_error"],
         }

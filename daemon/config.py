@@ -63,7 +63,9 @@ class Limits:
     their pixels between the writer and processing (beyond, processing re-reads them from the
     run file, so the writer never waits). ``sequence_window``: how far ahead of the next
     expected frame a frame may arrive (it waits; further ahead is refused).
-    ``max_streams_per_run``: frame streams a run may open.
+    ``max_streams_per_run``: frame streams a run may open. ``frame_piece_bytes``: the daemon's
+    own detectors send a frame larger than this in pieces of whole rows (a raster's lines:
+    docs/frame-protocol.md, "Frames in pieces"), which the writer assembles in the run file.
     """
 
     max_message_bytes: int = field(default=512 * 1024**2, metadata=_range(1))
@@ -74,6 +76,7 @@ class Limits:
     sequence_window: int = field(default=16, metadata=_range(1, 4096))
     max_streams_per_run: int = field(default=32, metadata=_range(1, 1024))
     hold_unknown_run_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
+    frame_piece_bytes: int = field(default=16 * 1024**2, metadata=_range(1024))
 
 
 @dataclass
@@ -115,6 +118,12 @@ class Processing:
     refine: Literal["tv", "sirt"] | None = "tv"  # run-end refinement, warm-started from the FBP
     refine_iterations: int = field(default=30, metadata=_range(1, 10_000))
     refine_seconds: float = field(default=10.0, metadata=_range(0.0))  # per volume (all elements together)
+    # Keeping pace with large frames (docs/architecture.md, "Large frames"): a tilt-series frame
+    # of more pixels than live_max_frame_pixels is aligned and reconstructed binned (the smallest
+    # integer factor that fits; the run file keeps it whole); a live volume of more voxels per
+    # channel than live_max_voxels is binned further. Shifts are still published in camera pixels.
+    live_max_frame_pixels: int = field(default=2**20, metadata=_range(256))
+    live_max_voxels: int = field(default=2**25, metadata=_range(256))
     dask: Dask | None = None  # null: refinement in the finisher thread, whole volume; see Dask
 
 

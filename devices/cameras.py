@@ -13,6 +13,9 @@ from .sinks import FrameSink
 
 
 class CameraBackend(Protocol):
+    """Optional: ``dtype``, what the camera delivers (default float32; a counting camera may
+    give uint16 counts, half the bytes)."""
+
     shape: tuple[int, int]
     pixel_size_nm: float
 
@@ -40,7 +43,9 @@ class Camera(FrameDetector):
         self.backend = backend
         self.check_exposure(exposure)
         self.exposure = float(exposure)
-        self.frames.declare(f"{name}_image", np.float32, tuple(backend.shape))
+        self.frames.declare(
+            f"{name}_image", np.dtype(getattr(backend, "dtype", np.float32)), tuple(backend.shape)
+        )
 
     def check_exposure(self, exposure: float) -> None:
         check_range(f"{self.name} exposure", exposure, *self.exposure_range, self.exposure_units)
@@ -71,7 +76,7 @@ class K3Camera(Camera):
     """Gatan K3 direct electron detector in counting mode; exposure is the dose per image in e/Å².
 
     ``prepare(K3Settings(dose_e_per_A2=...))`` sets the dose of the next images.
-    Counting-mode frames are stored as float32 electrons per pixel.
+    Counting-mode frames are float32 electrons per pixel, or the backend's ``dtype`` (uint16 counts).
     """
 
     exposure_units = "e/A^2"

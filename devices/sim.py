@@ -21,7 +21,7 @@ from ..simulators.k3 import axis_vectors, make_lamella
 from ..simulators.microprobe import RasterResult, XRFMicroprobe
 from ..simulators.specimen import make_cell
 from ..simulators.stages import ImageShiftModel, RotationStageModel, TiltStageModel
-from ..simulators.xrf import EMISSION_LINES
+from ..simulators.xrf import EMISSION_LINES, XRFDetectorModel
 from .base import ParameterError
 from .cameras import FluorescenceCamera, K3Camera, SoftXrayCamera, TransmissionCamera
 from .fib import CryoFIB
@@ -184,15 +184,20 @@ class SimMicroprobe:
     def segments_backend(self):
         return _SegmentsBackend(self)
 
-    def camera_backend(self):
-        """A full-field transmission camera looking at the same specimen on the same stage."""
+    def camera_backend(self, shape=None):
+        """A full-field transmission camera looking at the same specimen on the same stage, at
+        the raster's pixel: frames of ``shape`` (default: the specimen's projection)."""
+        self.camera_shape = tuple(shape) if shape is not None else self.probe.default_shape()
         return _CameraBackend(
-            self.camera_image, self.probe.default_shape(), self.probe.pixel_size_nm, start_run=self.start_run
+            self.camera_image, self.camera_shape, self.probe.pixel_size_nm, start_run=self.start_run
         )
 
     def camera_image(self, exposure_s: float) -> np.ndarray:
         image, shift = self.probe.full_field(
-            self.rotation.position_deg, offset_um=tuple(self.rotation.true_offset_um), exposure_s=exposure_s
+            self.rotation.position_deg,
+            offset_um=tuple(self.rotation.true_offset_um),
+            exposure_s=exposure_s,
+            shape=getattr(self, "camera_shape", None),
         )
         self.camera_history.append((float(self.rotation.position_deg), shift))
         return image
@@ -246,6 +251,7 @@ class _SpectraBackend:
         self.start_run = world.start_run
         det = world.probe.detector
         self.n_channels = det.n_channels
+        self.spectra_dtype = det.spectra_dtype
         self.ev_per_channel = det.ev_per_channel
         self.offset_ev = det.offset_ev
 
@@ -287,12 +293,23 @@ def make_microprobe(
     sink: FrameSink | None = None,
     save_spectra: bool = True,
     rotation_model: RotationStageModel | None = None,
+    voxel_size_nm: float | None = None,
+    detector: XRFDetectorModel | None = None,
+    camera_shape: tuple[int, int] | None = None,
 ) -> MicroprobeDevices:
-    """Simulated XRF-DPC microprobe at 10.2 keV with a frozen-hydrated cell of ``shape`` voxels."""
+    """Simulated XRF-DPC microprobe at 10.2 keV with a frozen-hydrated cell of ``shape`` voxels.
+
+    ``voxel_size_nm`` (default: the pixel) may be coarser than the raster pixel: a 230 × 230
+    raster of a cell at twice the pixel samples a 115³ specimen, not a 230³ one (eight times
+    the memory and projection time). ``detector``: the fluorescence detector model (channels,
+    gain, count type). ``camera_shape``: the full-field camera's frames (default: the specimen's
+    projection at the raster pixel)."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
-    specimen = make_cell(shape, voxel_size_nm=pixel_size_nm, seed=seed)
-    probe = XRFMicroprobe(specimen, pixel_size_nm=pixel_size_nm, seed=seed + 1, faults=faults)
+    specimen = make_cell(shape, voxel_size_nm=voxel_size_nm or pixel_size_nm, seed=seed)
+    probe = XRFMicroprobe(
+        specimen, pixel_size_nm=pixel_size_nm, seed=seed + 1, faults=faults, detector=detector
+    )
     rotation_model = rotation_model or RotationStageModel(seed=seed + 2, faults=faults)
     world = SimMicroprobe(probe, rotation_model)
     return MicroprobeDevices(
@@ -303,7 +320,7 @@ def make_microprobe(
         scan=ScanStage(world, default_shape=(shape[0] + 16, shape[2] + 8)),
         dpc=SegmentedDPCDetector(world.segments_backend(), sink),
         xrf=VortexXRF(world.spectra_backend(), sink, save_spectra=save_spectra),
-        txm=TransmissionCamera(world.camera_backend(), sink),
+        txm=TransmissionCamera(world.camera_backend(camera_shape), sink),
         raster_offset=RasterOffset(
             _RasterOffsetAxis(world, 0),
             _RasterOffsetAxis(world, 1),
@@ -323,8 +340,10 @@ class SimTEM:
         tilt: TiltStageModel,
         pixel_size_nm: float,
         image_shift: ImageShiftModel | None = None,
+        dtype="float32",
     ):
         self.camera = camera
+        self.dtype = np.dtype(dtype)
         self.tilt = tilt
         self.pixel_size_nm = pixel_size_nm
         self.image_shift = image_shift or ImageShiftModel()
@@ -353,7 +372,11 @@ class SimTEM:
     def acquire(self, dose: float):
         frame = self.camera.acquire(self.tilt.position_deg, dose_e_per_A2=dose, shift_px=self.true_shift_px())
         self.history.append(frame)
-        return None if frame is None else np.asarray(frame.counts, dtype=np.float32)
+        if frame is None:
+            return None
+        if frame.counts.dtype.kind == "f":  # a nan_frame fault: NaN exists only in floats
+            return frame.counts.astype(np.float32)
+        return frame.counts.astype(self.dtype)
 
 
 class _CameraBackend:
@@ -409,29 +432,48 @@ def make_tem(
     tilt_axis_deg: float = 90.0,
     stated_axis_error_deg: float = 0.0,
     image_shift_model: ImageShiftModel | None = None,
+    image_shape: tuple[int, int] | None = None,
+    pixel_size_nm: float | None = None,
+    render_binning: int = 1,
+    dtype: str = "float32",
     **lamella,
 ) -> TEMDevices:
     """Simulated cryo-TEM with a K3 in counting mode and a lamella of ``shape`` voxels; the tilt
     axis lies at ``tilt_axis_deg`` on the camera (from the image's x axis towards its rows).
     The camera states its axis (``tilt_axis_angle`` in its configuration) off by
     ``stated_axis_error_deg``, as a real calibration is. ``lamella`` goes to
-    ``simulators.k3.make_lamella`` (e.g. more particles for a wider field)."""
+    ``simulators.k3.make_lamella`` (e.g. more particles for a wider field).
+
+    ``image_shape`` and ``pixel_size_nm`` (default: the volume's (z, x) at the voxel size) make
+    the camera's frames finer than the volume (the phase is interpolated to them);
+    ``render_binning`` computes the optics at that many detector pixels per side and counts at
+    full resolution (``simulators.k3.K3Camera``); ``dtype`` is what the camera delivers:
+    float32 electrons (default) or uint16 counts (half the bytes of a counted frame)."""
     faults = as_faults(faults)
     sink = sink if sink is not None else MemorySink()
     potential = make_lamella(shape, voxel_size_nm=voxel_size_nm, seed=seed, **lamella)
+    pixel = float(pixel_size_nm or voxel_size_nm)
     camera = K3Model(
-        potential, voxel_size_nm=voxel_size_nm, seed=seed + 1, faults=faults, tilt_axis_deg=tilt_axis_deg
+        potential,
+        voxel_size_nm=voxel_size_nm,
+        pixel_size_A=10.0 * pixel,
+        image_shape=image_shape,
+        render_binning=render_binning,
+        seed=seed + 1,
+        faults=faults,
+        tilt_axis_deg=tilt_axis_deg,
     )
     tilt_model = tilt_model or TiltStageModel(seed=seed + 2, faults=faults)
-    world = SimTEM(camera, tilt_model, voxel_size_nm, image_shift_model)
-    image_shape = (shape[0], shape[2])
+    world = SimTEM(camera, tilt_model, pixel, image_shift_model, dtype=dtype)
+    image_shape = camera.image_shape
     # the device states the axis in SerialEM's and IMOD's convention (counter-clockwise from Y):
     # the camera's 90 deg (vertical) is 0 there
     backend = _CameraBackend(
         world.acquire,
         image_shape,
-        voxel_size_nm,
+        pixel,
         start_run=world.start_run,
+        dtype=np.dtype(dtype),
         voltage_kv=camera.voltage_kv,
         tilt_axis_deg=round(tilt_axis_deg + stated_axis_error_deg - 90.0, 3),
     )

@@ -162,6 +162,23 @@ def _named_window_terms(window, shape, xp_name) -> WindowTerms:
     return _build_window_terms(_parse_window(window, shape), shape, xp)
 
 
+def _separable(w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(wy, wx) with ``w = outer(wy, wx)`` when the window is separable, else None.
+
+    A separable window is its largest element's column times its row over that element, so
+    checking that takes one outer product; a rank test by SVD took 12 s on a 1023 × 1440
+    frame (K3 bin 4) at its first registration. The factors' scale and sign do not matter:
+    only their normalised power spectra are used."""
+    i, j = np.unravel_index(int(np.argmax(np.abs(w))), w.shape)
+    peak = float(w[i, j])
+    if peak == 0.0:
+        return None
+    wy, wx = w[:, j] / peak, w[i, :]
+    if not np.allclose(np.outer(wy, wx), w, rtol=1e-6, atol=1e-9 * abs(peak)):
+        return None
+    return wy, wx
+
+
 def _build_window_terms(w, shape, xp) -> WindowTerms:
     has_window = w is not None
     if not has_window:
@@ -173,10 +190,9 @@ def _build_window_terms(w, shape, xp) -> WindowTerms:
         ov = np.fft.irfft2(np.abs(np.fft.rfft2(w * w)) ** 2, s=w.shape)
         overlap = xp.asarray((ov / ov.mean()).astype(np.float32))
     autocorrelation = None
-    if has_window and np.linalg.matrix_rank(w) == 1:  # separable: w = outer(wy, wx)
-        u, sv, vt = np.linalg.svd(w)
-        wy, wx = u[:, 0] * np.sqrt(sv[0]), vt[0] * np.sqrt(sv[0])
-        autocorrelation = (_sparse_power(wy), _sparse_power(wx))
+    factors = _separable(w) if has_window else None
+    if factors is not None:  # w = outer(wy, wx)
+        autocorrelation = (_sparse_power(factors[0]), _sparse_power(factors[1]))
     return WindowTerms(
         window=xp.asarray(w.astype(np.float32)) if has_window else None,
         support=xp.asarray(support),

@@ -232,12 +232,15 @@ class XRFMicroprobe:
             true_line_counts={el: c.astype(np.float32) for el, c in line_counts.items()},
         )
 
-    def _probe_maps(self, angle_deg, shift, shape) -> np.ndarray:
+    def _probe_maps(self, angle_deg, shift, shape, *, elements: bool = True, gradient: bool = True):
         """Optical depth, phase (rad) and areal masses (µg/cm²) seen by the probe.
+
+        ``elements=False`` leaves out the element maps and ``gradient=False`` the gradient (None):
+        a full-field camera needs neither, and at 1024² they were most of its time.
 
         Returns
         -------
-        maps : (2 + n_elements, ny, nx) float64.
+        maps : (2 + n_elements, ny, nx) float64 (2, ny, nx without the elements).
         grad : (2, ny, nx) float64 phase gradient (d/dy, d/dx), rad/pixel, of the
             probe-blurred phase: the projection filtered with the derivatives of the
             Gaussian probe at voxel resolution, then sampled. (Central differences of
@@ -248,7 +251,8 @@ class XRFMicroprobe:
         nz, ny, nx = spec.shape
         vox_um = spec.voxel_size_nm * 1e-3
         a = projection_matrix((ny, nx), angle_deg)
-        proj = (a @ self._stack).T.reshape(-1, nz, nx).astype(float) * vox_um  # µm-integrals
+        stack = self._stack if elements else self._stack[:, : 2 * nz]
+        proj = (a @ stack).T.reshape(-1, nz, nx).astype(float) * vox_um  # µm-integrals
         e_ratio = REFERENCE_KEV / self.energy_kev
         proj[0] *= e_ratio**3  # ∫µ, dimensionless
         proj[1] *= -2.0 * np.pi / self.wavelength_um * e_ratio**2  # φ = -(2π/λ)∫δ
@@ -264,11 +268,11 @@ class XRFMicroprobe:
         proj = np.pad(proj, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
         grad = [
             per_pixel * ndimage.gaussian_filter(proj[1], sigma_vox, order=order, mode="nearest")
-            for order in ((1, 0), (0, 1))
+            for order in (((1, 0), (0, 1)) if gradient else ())
         ]
         proj = ndimage.gaussian_filter(proj, (0, *sigma_vox), mode="nearest")
         maps = np.stack([self._sample(p, shift, shape) for p in proj])
-        return maps, np.stack([self._sample(g, shift, shape) for g in grad])
+        return maps, (np.stack([self._sample(g, shift, shape) for g in grad]) if gradient else None)
 
     def _sample(self, image, shift, shape) -> np.ndarray:
         """Resample a voxel-grid projection at the scan pixels, displaced by ``shift``.
@@ -310,7 +314,7 @@ class XRFMicroprobe:
             float(offset_um[0]) * 1e3 / self.pixel_size_nm,
             float(offset_um[1]) * 1e3 / self.pixel_size_nm,
         )
-        maps, _ = self._probe_maps(angle_deg, shift, shape)
+        maps, _ = self._probe_maps(angle_deg, shift, shape, elements=False, gradient=False)
         expected = self.flux_photons_per_s * float(exposure_s) * np.exp(-maps[0] + 2.0 * maps[1])
         return self._rng.poisson(expected).astype(np.float32), shift
 

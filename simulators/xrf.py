@@ -102,6 +102,8 @@ class XRFDetectorModel:
     solid_angle_fraction : collected fraction of the isotropic emission times
         detection efficiency (Ω/4π·ε); scales fluorescence counts.
     fwhm0_kev, fano : resolution parameters, see :func:`peak_sigma_kev`.
+    spectra_dtype : the MCA's count type, "uint32" (as an Xspress3 reads out) or "uint16"
+        (half the bytes; counts saturate at 65535 per channel, far above a few-ms dwell's).
     """
 
     n_channels: int = 2048
@@ -111,6 +113,7 @@ class XRFDetectorModel:
     solid_angle_fraction: float = 0.08
     fwhm0_kev: float = 0.097
     fano: float = 2.24e-4
+    spectra_dtype: str = "uint32"
 
     def energy_axis_kev(self) -> np.ndarray:
         """Nominal energy of every channel, keV, shape (n_channels,)."""
@@ -220,7 +223,7 @@ class XRFDetectorModel:
 
         Returns
         -------
-        spectra : ndarray (ny, nx, n_channels), uint32 counts.
+        spectra : ndarray (ny, nx, n_channels), counts of ``spectra_dtype``.
         live_fraction : ndarray (ny, nx), float64, fraction of the dwell the
             detector was live; expected recorded counts are scaled by it.
         """
@@ -241,7 +244,18 @@ class XRFDetectorModel:
         profiles = np.vstack([self.line_profiles(elements), self.scatter_profile(incident_kev)[None]])
         live = self.live_fraction(rates.sum(axis=1), dwell_s)
         rates *= live[:, None]
-        spectra = _poisson_spectra(rates, profiles, rng)
+        dtype = np.dtype(self.spectra_dtype)
+        spectra = np.empty((rates.shape[0], self.n_channels), dtype=dtype)
+        # In blocks of pixels: the sampler's temporaries grow with pixels x channels (a 230 x 230
+        # raster of 4096 channels at once took 1.7 GB for its histogram alone). Rasters of up
+        # to 2^24 pixel-channels are one block, so their random stream is what it always was.
+        block = max(1, (1 << 24) // self.n_channels)
+        top = np.iinfo(dtype).max
+        for start in range(0, rates.shape[0], block):
+            counts = _poisson_spectra(rates[start : start + block], profiles, rng)
+            spectra[start : start + block] = (
+                np.minimum(counts, top) if top < np.iinfo(counts.dtype).max else counts
+            )
         return spectra.reshape(*shape, self.n_channels), live.reshape(shape)
 
 

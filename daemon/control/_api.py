@@ -93,6 +93,8 @@ class ControlAPI:
         return [item.as_dict() for item in self.queue.history[-limit:]]
 
     def queue_add(self, plan: str, kwargs: dict | None = None, md: dict | None = None, position=None) -> dict:
+        # a preset's name queues its plan with its parameters (devices.presets)
+        plan, kwargs, md = self.catalog.expand_preset(plan, kwargs, md)
         kwargs, md = self.catalog.check(plan, kwargs, md)
         item = QueueItem(plan=plan, kwargs=kwargs, md=md)
         return self.queue.add(item, position).as_dict()

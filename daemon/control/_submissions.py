@@ -21,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ...devices.presets import PRESETS
 from ...plans import PLANS, RecipeError, load_recipe
 
 # Plan parameters that take devices, and what such a device must have (methods, parts):
@@ -157,13 +158,37 @@ class PlanCatalog:
     """The plans the daemon offers and the devices they may use, with the checks of submissions.
 
     ``plan_defaults`` maps a plan to the device names used for device parameters a submission
-    leaves out (the beamline module's ``PLAN_DEFAULTS``).
+    leaves out (the beamline module's ``PLAN_DEFAULTS``). ``sized_for``: the scan presets
+    (``devices.presets``) the beamline's instruments are sized for (None: any, real hardware).
     """
 
     devices: dict[str, Any]
     plans: dict[str, Any] = field(default_factory=lambda: dict(PLANS))
     plan_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     recipe_directories: tuple = ()
+    sized_for: tuple[str, ...] | None = None
+
+    def expand_preset(self, name: str, kwargs: dict | None, md: dict | None) -> tuple[str, dict, dict]:
+        """A submission naming a preset as its plan: (the preset's plan, its parameters updated by
+        ``kwargs``, its metadata with ``preset: name`` updated by ``md``); other names unchanged."""
+        preset = PRESETS.get(name) if isinstance(name, str) else None
+        if preset is None:
+            return name, kwargs, md
+        if self.sized_for is not None and name not in self.sized_for:
+            sized = ", ".join(self.sized_for) or "small specimens"
+            raise SubmissionError(
+                f"{name}: the simulated beamline is sized for {sized}; start the daemon with "
+                f"'beamline: {{preset: {name}}}' to simulate this scan at its size"
+            )
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise SubmissionError(f"{name}: parameters must be a mapping of name: value")
+        if md is not None and not isinstance(md, dict):
+            raise SubmissionError(f"{name}: md must be a mapping")
+        return (
+            preset.plan,
+            {**preset.parameters, **(kwargs or {})},
+            {**preset.md, "preset": name, **(md or {})},
+        )
 
     def describe_plans(self) -> dict[str, dict]:
         """Each plan's parameters (kind, default, required) and docstring's first line, for clients."""

@@ -50,7 +50,7 @@ from ._runs import RunContext
 
 log = logging.getLogger("livetomo.pipeline")
 
-STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish")
+STAGES = ("store", "preprocess", "align", "reconstruct", "publish", "finish", "export")
 PREVIEW_EVERY_S = 0.5  # while processing is behind, previews still come this often
 VIEW_TIMEOUT_S = 5.0  # a view request not answered by then is refused (the processing thread is busy)
 VIEWS_IN_FLIGHT = 4  # at most this many view requests wait at once
@@ -262,7 +262,10 @@ class Pipeline:
             self._error("store", f"{item.kind} of {item.stream!r} for {why} {item.run}")
             return
         limit = run.max_frames
-        if limit is not None and (getattr(item, "seq", -1) >= limit or getattr(item, "count", 0) > limit):
+        # a stream sent in pieces (docs/frame-protocol.md) numbers its messages, not its frames
+        n = run.pieces.get(item.stream, 1)
+        seq, count = getattr(item, "seq", -1), getattr(item, "count", 0)
+        if limit is not None and (seq // n >= limit or count > limit * n):
             # a frame the plan cannot have made: refused, so no stream grows past the plan
             number = item.seq if isinstance(item, Frame) else item.count
             self._error(
@@ -270,7 +273,7 @@ class Pipeline:
                 f"{item.kind} {number} of {item.stream!r} is beyond the {limit} frames the run can have",
             )
             if isinstance(item, End):
-                item = dataclasses.replace(item, count=limit)
+                item = dataclasses.replace(item, count=limit * n)
             else:
                 return
         with self._stage("store"):
@@ -278,13 +281,24 @@ class Pipeline:
         if isinstance(item, Start):
             run.streams_open.add(item.stream)
             run.stream_device[item.stream] = item.device
+            if item.stream not in run.writer.skipped and run.writer.pieces_per_frame(item.stream) > 1:
+                run.pieces[item.stream] = run.writer.pieces_per_frame(item.stream)
+        elif isinstance(item, Frame) and n > 1:
+            # stored as the pieces arrive; the frame counts, and goes to processing, once its
+            # last piece is in: without pixels, as a deferred frame, read back whole from the file
+            if item.seq % n == n - 1:
+                run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
+                run.stored_seqs.setdefault(item.stream, set()).add(item.seq // n)
+                if run.processor.wants(item.stream):
+                    self.work.put("frame", run, dataclasses.replace(item, seq=item.seq // n, data=None))
         elif isinstance(item, Frame):
             run.stored[item.stream] = run.stored.get(item.stream, 0) + 1
             run.stored_seqs.setdefault(item.stream, set()).add(item.seq)
-            if item.stream not in run.writer.skipped:  # a stream the configuration does not keep
+            # a stream the configuration does not keep, or that processing does not take
+            if item.stream not in run.writer.skipped and run.processor.wants(item.stream):
                 self.work.put("frame", run, item)
         elif isinstance(item, End):
-            run.ends[item.stream] = item.count
+            run.ends[item.stream] = -(-item.count // n)
             if run.stop is not None and run.all_streams_ended:
                 self._run_stored(run)
 
@@ -483,6 +497,7 @@ class Pipeline:
                 log.exception("finishing run %s", run.uid)
             finally:
                 run.writer.close()
+        with self._stage("export"):  # its own stage: a large run's exports take as long as its end work
             try:
                 exports = run.processor.export(run, self.directory, report)
             except Exception as exc:

@@ -39,7 +39,9 @@ class ProcessingInbox:
                 self._items.appendleft((kind, run, payload))
                 self._cond.notify()
                 return
-            if isinstance(payload, Frame):
+            if isinstance(payload, Frame) and payload.data is None:  # already without pixels
+                self._frames[id(run)] += 1
+            elif isinstance(payload, Frame):
                 self._frames[id(run)] += 1
                 size = payload.data.nbytes
                 over = (

@@ -11,6 +11,7 @@ pictures) and, once the file is closed, ``export``; both report each step throug
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ...processing.recon import IncrementalReconstructor
-from ...processing.recon.slabs import RefinementCancelled
+from ...processing.recon.slabs import RefinementCancelled, plan_slabs, refine_in_slabs
 from ...processing.register import shift_image
 from ..config import Processing
 from ..monitoring import RunArrays, write_run_pictures
@@ -53,6 +54,27 @@ class RunEnd:
 
     pictures: list[Path] = field(default_factory=list)
     messages: list[tuple[str, dict]] = field(default_factory=list)
+
+
+def binning_for(shape, limit: int) -> int:
+    """The smallest integer factor that brings ``shape`` (binned along every axis) to at most
+    ``limit`` elements."""
+    b = 1
+    while int(np.prod([max(int(n) // b, 1) for n in shape], dtype=np.int64)) > limit:
+        b += 1
+    return b
+
+
+def bin_image(image, b: int, axes=(-2, -1)) -> np.ndarray:
+    """Mean of ``b`` × ``b`` blocks of the last two axes (rows and columns cropped to multiples of
+    ``b``), float32; ``image`` itself (as float32) when ``b`` is 1."""
+    image = np.asarray(image, dtype=np.float32)
+    if b == 1:
+        return image
+    rows, cols = (image.shape[-2] // b) * b, (image.shape[-1] // b) * b
+    cropped = image[..., :rows, :cols]
+    blocks = cropped.reshape(*image.shape[:-2], rows // b, b, cols // b, b)
+    return blocks.mean(axis=(-3, -1), dtype=np.float32)
 
 
 @runtime_checkable
@@ -105,6 +127,8 @@ class BaseProcessor:
         self._replaced: set[int] = set()  # frames the plan re-acquired
         self._first_stream: str | None = None
         self.corrections = CorrectionLog(start)  # what tracking moved, for the run file
+        # id(reconstruction) -> frame pixels per voxel of that live volume (binned to keep pace)
+        self.recon_binning: dict[int, int] = {}
 
     # -- the protocol's defaults (subclasses that override them call these)
     def descriptor(self, run, doc: dict) -> None:
@@ -161,6 +185,23 @@ class BaseProcessor:
             if recon is not None:
                 for key in seqs & set(recon.keys):
                     recon.remove(key)
+
+    def degraded(self) -> dict:
+        """What this run gives up to keep pace with large frames, for ``livetomo status``
+        (docs/architecture.md, "Large frames"): frames processed binned, live volumes binned."""
+        out = {}
+        if getattr(self, "bin", 1) > 1:
+            out["frames_binned_by"] = int(self.bin)
+        r = max(list(self.recon_binning.values()), default=1)
+        if r > 1:
+            out["live_volume_binned_by"] = int(r)
+        return out
+
+    def wants(self, stream: str) -> bool:
+        """Whether frames of ``stream`` go to processing. XRF spectra do not: they are stored for
+        fitting (PyXRF), and every live method works on the element windows (``*_roi``); a 230 ×
+        230 × 4096 raster would otherwise cross the processing queue for nothing."""
+        return not stream.endswith("_spectra")
 
     def complete(self, run) -> bool:
         done, planned = self.progress()
@@ -240,7 +281,8 @@ class BaseProcessor:
                 if max(abs(new[0] - old[0]), abs(new[1] - old[1])) > tolerance_px:
                     moved[s] = new
             if moved:
-                recon.update_shifts(moved)
+                b = self.recon_binning.get(id(recon), 1)
+                recon.update_shifts({s: (v[0] / b, v[1] / b) for s, v in moved.items()})
                 applied.update(moved)
 
     def refined(
@@ -250,8 +292,10 @@ class BaseProcessor:
 
         Without ``processing.dask``: runs here in blocks of iterations, reporting "refining <what>
         (tv)" with the iterations done, until ``refine_iterations`` or ``refine_seconds`` (for
-        the whole volume, every channel of it together) is reached. With it: slabs along the
-        rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each, reported per
+        the whole volume, every channel of it together) is reached; a volume above
+        ``live_max_voxels`` here in slabs (``_refine_in_slabs``). With it: slabs along the
+        rotation axis on Dask (``_refine.SlabRunner``), ``refine_iterations`` each at most, each
+        stopping when ``refine_seconds`` have passed since the slabs were submitted, reported per
         slab. ``nonnegative`` only for quantities that cannot be negative (element
         concentrations); phase and K3 contrast are signed. ``run``'s ``cancel`` event (set by the
         control API's ``cancel_refinement``) ends it early: None, the run keeps its FBP volume.
@@ -265,14 +309,23 @@ class BaseProcessor:
         try:
             if runner is not None:
                 return runner.refine(
-                    recon, method, total, nonnegative=nonnegative, report=report, text=text, cancel=cancel
-                )
+                    recon, method, total, nonnegative=nonnegative, report=report, text=text, cancel=cancel,
+                    seconds=self.processing.refine_seconds,
+                )  # fmt: skip
             return self._refine_here(recon, nonnegative, report, text, cancel)
         except RefinementCancelled as exc:
             report(f"{text}: cancelled ({exc})", 1, 1)
             return None
 
     def _refine_here(self, recon, nonnegative: bool, report: Report, text: str, cancel) -> np.ndarray:
+        channels = (
+            int(np.prod(recon.projection_shape[:-2], dtype=np.int64))
+            if len(recon.projection_shape) > 2
+            else 1
+        )
+        voxels = channels * recon.projection_shape[-2] * recon.shape_yx[0] * recon.shape_yx[1]
+        if voxels > self.processing.live_max_voxels:
+            return self._refine_in_slabs(recon, nonnegative, report, text, cancel, channels)
         total, budget = self.processing.refine_iterations, self.processing.refine_seconds
         refiner = recon.refiner(self.processing.refine, nonnegative=nonnegative)
         t0 = time.perf_counter()
@@ -288,19 +341,57 @@ class BaseProcessor:
                 break
         return np.asarray(refiner.volume)
 
-    def write_volume(self, run, name: str, volume, refined, slices: dict, units: str | None = None) -> None:
-        """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept."""
-        attrs = {"method": "filtered back-projection"}
+    def _refine_in_slabs(self, recon, nonnegative, report, text, cancel, channels: int) -> np.ndarray:
+        """A volume larger than ``live_max_voxels`` (all channels) refined here slab after slab
+        (``processing.recon.slabs``, as on Dask): the solver's working copies then cover one
+        slab, not the volume (TV of seven 230³ element volumes at once passed 7 GB). Each slab
+        runs ``refine_iterations`` at most and stops at the ``refine_seconds`` deadline after at
+        least one iteration, as Dask slabs do."""
+        method = self.processing.refine
+        nz = recon.projection_shape[-2]
+        per_slice = channels * recon.shape_yx[0] * recon.shape_yx[1]
+        slab = int(max(1, min(nz, (self.processing.live_max_voxels // 4) // max(per_slice, 1))))
+        angles, data, dx = recon.aligned_projections()
+        tasks = plan_slabs(
+            np.asarray(data), angles, np.asarray(recon.volume()), method=method,
+            n_iter=self.processing.refine_iterations, slab_slices=slab, halo=None if method == "tv" else 0,
+            shape_yx=recon.shape_yx, center_offset=recon.center_offset, shifts_dx=dx,
+            voxel_size=recon.voxel_size, nonnegative=nonnegative,
+        )  # fmt: skip
+        deadline = time.time() + self.processing.refine_seconds
+        tasks = [dataclasses.replace(t, deadline=deadline) for t in tasks]
+        report(f"{text}: {len(tasks)} slabs here", 0, len(tasks))
+        stop = None if cancel is None else cancel.is_set
+        try:
+            return refine_in_slabs(
+                tasks, stop, progress=lambda done, n: report(f"{text}: slab {done}/{n}", done, n)
+            )
+        except RefinementCancelled as exc:
+            raise RefinementCancelled(str(exc)) from None
+
+    def write_volume(
+        self, run, name: str, volume, refined, slices: dict, units: str | None = None, binning: int = 1
+    ) -> None:
+        """The FBP volume (and its refinement) of ``name`` into the run file; central slices kept.
+        ``binning``: frame pixels per voxel side (a live volume binned to keep pace)."""
+        attrs = {"method": "filtered back-projection", "binning": int(binning)}
         if units:
             attrs["units"] = units
-        run.writer.write_volume(name, volume, attrs=attrs)
+        pixel = run.writer.pixel_size()
+        voxel = None if pixel is None else (pixel[0] * binning, pixel[1])  # a binned volume's voxels
+        run.writer.write_volume(name, volume, attrs=attrs, voxel_size=voxel)
         slices[name] = central_slices(volume)
         if refined is not None:
             method = self.processing.refine
             run.writer.write_volume(
                 f"{name}_{method}",
                 refined,
-                attrs={"method": method, "iterations": self.processing.refine_iterations},
+                voxel_size=voxel,
+                attrs={
+                    "method": method,
+                    "iterations": self.processing.refine_iterations,
+                    "binning": int(binning),
+                },
             )
             if name in ("phase", "Zn", "k3", "image"):  # the pictures show the main channels refined
                 slices[f"{name} ({method})"] = central_slices(refined)

@@ -14,8 +14,10 @@ the waiting stops at once. Either way the run keeps its FBP volume and no refine
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -73,11 +75,25 @@ class SlabRunner:
                 self._cluster.close()
             self._client = self._cluster = None
 
-    def refine(self, recon, method: str, n_iter: int, *, nonnegative: bool, report, text: str, cancel):
+    def refine(
+        self,
+        recon,
+        method: str,
+        n_iter: int,
+        *,
+        nonnegative: bool,
+        report,
+        text: str,
+        cancel,
+        seconds: float | None = None,
+    ):
         """Refine ``recon`` (an IncrementalReconstructor) in slabs on Dask; the refined volume.
 
         ``report(text, slabs done, slabs)`` after each slab; raises RefinementCancelled when
-        ``cancel`` is set before every slab is back.
+        ``cancel`` is set before every slab is back. ``seconds`` (``processing.refine_seconds``)
+        is the refinement's wall-clock budget from now: every slab stops iterating when it is
+        spent (after at least one iteration), so slabs that started late run fewer iterations
+        than early ones, where the whole-volume loop stops all slices at the same iteration.
         """
         from distributed import wait
 
@@ -97,6 +113,11 @@ class SlabRunner:
             nonnegative=nonnegative,
         )
         client = self.client()
+        if seconds is not None:
+            # the clock starts once the cluster is up: starting a LocalCluster takes seconds
+            # that are not refinement
+            deadline = time.time() + float(seconds)
+            tasks = [dataclasses.replace(t, deadline=deadline) for t in tasks]
         report(f"{text}: {len(tasks)} slabs on Dask", 0, len(tasks))
         # The slabs' data go to the workers directly (scatter, spread over them), not inside the
         # task graph through the scheduler, which warns about (and slows down at) tens of MiB.

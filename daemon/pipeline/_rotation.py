@@ -23,7 +23,7 @@ from ...processing.recon import IncrementalReconstructor, phase_from_dpc
 from ...processing.streaming_align import StreamingProjectionAligner
 from ..storage import export_pyxrf_maps
 from . import _messages as messages
-from ._processor import BaseProcessor, FrameContext, Report, RunEnd
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, binning_for
 
 REFINE_EVERY = 20  # frames between robust re-solves of the whole alignment (every frame is re-solved anyway)
 RECON_TOLERANCE_PX = 0.02  # a frame's contribution to the live volume is redone when its shift moves more
@@ -121,7 +121,7 @@ class RotationProcessor(BaseProcessor):
             if self.processing.reconstruct:
                 self.recon_channel = channel
                 self.recon = self.recon or self._recon(recon_image.shape)
-                self.recon.add(recon_image, frame.angle_deg, shift=record["shift"], key=frame.seq)
+                self._add(self.recon, recon_image, frame.angle_deg, record["shift"], frame.seq)
         out.append(self.frame_message(run, frame, record, ctx))
         if self._preview(frame, ctx):
             for name, image in previews.items():
@@ -137,7 +137,18 @@ class RotationProcessor(BaseProcessor):
         return ctx.previews and frame.seq % self.processing.preview_every == 0
 
     def _recon(self, shape) -> IncrementalReconstructor:
-        return IncrementalReconstructor(shape, angles_deg=self.angles_planned, filter_name="hann")
+        """A live volume for frames of ``shape`` ((channels,) rows, cols), binned when its volume
+        per channel (rows × cols²) would exceed ``processing.live_max_voxels``."""
+        r = binning_for((shape[-2], shape[-1], shape[-1]), self.processing.live_max_voxels)
+        binned = (*shape[:-2], shape[-2] // r, shape[-1] // r)
+        recon = IncrementalReconstructor(binned, angles_deg=self.angles_planned, filter_name="hann")
+        self.recon_binning[id(recon)] = r
+        return recon
+
+    def _add(self, recon, image, angle, shift, key) -> None:
+        """One projection into a live volume, binned as that volume is (shift in frame pixels)."""
+        r = self.recon_binning.get(id(recon), 1)
+        recon.add(bin_image(image, r), angle, shift=(shift[0] / r, shift[1] / r), key=key)
 
     def _reconstructions(self) -> tuple:
         return (self.recon,)
@@ -205,7 +216,8 @@ class RotationProcessor(BaseProcessor):
         units = None
         if self.recon_channel == "phase":  # rad per voxel, or in units of κ without the geometry
             units = "rad per voxel" if self.dpc_sensitivity else "DPC sensitivity x rad per voxel"
-        self.write_volume(run, self.recon_channel, volume, refined, slices, units=units)
+        binning = self.recon_binning.get(id(self.recon), 1)
+        self.write_volume(run, self.recon_channel, volume, refined, slices, units=units, binning=binning)
 
 
 class XRFDPCProcessor(RotationProcessor):
@@ -237,7 +249,7 @@ class XRFDPCProcessor(RotationProcessor):
             with ctx.stage("reconstruct"):
                 if self.processing.reconstruct:
                     self.maps = self.maps or self._recon(frame.data.shape)
-                    self.maps.add(frame.data, frame.angle_deg, shift=shift, key=seq)
+                    self._add(self.maps, frame.data, frame.angle_deg, shift, seq)
             if self._preview(frame, ctx) and self.elements:
                 element = "Zn" if "Zn" in self.elements else self.elements[-1]
                 index = self.elements.index(element)
@@ -276,8 +288,10 @@ class XRFDPCProcessor(RotationProcessor):
         volumes = np.asarray(self.maps.volume())
         what = ", ".join(self.elements)
         refined = self.refined(self.maps, nonnegative=True, report=report, what=what, run=run)
+        binning = self.recon_binning.get(id(self.maps), 1)
         for i, element in enumerate(self.elements):
-            self.write_volume(run, element, volumes[i], None if refined is None else refined[i], slices)
+            refined_i = None if refined is None else refined[i]
+            self.write_volume(run, element, volumes[i], refined_i, slices, binning=binning)
 
     def export(self, run, directory: Path, report: Report) -> list[Path]:
         report("PyXRF maps", 1, 1)

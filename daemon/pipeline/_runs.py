@@ -36,6 +36,7 @@ class RunContext:
     finishing: dict = field(default_factory=dict)  # run-end work: text, step, total
     stream_device: dict = field(default_factory=dict)  # stream -> the device that sends it
     stored_seqs: dict = field(default_factory=dict)  # stream -> sequence numbers stored
+    pieces: dict = field(default_factory=dict)  # stream -> messages per frame, for streams sent in pieces
     event_frames: dict = field(default_factory=dict)  # device -> frame indices its events read
     superseded: dict = field(default_factory=dict)  # stream -> frames whose step was repeated
     reacquired: set = field(default_factory=set)  # frames the plan took again (flagged untrusted)
@@ -148,5 +149,7 @@ class RunContext:
             "dose_so_far": p["dose_so_far"],
             "dose_units": self.method.dose_units if p["dose_so_far"] is not None else None,
             "finishing": dict(self.finishing) or None,
+            # binned frames or live volume, when the frames are too large to process at full size
+            "degraded": getattr(self.processor, "degraded", dict)(),
             "file": str(self.writer.path),
         }

@@ -26,7 +26,7 @@ from ...processing.streaming_align import StreamingTiltAligner
 from ...processing.tilt_axis import TiltAxisEstimator, from_axis_frame, rotate_image
 from ..storage import export_imod
 from . import _messages as messages
-from ._processor import BaseProcessor, FrameContext, Report, RunEnd
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, binning_for
 
 AXIS_MIN_CHANGE_DEG = 0.05  # a new axis estimate moving this far (and beyond 2 sigma) is applied
 AXIS_MAX_SIGMA_DEG = 0.5  # estimates less certain than this are not applied
@@ -34,6 +34,7 @@ AXIS_EVERY = 4  # frames between axis estimates
 # What one link is taken to be worth until the series has enough links to measure it (px):
 # the horizontal link scatter measured on the simulated K3 series (livetomo bench live)
 LINK_PRIOR_PX = 0.1
+REFINE_MAX_PIXELS = 2**18  # frames larger than 512 x 512 are binned for the run-end alignment refinement
 
 
 def thickness_from_transmission(tilts_deg, mean_counts, mfp_nm: float) -> float | None:
@@ -78,9 +79,14 @@ class TiltSeriesProcessor(BaseProcessor):
         self.mean_counts: dict[int, float] = {}
         self.thickness_nm: float | None = None
         self.thickness_source: str | None = None
+        # Large frames (a full K3 frame) are aligned and reconstructed binned by ``bin`` (set at
+        # the first frame from processing.live_max_frame_pixels): the aligner, the axis estimator
+        # and ``raw`` work in binned pixels, records and messages in camera pixels.
+        self.bin = 1
 
     def _new_aligner(self) -> StreamingTiltAligner:
-        return StreamingTiltAligner(thickness_px=self.processing.lamella_thickness_px)
+        px = self.processing.lamella_thickness_px
+        return StreamingTiltAligner(thickness_px=None if px is None else max(1, round(px / self.bin)))
 
     def descriptor(self, run, doc):
         super().descriptor(run, doc)
@@ -111,13 +117,19 @@ class TiltSeriesProcessor(BaseProcessor):
         self.records[frame.seq] = record
         contrast = None
         with ctx.stage("preprocess"):
-            counts = np.asarray(frame.data, dtype=np.float32)
+            if not self.raw:
+                self.bin = binning_for(frame.data.shape, self.processing.live_max_frame_pixels)
+                if self.aligner is not None and self.bin > 1:
+                    self.aligner = self._new_aligner()
+            counts = bin_image(frame.data, self.bin)
             self.raw[frame.seq] = counts
             self.mean_counts[frame.seq] = float(np.mean(counts))
-            contrast = self._contrast(counts)
+            turned_at = self.axis_deg  # one turn serves the aligner and the volume (0.23 s at 1440 x 1023)
+            turned = rotate_image(counts, turned_at)
+            contrast = turned / max(float(np.mean(turned)), 1e-12) - 1.0
         with ctx.stage("align"):
             if self.aligner is not None:
-                result = self.aligner.add(rotate_image(counts, self.axis_deg), frame.angle_deg)
+                result = self.aligner.add(turned, frame.angle_deg)
                 self.aligned_seqs.append(frame.seq)
                 record["shift"] = record["first_shift"] = self._camera(result.shift_px)
                 record["quality"] = self._published_quality(result.quality)
@@ -126,10 +138,9 @@ class TiltSeriesProcessor(BaseProcessor):
             if self.processing.reconstruct and contrast is not None:
                 self.recon = self.recon or self._new_recon(contrast.shape)
                 if frame.seq not in set(self.recon.keys):  # (a new axis angle may have redone it already)
-                    contrast = self._contrast(counts)  # at the current axis angle
-                    self.recon.add(
-                        contrast, frame.angle_deg, shift=self._aligned_shift(frame.seq), key=frame.seq
-                    )
+                    if self.axis_deg != turned_at:  # the axis estimate moved in between
+                        contrast = self._contrast(counts)
+                    self._add(contrast, frame.angle_deg, self._aligned_shift(frame.seq), frame.seq)
                 self._take_current()
         out = [self.frame_message(run, frame, record, ctx)]
         if self.aligner is not None:
@@ -176,14 +187,35 @@ class TiltSeriesProcessor(BaseProcessor):
         return turned / max(float(np.mean(turned)), 1e-12) - 1.0
 
     def _new_recon(self, shape) -> IncrementalReconstructor:
-        return IncrementalReconstructor(
-            shape, angles_deg=self.angles_planned, filter_name="hann", tilt_lambda=self.processing.tilt_lambda
+        """The live tomogram for turned frames of ``shape`` (binned by ``bin``): as thick as the
+        plan's ``volume_thickness_nm`` (else square slices), binned further by the smallest factor
+        that keeps it within ``processing.live_max_voxels``."""
+        self.contrast_shape = tuple(shape)
+        rows, cols = shape
+        thickness = self.start.get("volume_thickness_nm")
+        ny = cols
+        if isinstance(thickness, int | float) and thickness > 0 and self.pixel_size_nm:
+            ny = max(8, int(round(thickness / (self.pixel_size_nm * self.bin))))
+        r = binning_for((rows, ny, cols), self.processing.live_max_voxels)
+        recon = IncrementalReconstructor(
+            (rows // r, cols // r),
+            shape_yx=(max(ny // r, 1), cols // r),
+            angles_deg=self.angles_planned,
+            filter_name="hann",
+            tilt_lambda=self.processing.tilt_lambda,
         )
+        self.recon_binning[id(recon)] = r
+        return recon
+
+    def _add(self, contrast, angle, shift, key) -> None:
+        """A turned frame's contrast (binned by ``bin``) into the live tomogram, binned as it is."""
+        r = self.recon_binning.get(id(self.recon), 1)
+        self.recon.add(bin_image(contrast, r), angle, shift=(shift[0] / r, shift[1] / r), key=key)
 
     def _camera(self, shift) -> tuple[float, float]:
-        """A shift of the turned frame (rows along the axis) in camera pixels."""
+        """A shift of the turned, binned frame (rows along the axis) in camera pixels."""
         dy, dx = from_axis_frame([shift], self.axis_deg)[0]
-        return float(dy), float(dx)
+        return float(dy) * self.bin, float(dx) * self.bin
 
     def _aligned_shift(self, seq: int) -> tuple[float, float]:
         """The current shift of frame ``seq`` in the turned frame (what the reconstruction takes)."""
@@ -210,7 +242,8 @@ class TiltSeriesProcessor(BaseProcessor):
                     moved[seq] = new
                 applied.setdefault(seq, new)
             if moved:
-                self.recon.update_shifts(moved)
+                r = self.recon_binning.get(id(self.recon), 1)
+                self.recon.update_shifts({s: (v[0] / r, v[1] / r) for s, v in moved.items()})
                 applied.update(moved)
 
     # -- the tilt axis ----------------------------------------------------------------------
@@ -218,10 +251,13 @@ class TiltSeriesProcessor(BaseProcessor):
         estimator = self.axis_estimator
         if estimator is None:
             return
-        estimator.add(counts, self.records[seq]["angle"], self.records[seq]["first_shift"])
+        b = self.bin  # the estimator sees the binned frames: shifts in their pixels
+        first = self.records[seq]["first_shift"]
+        estimator.add(counts, self.records[seq]["angle"], (first[0] / b, first[1] / b))
         if estimator.n_frames < 8 or estimator.n_frames % AXIS_EVERY:
             return
-        estimator.update_shifts([self.records[s]["shift"] for s in self.aligned_seqs])
+        estimator.update_shifts([(self.records[s]["shift"][0] / b, self.records[s]["shift"][1] / b)
+                                 for s in self.aligned_seqs])  # fmt: skip
         estimate = estimator.estimate()
         if estimate is None or not estimate.sigma_deg <= AXIS_MAX_SIGMA_DEG:
             return
@@ -244,15 +280,13 @@ class TiltSeriesProcessor(BaseProcessor):
             if self.records[seq].get("superseded"):
                 self.aligner.exclude(k)
         if self.recon is not None:
-            self.recon = self._new_recon(self.recon.projection_shape)
+            self.recon = self._new_recon(self.contrast_shape)
             self.applied.clear()
             shifts = self.aligner.shifts
             for seq, s in zip(seqs, shifts, strict=True):
                 if self.records[seq].get("superseded"):
                     continue  # replaced by a re-acquisition or a repeated step
-                self.recon.add(
-                    self._contrast(self.raw[seq]), self.records[seq]["angle"], shift=tuple(s), key=seq
-                )
+                self._add(self._contrast(self.raw[seq]), self.records[seq]["angle"], tuple(s), seq)
                 self.applied.setdefault(id(self.recon), {})[seq] = (float(s[0]), float(s[1]))
 
     # -- messages ---------------------------------------------------------------------------
@@ -316,7 +350,11 @@ class TiltSeriesProcessor(BaseProcessor):
         self.thickness_source = source
         if self.aligner is not None and self.aligner.n_frames >= 3 and thickness_px:
             report(f"refining the alignment (lamella slab {thickness_px:.1f} px, {source})", 1, 1)
-            self.aligner.thickness_px = max(2, int(round(thickness_px)))
+            self.aligner.thickness_px = max(2, int(round(thickness_px / self.bin)))
+            # the re-projection refinement builds slab volumes from every frame: at 1440 x 1023 it
+            # took over 6 GB and minutes, so it runs on frames binned to at most REFINE_MAX_PIXELS
+            shape = next(iter(self.raw.values())).shape
+            self.aligner.refine_bin = max(self.aligner.refine_bin, binning_for(shape, REFINE_MAX_PIXELS))
             self.aligner.refine()
             self._take_current()
         self.write_alignment(run)
@@ -341,7 +379,8 @@ class TiltSeriesProcessor(BaseProcessor):
             report("writing the volume", 1, 1)
             volume = np.asarray(self.recon.volume())
             refined = self.refined(self.recon, nonnegative=False, report=report, what="the tomogram", run=run)
-            self.write_volume(run, "k3", volume, refined, slices)
+            binning = self.bin * self.recon_binning.get(id(self.recon), 1)
+            self.write_volume(run, "k3", volume, refined, slices, binning=binning)
         report("pictures", 1, 1)
         run.writer.flush()
         final = [self.runout_message(run, None)] if self.aligner is not None else []

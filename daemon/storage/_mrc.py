@@ -66,12 +66,13 @@ def write_mrc_tilt_series(
     if dose_e_per_A2 is not None:
         dose = np.broadcast_to(np.asarray(dose_e_per_A2, dtype=np.float64), angles.shape)
     order = np.argsort(angles, kind="stable") if sort_by_angle else np.arange(len(angles))
-    data = stack[order]
-    if data.dtype not in _MRC_DTYPES:
-        data = data.astype(np.float32)
+    dtype = stack.dtype if stack.dtype in _MRC_DTYPES else np.dtype(np.float32)
     path = Path(path)
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(data))
+    # section by section into a memory-mapped file, not a reordered copy of the stack (41 full
+    # K3 frames are 1.9 GB)
+    with mrcfile.new_mmap(path, shape=stack.shape, mrc_mode=_MRC_DTYPES[dtype], overwrite=True) as mrc:
+        for z, i in enumerate(order):
+            mrc.data[z] = stack[i]
         mrc.set_image_stack()
         mrc.voxel_size = pixel_size_A
         mrc.add_label(title[:80])
@@ -82,8 +83,8 @@ def write_mrc_tilt_series(
         f"PixelSpacing = {pixel_size_A:g}",
         *([f"Voltage = {voltage_kv:g}"] if voltage_kv is not None else []),
         f"ImageFile = {path.name}",
-        f"ImageSize = {data.shape[2]} {data.shape[1]}",
-        f"DataMode = {_MRC_DTYPES[data.dtype]}",
+        f"ImageSize = {stack.shape[2]} {stack.shape[1]}",
+        f"DataMode = {_MRC_DTYPES[dtype]}",
         "",
         f"[T = {title}]",
     ]
@@ -120,9 +121,15 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
         group = f[stream_group(stream) if stream else "/entry/instrument/detector"]
         keys = group["image_key"][()]
         keep = np.flatnonzero(keys == 0)
+        data = group["data"]
         out = {
             "index": keep,
-            "stack": group["data"][()][keep],
+            # every frame kept: read as it is, not read and then indexed (a second copy)
+            "stack": data[()]
+            if keep.size == data.shape[0]
+            else data[keep.tolist()]
+            if keep.size
+            else data[0:0],
             "angles": group["rotation_angle"][()][keep],
             "times": group["timestamp"][()][keep],
         }
@@ -162,6 +169,8 @@ def _read_tilt_series(h5_path, stream, pixel_size_A) -> dict:
             if names:
                 out["volume"] = recon[(plain or names)[0]]["data"][()]
                 out["volume_name"] = (plain or names)[0]
+                # a live volume binned to keep pace (frame pixels per voxel)
+                out["volume_binning"] = int(recon[(plain or names)[0]].attrs.get("binning", 1))
     if not np.isfinite(out["angles"]).all():
         bad = int((~np.isfinite(out["angles"])).sum())
         raise ValueError(f"{h5_path}: {bad} projections have no tilt angle")
@@ -302,11 +311,13 @@ def export_imod(
         "".join("".join(f"{v:12.7f}" for v in t[:4]) + f"{t[4]:12.3f}{t[5]:12.3f}\n" for t in transforms)
     )
     paths.append(xf)
-    stack = ts["stack"][order]
-    aligned = np.stack([apply_xf(img, t) for img, t in zip(stack, transforms, strict=True)])
     ali = stem.with_name(stem.name + "_ali.mrc")
-    with mrcfile.new(ali, overwrite=True) as mrc:
-        mrc.set_data(aligned.astype(np.float32))
+    n, rows, cols = ts["stack"].shape
+    # section by section into a memory-mapped file: 41 full K3 frames aligned at once were
+    # 15 GB of float64
+    with mrcfile.new_mmap(ali, shape=(n, rows, cols), mrc_mode=2, overwrite=True) as mrc:
+        for k, (i, t) in enumerate(zip(order, transforms, strict=True)):
+            mrc.data[k] = apply_xf(ts["stack"][i], t).astype(np.float32)
         mrc.set_image_stack()
         mrc.voxel_size = px
         mrc.add_label("livetomo aligned tilt series (raw stack moved by the .xf shifts)")
@@ -318,7 +329,7 @@ def export_imod(
         with mrcfile.new(rec, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
             mrc.set_volume()
-            mrc.voxel_size = px * int(binning)
+            mrc.voxel_size = px * int(binning) * ts.get("volume_binning", 1)
             mrc.add_label(f"livetomo tomogram ({ts['volume_name']}, FBP), binned {int(binning)}")
         paths.append(rec)
     return paths

@@ -334,10 +334,14 @@ class NXtomoWriter:
         exposure_units: str | None = None,
         pixel_size: float | None = None,
         pixel_units: str = "nm",
+        pieces_per_frame: int = 1,
     ) -> str | None:
         """Create the datasets of stream ``stream`` (frames of ``shape``, ``dtype``); return the data path.
 
         ``channels`` name the entries of the first frame axis (e.g. XRF elements, DPC segments).
+        ``pieces_per_frame`` > 1: frames arrive as that many blocks of rows (``append_piece``);
+        the dataset holds whole frames, chunked one block per chunk so that each block is
+        written once, as it arrives.
         Streams derived from this one (``derived``) are created with it. A stream that
         ``skip_streams`` names is not stored (None is returned).
         """
@@ -353,7 +357,10 @@ class NXtomoWriter:
             raise ValueError(f"stream name {stream!r} is taken by the NXtomo layout; rename the stream")
         dtype, shape = np.dtype(dtype).newbyteorder("<"), tuple(int(n) for n in shape)
         pixel = (float(pixel_size), pixel_units) if pixel_size is not None else self._pixel_of(stream, device)
-        chunks = frame_chunks(shape, dtype)
+        pieces = int(pieces_per_frame)
+        if pieces < 1 or shape[0] % pieces:
+            raise ValueError(f"stream {stream!r}: {pieces} pieces do not divide a frame of {shape[0]} rows")
+        chunks = frame_chunks(shape, dtype) if pieces == 1 else (1, shape[0] // pieces, *shape[1:])
         with self._structure() as f:
             g = f.create_group(stream_group(stream))
             g.attrs["NX_class"] = "NXdetector"
@@ -396,6 +403,7 @@ class NXtomoWriter:
             "exposure_units": exposure_units,
             "chunked_as_frame": chunks == (1, *shape),
             "derived": [],
+            "pieces": pieces,
         }
         self.frames_written[stream] = 0
         meta = self._meta[stream] = _PerFrame()
@@ -571,6 +579,47 @@ class NXtomoWriter:
         return index
 
     @_locked
+    def append_piece(self, stream: str, seq: int, block: np.ndarray, **frame_fields) -> int | None:
+        """Store block ``seq`` of a stream sent in pieces: rows ``(seq mod n)·r`` on of frame
+        ``seq // n`` (``n`` pieces of ``r`` rows); the frame's per-frame fields (``append``'s
+        keywords) come with its first piece. Returns the frame's index."""
+        layout = self.streams.get(stream)
+        if layout is None:
+            if stream in self.skipped:
+                return None
+            raise KeyError(f"stream {stream!r} was not added; streams: {', '.join(self.streams) or 'none'}")
+        n = layout["pieces"]
+        rows = layout["shape"][0] // n
+        if np.shape(block) != (rows, *layout["shape"][1:]):
+            raise ValueError(f"piece of shape {np.shape(block)} for {stream!r}: pieces are {rows} rows")
+        index, k = divmod(int(seq), n)
+        data = self._ds(stream_dataset(stream))
+        meta = self._meta[stream]
+        if index >= data.shape[0]:
+            data.resize(index + 1, axis=0)
+        data[index, k * rows : (k + 1) * rows] = block
+        if k == 0:
+            timestamp = frame_fields.get("timestamp") or time.time()
+            meta.set(
+                index,
+                image_key=frame_fields.get("image_key", 0),
+                rotation_angle=frame_fields.get("angle_deg"),
+                exposure=frame_fields.get("exposure"),
+                timestamp=timestamp,
+            )
+        meta.n = max(meta.n, index + 1)
+        if k == n - 1:
+            self.frames_written[stream] += 1
+        if self.swmr == "auto" and not self._swmr_on and index >= 1:
+            self.start_swmr()
+        self._maybe_flush()
+        return index
+
+    def pieces_per_frame(self, stream: str) -> int:
+        layout = self.streams.get(stream)
+        return 1 if layout is None else layout["pieces"]
+
+    @_locked
     def read_frame(self, stream: str, index: int) -> np.ndarray:
         """Frame ``index`` of ``stream`` as stored (for a reader in another thread of this process)."""
         return self._ds(stream_dataset(stream))[int(index)]
@@ -591,16 +640,33 @@ class NXtomoWriter:
         """Store one accepted protocol message: start adds the stream, frame appends at its seq."""
         if isinstance(msg, Start):
             md = msg.md or {}
+            pieces = md.get("pieces_per_frame", 1)
+            pieces = pieces if isinstance(pieces, int) and not isinstance(pieces, bool) and pieces >= 1 else 1
+            names = md.get("frame_channels")
+            if not (isinstance(names, list) and len(names) == msg.shape[0] * pieces
+                    and all(isinstance(c, str) and len(c) <= 128 for c in names)):  # fmt: skip
+                names = None
             self.add_stream(
                 msg.stream,
                 msg.dtype,
-                msg.shape,
+                (msg.shape[0] * pieces, *msg.shape[1:]),
                 device=msg.device,
-                channels=msg.channels,
+                channels=msg.channels if pieces == 1 else names,
                 exposure_units=msg.exposure_units,
                 pixel_size=md.get("pixel_size_nm"),
+                pieces_per_frame=pieces,
             )
             return None
+        if isinstance(msg, Frame) and self.pieces_per_frame(msg.stream) > 1:
+            return self.append_piece(
+                msg.stream,
+                msg.seq,
+                msg.data,
+                angle_deg=msg.angle_deg,
+                image_key=msg.image_key,
+                exposure=msg.exposure,
+                timestamp=msg.timestamp or None,
+            )
         if isinstance(msg, Frame):
             return self.append(
                 msg.stream,
@@ -613,7 +679,8 @@ class NXtomoWriter:
                 timestamp=msg.timestamp or None,
             )
         if isinstance(msg, End):
-            self.end_stream(msg.stream, msg.count)
+            n = self.pieces_per_frame(msg.stream)
+            self.end_stream(msg.stream, -(-msg.count // n))  # a frame whose pieces were cut short counts
             return None
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 

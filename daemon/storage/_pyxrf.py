@@ -38,7 +38,9 @@ def write_pyxrf_map(
 
     Parameters
     ----------
-    spectra : (rows, cols, channels) counts -> ``xrfmap/detsum/counts`` (float32).
+    spectra : (rows, cols, channels) counts -> ``xrfmap/detsum/counts`` (float32); an array, or
+        anything with ``shape`` that gives rows by slicing (``FrameRows``: read from the run
+        file a few lines at a time, so a 230 × 230 × 4096 map never sits in memory as float32).
     roi_maps, roi_names : (n, rows, cols) energy-window sums and their names (e.g. "Zn_K")
         -> ``xrfmap/detsum/xrf_roi`` and ``xrf_roi_name``.
     fit_maps, fit_names : (n, rows, cols) fitted element maps -> ``xrf_fit`` / ``xrf_fit_name``.
@@ -56,13 +58,16 @@ def write_pyxrf_map(
     maps = [m for m in (spectra, roi_maps, fit_maps) if m is not None]
     if not maps:
         raise ValueError("nothing to write: give spectra, roi_maps or fit_maps")
-    shape = np.shape(spectra)[:2] if spectra is not None else np.shape(maps[0])[1:]
+    shape = tuple(spectra.shape[:2]) if spectra is not None else np.shape(maps[0])[1:]
     with h5py.File(path, "w") as f:
         detsum = f.create_group("xrfmap/detsum")
         if spectra is not None:
-            detsum.create_dataset(
-                "counts", data=np.asarray(spectra, np.float32), compression=compression, chunks=True
+            counts = detsum.create_dataset(
+                "counts", shape=tuple(spectra.shape), dtype=np.float32, compression=compression, chunks=True
             )
+            step = max(1, (16 << 20) // max(1, 4 * int(np.prod(spectra.shape[1:]))))  # ~16 MiB of float32
+            for r0 in range(0, spectra.shape[0], step):
+                counts[r0 : r0 + step] = np.asarray(spectra[r0 : r0 + step], np.float32)
         for maps_, names, key in ((roi_maps, roi_names, "xrf_roi"), (fit_maps, fit_names, "xrf_fit")):
             if maps_ is None:
                 continue
@@ -121,6 +126,21 @@ def _text(value) -> str:
 def _um(dataset) -> float:
     units = _text(dataset.attrs.get("units", "um"))
     return float(dataset[()]) * {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0, "nm": 1e-3}.get(units, 1.0)
+
+
+class FrameRows:
+    """Frame ``index`` of an HDF5 dataset of frames, read by rows when sliced."""
+
+    def __init__(self, dataset, index: int):
+        self.dataset, self.index = dataset, int(index)
+        self.shape = tuple(dataset.shape[1:])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.dataset[self.index, rows]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.dataset[self.index]
+        return out if dtype is None else out.astype(dtype)
 
 
 def export_pyxrf_maps(
@@ -186,8 +206,8 @@ def export_pyxrf_maps(
         for i in np.flatnonzero(keys == 0):
             roi = groups["roi"]["data"][i] if "roi" in groups else None
             angle = f"{angles[i]:+.2f}deg" if np.isfinite(angles[i]) else "noangle"
-            spectra = groups["spectra"]["data"][i] if "spectra" in groups else None
-            shape = np.shape(spectra)[:2] if spectra is not None else np.shape(roi)[1:]
+            spectra = FrameRows(groups["spectra"]["data"], i) if "spectra" in groups else None
+            shape = spectra.shape[:2] if spectra is not None else np.shape(roi)[1:]
             paths.append(
                 write_pyxrf_map(
                     out_dir / f"{str(uid)[:8]}_proj{i:04d}_{angle}.h5",

@@ -34,6 +34,17 @@ class FrameSendTimeout(TimeoutError):
     """The daemon did not take a frame in time (not running, or its queues are full)."""
 
 
+def piece_rows(shape, dtype, max_piece_bytes: int) -> int:
+    """Rows of the first axis per message for frames of ``shape``: all of them when the frame fits
+    in ``max_piece_bytes``, else the largest divisor of the rows whose block fits (at least 1)."""
+    shape = tuple(int(n) for n in shape)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(shape) < 2 or shape[0] * row_bytes <= max_piece_bytes:
+        return shape[0] if shape else 1
+    fitting = [r for r in range(1, shape[0] + 1) if shape[0] % r == 0 and r * row_bytes <= max_piece_bytes]
+    return max(fitting, default=1)
+
+
 class ZMQFrameSink:
     """Pushes frames with the livetomo frame protocol (docs/frame-protocol.md).
 
@@ -52,6 +63,12 @@ class ZMQFrameSink:
     copy : copy each frame before sending. Frames are sent zero-copy by default: do not
         modify an array after handing it to ``write`` (detectors give a new array per frame).
     socket_setup : called with the PUSH socket before ``connect`` (e.g. CURVE client keys).
+    max_piece_bytes : a frame larger than this goes as several messages, each a block of
+        whole rows of its first axis (a raster's lines), as a microprobe streams a raster line
+        by line; the start message's ``md`` says ``pieces_per_frame`` and the daemon assembles
+        the frame in the run file (docs/frame-protocol.md, "Frames in pieces"). Rows per
+        piece: the most that fit, dividing the frame's rows evenly (every message of a stream
+        has one shape).
     """
 
     def __init__(
@@ -67,8 +84,10 @@ class ZMQFrameSink:
         copy: bool = False,
         context: zmq.Context | None = None,
         socket_setup=None,
+        max_piece_bytes: int = 16 * 1024**2,
     ):
         self.address = address
+        self.max_piece_bytes = int(max_piece_bytes)
         self._locate = locate
         self.metadata = metadata
         self.fmt = fmt
@@ -105,27 +124,35 @@ class ZMQFrameSink:
         uid = self.run_uid
         extra = self.metadata(device, data_key) if self.metadata is not None else {}
         channels = extra.get("channels")
+        rows = piece_rows(shape, dtype, self.max_piece_bytes)
+        pieces = int(shape[0]) // rows
+        wire_shape = (rows, *shape[1:]) if pieces > 1 else tuple(shape)
         if channels is not None and len(channels) != shape[0]:
             channels = None  # names that do not fit the first axis would get the stream refused
+        md = None
+        if pieces > 1:  # the names belong to the whole frame's first axis, not to a piece's
+            md = {"pieces_per_frame": pieces, **({"frame_channels": list(channels)} if channels else {})}
+            channels = None
         start = encode_start(
             uid,
             data_key,
             device=device,
             dtype=dtype,
-            shape=shape,
+            shape=wire_shape,
             channels=channels,
             exposure_units=extra.get("exposure_units"),
+            md=md,
             fmt=self.fmt,
         )
         self._send(start, what=f"start of {data_key}")
-        self._streams[(device, data_key)] = {"uid": uid, "seq": 0}
+        self._streams[(device, data_key)] = {"uid": uid, "seq": 0, "pieces": pieces, "rows": rows}
         path, dataset = self._locate(uid, data_key)
         return StreamTarget(
             uri=Path(path).resolve().as_uri(),
             mimetype="application/x-hdf5",
             parameters={
                 "dataset": dataset,
-                "chunk_shape": [1, *(int(n) for n in shape)],
+                "chunk_shape": [1, rows, *(int(n) for n in shape[1:])],
                 # the daemon's run file is written in SWMR mode without file locks: readers such as
                 # Tiled's HDF5 adapter open it the same way, also in the writer's own process
                 "swmr": True,
@@ -139,10 +166,22 @@ class ZMQFrameSink:
         seq = stream["seq"]
         extra = self.metadata(device, data_key) if self.metadata is not None else {}
         data = np.array(frame, copy=True) if self.copy else frame
-        parts = encode_frame(stream["uid"], data_key, seq, data, device=device, fmt=self.fmt, **extra)
-        self._send(parts, what=f"frame {seq} of {data_key}")
-        stream["seq"] = seq + 1
-        return seq
+        pieces, rows = stream["pieces"], stream["rows"]
+        if pieces == 1:
+            parts = encode_frame(stream["uid"], data_key, seq, data, device=device, fmt=self.fmt, **extra)
+            self._send(parts, what=f"frame {seq} of {data_key}")
+            stream["seq"] = seq + 1
+            return seq
+        data = np.ascontiguousarray(data)  # each block of rows is then a contiguous, zero-copy view
+        extra.pop("channels", None)
+        for k in range(pieces):
+            block = data[k * rows : (k + 1) * rows]
+            parts = encode_frame(
+                stream["uid"], data_key, seq + k, block, device=device, fmt=self.fmt, **extra
+            )
+            self._send(parts, what=f"piece {k + 1}/{pieces} of frame {seq // pieces} of {data_key}")
+        stream["seq"] = seq + pieces
+        return seq // pieces
 
     def close_stream(self, device: str, data_key: str) -> None:
         stream = self._streams.pop((device, data_key), None)

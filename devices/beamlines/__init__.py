@@ -41,6 +41,9 @@ class Beamline:
     angle_axis: dict[str, str] = field(default_factory=dict)
     exposure: dict[str, Callable[[], tuple[float, str]]] = field(default_factory=dict)
     suspenders: list = field(default_factory=list)  # (bluesky suspender, reason) the RunEngine installs
+    # the scan presets (devices.presets) its instruments are sized for; None: any (real hardware,
+    # whose frames are what the instrument gives)
+    presets: tuple[str, ...] | None = None
 
     def frame_metadata(self, device: str, data_key: str) -> dict:
         """``angle_deg``, ``exposure`` and ``exposure_units`` of the frame ``device`` writes now, and

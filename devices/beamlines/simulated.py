@@ -16,8 +16,11 @@ from bluesky.suspenders import SuspendCeil, SuspendFloor
 
 from ...simulators.facility import BeamModel, CryoStageModel
 from ...simulators.faults import FaultInjector
+from ...simulators.stages import RotationStageModel
+from ...simulators.xrf import XRFDetectorModel
 from ..measurements import LiveMeasurements, MeasurementBoard
 from ..monitors import PolledSignal
+from ..presets import PRESETS, get_preset
 from ..sim import make_correlative, make_fib, make_microprobe, make_tem
 from ..sinks import FrameSink
 from . import Beamline
@@ -26,9 +29,16 @@ from . import Beamline
 @dataclass
 class Settings:
     """``seed`` for every simulator; specimen volumes as (z, y, x) voxels; the K3's in-plane
-    tilt-axis angle (degrees from the image's x axis towards its rows; 90: vertical)."""
+    tilt-axis angle (degrees from the image's x axis towards its rows; 90: vertical).
+
+    ``preset`` (``devices.presets``): size the instruments that preset uses for its scans
+    (``xrf-dpc-230``: the microprobe, a 64.8 µm cell and a 4096-channel MCA; ``k3-bin4`` and
+    ``k3-full``: the TEM's lamella and a 1440 × 1023 or 5760 × 4092 K3; ``sxt-1024``: the
+    full-field camera at 1024²), instead of the small defaults; that preset can then be
+    submitted by name. ``microprobe_shape``/``tem_shape`` do not apply to a sized instrument."""
 
     seed: int = 0
+    preset: str | None = None
     microprobe_shape: tuple[int, int, int] = (32, 64, 64)
     tem_shape: tuple[int, int, int] = (48, 16, 48)
     tem_tilt_axis_deg: float = 90.0
@@ -44,6 +54,9 @@ class Settings:
     microprobe_blanked_rasters: tuple[int, ...] = ()  # the same for the microprobe's rasters
 
     def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise ValueError(f"beamline.preset = {self.preset!r} is not a preset; presets: {known}")
         for name in ("microprobe_shape", "tem_shape"):
             shape = getattr(self, name)
             if len(shape) != 3 or min(shape) < 8 or max(shape) > 1024:
@@ -80,16 +93,15 @@ PLAN_DEFAULTS = {
 def build(settings: Settings, *, sink: FrameSink) -> Beamline:
     """Every simulated instrument, its image detectors writing to ``sink``."""
     seed = settings.seed
+    sized = get_preset(settings.preset).simulated if settings.preset else {}
+    blanked = settings.microprobe_blanked_rasters
     probe = make_microprobe(
-        shape=settings.microprobe_shape,
         seed=seed,
         sink=sink,
-        faults=FaultInjector(schedule={"blanked_frame": settings.microprobe_blanked_rasters})
-        if settings.microprobe_blanked_rasters
-        else None,
+        faults=FaultInjector(schedule={"blanked_frame": blanked}) if blanked else None,
+        **_microprobe_sizes(settings, sized),
     )
     tem = make_tem(
-        shape=settings.tem_shape,
         seed=seed + 10,
         sink=sink,
         tilt_axis_deg=settings.tem_tilt_axis_deg,
@@ -97,6 +109,7 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         faults=FaultInjector(schedule={"blanked_frame": settings.tem_blanked_exposures})
         if settings.tem_blanked_exposures
         else None,
+        **_tem_sizes(settings, sized),
     )
     fib = make_fib(seed=seed + 20)
     correlative = make_correlative(seed=seed + 30, sink=sink)
@@ -157,6 +170,7 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
         return float(probe.scan.read()["scan_dwell"]["value"]), "s"
 
     return Beamline(
+        presets=(settings.preset,) if settings.preset else (),
         devices=devices,
         plan_defaults=PLAN_DEFAULTS,
         truth=truth,
@@ -169,3 +183,49 @@ def build(settings: Settings, *, sink: FrameSink) -> Beamline:
             "k3": lambda: (float(tem.k3.exposure), "e/A^2"),
         },
     )
+
+
+def _microprobe_sizes(settings: Settings, sized: dict) -> dict:
+    """``make_microprobe`` arguments: the defaults, or a preset's instrument."""
+    if "microprobe_shape" not in sized:
+        return {"shape": settings.microprobe_shape}
+    out = {
+        "shape": tuple(sized["microprobe_shape"]),
+        "voxel_size_nm": sized["microprobe_voxel_nm"],
+        "pixel_size_nm": sized.get("microprobe_pixel_nm", 300.0),
+    }
+    if "xrf_channels" in sized:
+        out["detector"] = XRFDetectorModel(
+            n_channels=sized["xrf_channels"],
+            ev_per_channel=sized["xrf_ev_per_channel"],
+            spectra_dtype=sized["xrf_spectra_dtype"],
+        )
+    if "camera_frame" in sized:
+        out["camera_shape"] = tuple(sized["camera_frame"])
+    if "runout_scale" in sized:
+        k = sized["runout_scale"]
+        defaults = RotationStageModel()
+        out["rotation_model"] = RotationStageModel(
+            seed=settings.seed + 2,
+            wobble_amplitude_um=tuple(k * a for a in defaults.wobble_amplitude_um),
+            second_harmonic_um=k * defaults.second_harmonic_um,
+            jitter_um=k * defaults.jitter_um,
+            axis_offset_um=k * defaults.axis_offset_um,
+        )
+    return out
+
+
+def _tem_sizes(settings: Settings, sized: dict) -> dict:
+    """``make_tem`` arguments: the defaults, or a preset's lamella and K3."""
+    if "tem_shape" not in sized:
+        return {"shape": settings.tem_shape}
+    nz, _, nx = sized["tem_shape"]
+    return {
+        "shape": tuple(sized["tem_shape"]),
+        "voxel_size_nm": sized["tem_voxel_nm"],
+        "pixel_size_nm": sized["k3_pixel_nm"],
+        "image_shape": tuple(sized["k3_frame"]),
+        "render_binning": sized["k3_render_binning"],
+        "dtype": sized["k3_dtype"],
+        "n_particles": nz * nx // 80,  # as crowded as the default lamella
+    }

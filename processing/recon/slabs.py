@@ -19,6 +19,7 @@ Pure computation (arrays in, arrays out); the daemon decides where the slabs run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,8 +49,11 @@ class SlabTask:
     projections : (N, *channels, padded nz, n_u) float32, aligned (vertical shifts applied).
     x0 : (*channels, padded nz, ny, nx) float32 starting volume.
     angles_deg : (N,) degrees.
-    n_iter : iterations.
+    n_iter : iterations (at most).
     options : keyword arguments of the solver (geometry, ``mu`` and ``lipschitz`` for TV).
+    deadline : ``time.time()`` after which the slab runs no further iteration (it always runs
+        one), or None. Wall-clock time, not a duration: a slab that waited in a queue behind
+        others gets what is left of the refinement's budget, as the whole-volume loop would.
     """
 
     index: int
@@ -61,6 +65,7 @@ class SlabTask:
     angles_deg: np.ndarray = field(repr=False)
     n_iter: int = 1
     options: dict = field(default_factory=dict, repr=False)
+    deadline: float | None = None
 
 
 def slab_ranges(nz: int, slab_slices: int, halo: int = 0) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -172,12 +177,15 @@ def refine_slab(task: SlabTask, stop: Callable[[], bool] | None = None) -> np.nd
     """Run one slab's refinement; the slab's own slices, (*channels, core nz, ny, nx) float32.
 
     ``stop``: checked between iterations; when it returns True, :class:`RefinementCancelled`
-    is raised (in-process cancellation; a Dask task is cancelled as a whole instead).
+    is raised (in-process cancellation; a Dask task is cancelled as a whole instead). Past the
+    task's ``deadline`` the slab ends after the iteration in hand (at least one).
     """
     solver = METHODS[task.method](task.projections, task.angles_deg, x0=task.x0, **task.options)
     for _ in range(task.n_iter):
         if stop is not None and stop():
             raise RefinementCancelled(f"slab {task.index} cancelled after {solver.iterations} iterations")
+        if solver.iterations >= 1 and task.deadline is not None and time.time() >= task.deadline:
+            break
         solver.run(1)
     lo = task.core[0] - task.padded[0]
     hi = lo + task.core[1] - task.core[0]

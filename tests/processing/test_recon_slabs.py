@@ -99,3 +99,16 @@ def test_channel_stacks_split_along_z_too(scan):
     np.testing.assert_allclose(split, whole, rtol=0, atol=2e-6 * float(np.abs(whole).max()))
     tv = refine_in_slabs(plan_slabs(two, angles, start, method="tv", n_iter=2, slab_slices=6))
     assert tv.shape == whole.shape and np.all(np.isfinite(tv))
+
+
+def test_a_spent_deadline_stops_each_slab_after_one_iteration(scan):
+    """``refine_seconds`` on the slab path: past its deadline a slab runs no further iteration
+    (but always one), so a spent budget gives exactly the one-iteration refinement."""
+    import dataclasses
+
+    mu, angles, noisy, x0 = scan
+    tasks = plan_slabs(noisy, angles, x0, method="tv", n_iter=20, slab_slices=4, halo=2)
+    spent = [dataclasses.replace(t, deadline=0.0) for t in tasks]  # 1970: long past
+    one = plan_slabs(noisy, angles, x0, method="tv", n_iter=1, slab_slices=4, halo=2)
+    np.testing.assert_array_equal(refine_in_slabs(spent), refine_in_slabs(one))
+    assert not np.array_equal(refine_in_slabs(spent), refine_in_slabs(tasks[:1] + spent[1:]))

@@ -127,3 +127,12 @@ def test_refinement_is_cancelled_from_the_control_api(tmp_path):
         assert "Zn" in volumes and not any(v.endswith("_tv") for v in volumes), volumes
         with pytest.raises(RuntimeError, match="no refinement to cancel"):
             client("cancel_refinement")
+
+
+def test_refine_seconds_applies_on_dask(recon, runner):
+    """A budget of 0 s: every slab stops after its first iteration, as the single-process
+    slab path with one iteration gives (the budget of the whole-volume loop, on Dask)."""
+    inc, _ = recon
+    on_dask = runner.refine(inc, "tv", 50, nonnegative=True, report=lambda *a: None, text="refining",
+                            cancel=threading.Event(), seconds=0.0)  # fmt: skip
+    np.testing.assert_allclose(on_dask, _single_process(inc, "tv", 1, 4, 2), rtol=0, atol=1e-6)
