@@ -89,7 +89,7 @@ def tilt_series(
     steering = Steering(
         measurements, image_shift, DoseLedger(dose_per_tilt, len(angles), dose_budget, "e/A^2"),
         TrackingRecord(field_px=getattr(getattr(camera, "backend", None), "shape", None)),
-        track=track, reacquire=reacquire_flagged, max_step=max_step, on_limit=track_on_limit,
+        track=track, reacquire=reacquire_flagged, max_step=max_step, on_limit=track_on_limit, detector=camera,
     )  # fmt: skip
 
     def reshoot(detectors, step):

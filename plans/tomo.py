@@ -199,6 +199,7 @@ def xrf_dpc_tomo(
         measurements, raster_offset, DoseLedger(dose / len(angles), len(angles), dose_budget_gy, "Gy"),
         TrackingRecord(units="um"),  # runout shifts are absolute: no "left the field" rule
         track=follow, reacquire=reacquire_flagged, max_step=follow_max_step_um, on_limit=follow_on_limit,
+        detector=dpc,
     )  # fmt: skip
 
     def raster(detectors, step):

@@ -264,20 +264,29 @@ def tracking_md(measurements, corrector, max_step, timeout_s) -> dict:
 
 class Steering:
     """What a plan does after each frame it takes: read livetomo's measurement of it, re-acquire
-    it if flagged untrusted (``reacquire``), correct the next frame (``track``). Counts the frames
-    taken (re-acquisitions included), which the measurements are numbered by."""
+    it if flagged untrusted (``reacquire``), correct the next frame (``track``).
+
+    The measurements are numbered by the frames the detector sent: ``detector.get_index()`` (the
+    frames written this run) names the last one, so an exposure that a pause made bluesky repeat
+    is counted as the detector counted it. Without ``get_index`` the frames taken here are
+    counted (re-acquisitions included)."""
 
     def __init__(self, measurements, corrector, ledger: DoseLedger, record: TrackingRecord, *,
-                 track: bool, reacquire: bool, max_step: float, on_limit: str):  # fmt: skip
+                 track: bool, reacquire: bool, max_step: float, on_limit: str, detector=None):  # fmt: skip
         self.measurements, self.corrector = measurements, corrector
         self.ledger, self.record = ledger, record
         self.track, self.reacquire = bool(track), bool(reacquire)
         self.max_step, self.on_limit = max_step, on_limit
+        self._index = getattr(detector, "get_index", None)
         self.frames = 0
+
+    def _last_frame(self) -> int:
+        seq, self.frames = self.frames, self.frames + 1
+        return seq if self._index is None else int(self._index()) - 1
 
     def after_frame(self, step: int, reshoot):
         """After the frame of plan step ``step``; ``reshoot()`` takes that step's frame again."""
-        seq, self.frames = self.frames, self.frames + 1
+        seq = self._last_frame()
         if not (self.track or self.reacquire):
             return
         values = yield from measure(self.measurements, seq, step)
@@ -288,7 +297,7 @@ class Steering:
                 self.measurements, corrector, self.record, self.ledger, seq, values, reshoot
             )
         if reacquired:
-            seq, self.frames = self.frames, self.frames + 1
+            seq = self._last_frame()
             values = yield from measure(self.measurements, seq, step)
         if self.track:
             yield from track_after_frame(
