@@ -51,22 +51,11 @@ def run_demo(
 ) -> DemoResult:
     """Scan ``n_angles`` angles over 0–180° of a ``size``-pixel-wide cell at ``dwell_ms`` per pixel."""
     from .app import Daemon
-    from .config import load_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="livetomo-demo-") as sockets:
-        config = load_config(
-            overrides={
-                "endpoints": {
-                    k: f"ipc://{sockets}/{k}" for k in ("frames", "documents", "results", "control")
-                },
-                "storage_directory": str(out),
-                "beamline": {"seed": seed, "microprobe_shape": [size // 2, size, size]},
-                "web": {"enabled": False},
-                "tiled": {"enabled": False},
-            }
-        )
+        config = _demo_config(sockets, out, {"seed": seed, "microprobe_shape": [size // 2, size, size]})
         daemon = Daemon(config).start()
         try:
             if not quiet:
@@ -177,6 +166,24 @@ class PresetDemoResult:
     pictures: list[Path]
 
 
+def _demo_config(sockets: str, out: Path, beamline: dict, extra: dict | None = None):
+    """The demo daemon's configuration: ipc sockets in ``sockets``, storage in ``out``, no page and
+    no Tiled, the simulated ``beamline`` settings, and ``extra`` sections."""
+    from .config import load_config
+
+    endpoints = {k: f"ipc://{sockets}/{k}" for k in ("frames", "documents", "results", "control")}
+    return load_config(
+        overrides={
+            "endpoints": endpoints,
+            "storage_directory": str(out),
+            "beamline": beamline,
+            "web": {"enabled": False},
+            "tiled": {"enabled": False},
+            **(extra or {}),
+        }
+    )
+
+
 def _frames_kwargs(preset, frames: int | None) -> dict:
     """Parameters that make ``preset`` take ``frames`` frames: rotation presets keep their angular
     range (sparser); tilt series keep their step and narrow their range about 0°."""
@@ -210,7 +217,6 @@ def run_preset_demo(
     the same step over a narrower range). ``processing``: configuration overrides of that section."""
     from ..devices.presets import get_preset
     from .app import Daemon
-    from .config import load_config
 
     preset = get_preset(preset_name)
     out = Path(out_dir)
@@ -218,18 +224,8 @@ def run_preset_demo(
     fields = {"xrf_dpc_tomo": ("rotation", "xrf_Zn"), "tilt_series": ("tilt", "k3_mean"),
               "tomo_scan": ("rotation", "txm_mean")}.get(preset.plan, ())  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="livetomo-demo-") as sockets:
-        config = load_config(
-            overrides={
-                "endpoints": {
-                    k: f"ipc://{sockets}/{k}" for k in ("frames", "documents", "results", "control")
-                },
-                "storage_directory": str(out),
-                "beamline": {"seed": seed, "preset": preset_name},
-                "web": {"enabled": False},
-                "tiled": {"enabled": False},
-                **({"processing": processing} if processing else {}),
-            }
-        )
+        extra = {"processing": processing} if processing else {}
+        config = _demo_config(sockets, out, {"seed": seed, "preset": preset_name}, extra)
         daemon = Daemon(config).start()
         try:
             if not quiet:

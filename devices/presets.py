@@ -53,6 +53,15 @@ class ScanPreset:
 K3_BIN4_PIXEL_NM = 0.68  # K3 at 1.7 Å per counted pixel (a typical tomography magnification), binned by 4
 K3_TILT_PERIOD_S = 3.0  # PACEtomo-style fast collection: one tilt every few seconds
 
+# both K3 presets: ±60° in 3° steps, dose-symmetric, 3 e/Å² per tilt (41 tilts)
+K3_SERIES = {
+    "min_deg": -60.0,
+    "max_deg": 60.0,
+    "step_deg": 3.0,
+    "order": "dose-symmetric",
+    "dose_per_tilt": 3.0,
+}
+
 PRESETS: dict[str, ScanPreset] = {
     p.name: p
     for p in (
@@ -88,13 +97,7 @@ PRESETS: dict[str, ScanPreset] = {
             description="cryo-ET tilt series: K3 frames binned by 4 (1440 x 1023), +-60 deg in 3 deg "
             "steps dose-symmetric (41 tilts), 3 e/A^2 per tilt",
             plan="tilt_series",
-            parameters={
-                "min_deg": -60.0,
-                "max_deg": 60.0,
-                "step_deg": 3.0,
-                "order": "dose-symmetric",
-                "dose_per_tilt": 3.0,
-            },  # fmt: skip
+            parameters=K3_SERIES,
             # the tomogram of the issue: 1440 x 1023 x 300 voxels
             md={"volume_thickness_nm": 300 * K3_BIN4_PIXEL_NM},
             frame_interval_s=K3_TILT_PERIOD_S,
@@ -116,13 +119,7 @@ PRESETS: dict[str, ScanPreset] = {
             description="cryo-ET tilt series of full counted K3 frames (5760 x 4092, uint16 counts) "
             "stored in full, processed and previewed binned; +-60 deg / 3 deg",
             plan="tilt_series",
-            parameters={
-                "min_deg": -60.0,
-                "max_deg": 60.0,
-                "step_deg": 3.0,
-                "order": "dose-symmetric",
-                "dose_per_tilt": 3.0,
-            },  # fmt: skip
+            parameters=K3_SERIES,
             md={"volume_thickness_nm": 300 * K3_BIN4_PIXEL_NM},
             frame_interval_s=K3_TILT_PERIOD_S,
             interval_basis="3 s per tilt (PACEtomo-style)",

@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from ...processing.recon import fbp, project
+from .timing import interleaved_times
 
 ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "cosine": "cosine",
                  "hamming": "hamming", "hann": "hann"}  # fmt: skip
@@ -132,17 +133,6 @@ def _rmse(a, b, mask) -> float:
     return float(np.sqrt(np.mean(d**2)))
 
 
-def _timed(runs: dict, repeats: int) -> dict[str, list[float]]:
-    """Wall times of each callable, run in turns so drifts in machine load hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def fbp_case(phantom: np.ndarray, n_angles: int, repeats: int, peers: TwoCorePeers, log) -> tuple[dict, dict]:
     """One (n, N) case: RMSE of every side (ramp, and every filter), times on two cores."""
     n = phantom.shape[0]
@@ -163,7 +153,7 @@ def fbp_case(phantom: np.ndarray, n_angles: int, repeats: int, peers: TwoCorePee
     }
     for fn in runs.values():  # warm-up: compiled kernels, imports in the workers
         fn()
-    times = _timed(runs, repeats)
+    times = interleaved_times(runs, repeats)
     median = {k: statistics.median(v) for k, v in times.items()}
     one_astra, one_skimage = astra_fbp(sino, angles, n), skimage_fbp(sk_sino, angles, n)
     agreement = {

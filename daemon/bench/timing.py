@@ -24,15 +24,20 @@ def jsonable(x):
     return x
 
 
-def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time (s) of each callable, run in turns so drifts in machine load hit all alike."""
+def interleaved_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times (s) of each callable, run in turns so drifts in machine load hit all alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (s) of each callable, run in turns (:func:`interleaved_times`)."""
+    return {name: statistics.median(values) for name, values in interleaved_times(runs, repeats).items()}
 
 
 def latency_percentiles(latencies_s: list[float]) -> dict:
