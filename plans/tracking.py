@@ -221,13 +221,9 @@ def _save_decision(measurements, corrector, record: TrackingRecord):
     yield from bps.save()
 
 
-def track_after_frame(
-    measurements, corrector, record: TrackingRecord, index: int, *, max_step, on_limit, values=None, step=None
-):
-    """Correct the next frame from frame ``index``'s measurement (``values``: read already, or
-    read now), record the decision (``max_step`` in the corrector's units)."""
-    if values is None:
-        values = yield from measure(measurements, index, index if step is None else step)
+def track_after_frame(measurements, corrector, record: TrackingRecord, values, *, max_step, on_limit):
+    """Correct the next frame from the measurement ``values`` (the readings of ``measurements``),
+    record the decision (``max_step`` in the corrector's units)."""
     current = corrector.position
     target, status = decide(
         values, measurements.name, current, corrector, measurements.pixel_size_nm, max_step
@@ -301,6 +297,10 @@ class Steering:
             values = yield from measure(self.measurements, seq, step)
         if self.track:
             yield from track_after_frame(
-                self.measurements, self.corrector, self.record, seq,
-                max_step=self.max_step, on_limit=self.on_limit, values=values,
-            )  # fmt: skip
+                self.measurements,
+                self.corrector,
+                self.record,
+                values,
+                max_step=self.max_step,
+                on_limit=self.on_limit,
+            )

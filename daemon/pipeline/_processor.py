@@ -362,12 +362,9 @@ class BaseProcessor:
         tasks = [dataclasses.replace(t, deadline=deadline) for t in tasks]
         report(f"{text}: {len(tasks)} slabs here", 0, len(tasks))
         stop = None if cancel is None else cancel.is_set
-        try:
-            return refine_in_slabs(
-                tasks, stop, progress=lambda done, n: report(f"{text}: slab {done}/{n}", done, n)
-            )
-        except RefinementCancelled as exc:
-            raise RefinementCancelled(str(exc)) from None
+        return refine_in_slabs(
+            tasks, stop, progress=lambda done, n: report(f"{text}: slab {done}/{n}", done, n)
+        )
 
     def write_volume(
         self, run, name: str, volume, refined, slices: dict, units: str | None = None, binning: int = 1
