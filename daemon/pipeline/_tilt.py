@@ -37,6 +37,11 @@ LINK_PRIOR_PX = 0.1
 REFINE_MAX_PIXELS = 2**18  # frames larger than 512 x 512 are binned for the run-end alignment refinement
 
 
+def _relative(turned):
+    """``I / mean(I) − 1``: the relative contrast of a turned frame."""
+    return turned / max(float(np.mean(turned)), 1e-12) - 1.0
+
+
 def thickness_from_transmission(tilts_deg, mean_counts, mfp_nm: float) -> float | None:
     """Lamella thickness (nm) from the zero-loss transmission of a constant-dose tilt series.
 
@@ -126,7 +131,7 @@ class TiltSeriesProcessor(BaseProcessor):
             self.mean_counts[frame.seq] = float(np.mean(counts))
             turned_at = self.axis_deg  # one turn serves the aligner and the volume (0.23 s at 1440 x 1023)
             turned = rotate_image(counts, turned_at)
-            contrast = turned / max(float(np.mean(turned)), 1e-12) - 1.0
+            contrast = _relative(turned)
         with ctx.stage("align"):
             if self.aligner is not None:
                 result = self.aligner.add(turned, frame.angle_deg)
@@ -183,8 +188,7 @@ class TiltSeriesProcessor(BaseProcessor):
 
     def _contrast(self, counts):
         """Relative contrast with the axis turned vertical (removes the 1/cos transmission)."""
-        turned = rotate_image(counts, self.axis_deg)
-        return turned / max(float(np.mean(turned)), 1e-12) - 1.0
+        return _relative(rotate_image(counts, self.axis_deg))
 
     def _new_recon(self, shape) -> IncrementalReconstructor:
         """The live tomogram for turned frames of ``shape`` (binned by ``bin``): as thick as the
