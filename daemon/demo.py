@@ -129,6 +129,10 @@ def _report(out: Path, summary: dict, world, quiet: bool) -> DemoResult:
 def _picture(path: Path, angles, horizontal, shifts, expected, phase) -> Path:
     from matplotlib.figure import Figure
 
+    by_angle = np.argsort(angles, kind="stable")  # acquisition order is interlaced by default
+    angles, horizontal, shifts, expected = (
+        np.asarray(a)[by_angle] for a in (angles, horizontal, shifts, expected)
+    )
     fig = Figure(figsize=(12, 7), layout="constrained")
     axes = fig.subplots(2, 3)
     row = horizontal.shape[1] // 2

@@ -572,7 +572,7 @@ def volume_correlation(volume, truth, *, radius_fraction: float = 0.8, detail_si
         ref = ref - ndimage.gaussian_filter(ref, detail_sigma)
     a = vol - vol.mean()
     b = ref - ref.mean()
-    corr = np.fft.irfftn(np.conj(np.fft.rfftn(b)) * np.fft.rfftn(a), s=a.shape)
+    corr = np.fft.irfftn(np.conj(np.fft.rfftn(b)) * np.fft.rfftn(a), s=a.shape, axes=tuple(range(a.ndim)))
     shift = np.unravel_index(int(np.argmax(corr)), corr.shape)
     shift = [s - n if s > n // 2 else s for s, n in zip(shift, corr.shape, strict=True)]
     aligned = np.roll(vol, [-s for s in shift], axis=(0, 1, 2))

@@ -33,6 +33,7 @@ class Measurement:
     ok: bool
     uncertainty_px: float | None
     received: float
+    failed: bool = True  # the frame's own measurement failed (daemons that do not say: as untrusted)
 
 
 class MeasurementBoard:
@@ -76,6 +77,7 @@ class MeasurementBoard:
                     quality.get("ok", True) is not False,
                     quality.get("uncertainty_px"),
                     time.monotonic(),
+                    bool(quality.get("failed", quality.get("ok", True) is False)),
                 )
                 self.current.setdefault(seq, (self.frames[seq].shift_px, self.frames[seq].ok))
             elif topic == "runout" and payload.get("seqs"):
@@ -115,6 +117,7 @@ class LiveMeasurements:
     (eucentric error and drift) or "runout" (a rotation stage's wobble): devices/drift.py.
 
     Signals: ``seq`` (of the frame read, -1 if none), ``shift_dy``/``shift_dx`` (px), ``ok``,
+    ``failed`` (the frame's own measurement failed, not only its shift uncertain),
     ``uncertainty`` (px), ``age`` (s since the measurement arrived), ``fresh``,
     ``predicted_dy``/``predicted_dx`` (px, the shift the next frame would show without any
     correction: :mod:`livetomo.devices.drift`), ``next_angle`` (deg). NaN where unknown.
@@ -179,7 +182,7 @@ class LiveMeasurements:
         units |= {"predicted_dy": "px", "predicted_dx": "px", "next_angle": "deg"}
         out = {f"{self.name}_{k}": number_key(f"livetomo:{self.name}", u) for k, u in units.items()}
         out[f"{self.name}_seq"] = {**number_key(f"livetomo:{self.name}"), "dtype": "integer"}
-        for flag in ("ok", "fresh"):
+        for flag in ("ok", "failed", "fresh"):
             out[f"{self.name}_{flag}"] = {"source": f"livetomo:{self.name}", "dtype": "boolean", "shape": []}
         return out
 
@@ -203,6 +206,7 @@ class LiveMeasurements:
             "shift_dy": NAN,
             "shift_dx": NAN,
             "ok": False,
+            "failed": False,
             "uncertainty": NAN,
             "received": None,
             "fresh": False,
@@ -222,6 +226,7 @@ class LiveMeasurements:
                 "shift_dy": measurement.shift_px[0],
                 "shift_dx": measurement.shift_px[1],
                 "ok": measurement.ok,
+                "failed": measurement.failed,
                 "uncertainty": NAN
                 if measurement.uncertainty_px is None
                 else float(measurement.uncertainty_px),

@@ -95,8 +95,9 @@ def tomo_scan(
     ``order='interlaced'`` acquires them in bit-reversed order (see :func:`order_angles`).
     Every angle is checked against the stage limits before anything moves.
     """
-    angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
-    check_angles(rotation, angles)
+    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    check_angles(rotation, angles)  # before reordering: an error names the index the user gave
+    angles = order_angles(angles, order)
     md = _metadata(md, plan_name="tomo_scan", livetomo_method="tomography", rotation_angles=angles)
     return (yield from bp.list_scan(list(detectors), rotation, angles, per_step=step_then_checkpoint, md=md))
 
@@ -124,7 +125,7 @@ def xrf_dpc_tomo(
     flux_photons_per_s: float = 5e9,
     energy_kev: float = 10.2,
     dose_budget_gy: float = 1e8,
-    order: str = "sequential",
+    order: str | None = None,
     follow: bool = False,
     measurements=None,
     raster_offset=None,
@@ -139,8 +140,13 @@ def xrf_dpc_tomo(
     Give ``dwell_s`` per pixel, or ``total_dwell_s`` for dose fractionation: the total
     dwell per pixel is spread over all angles (dwell = total / n_angles), so many low-dose
     angles cost what few high-dose ones would. The accumulated dose (Gy, ice, 10 keV
-    surface dose) must stay within ``dose_budget_gy``. ``order='interlaced'`` acquires the
-    angles in bit-reversed order (:func:`order_angles`). ``raster_shape`` (rows, columns)
+    surface dose) must stay within ``dose_budget_gy``. Angles from ``start``/``stop``/``num`` are
+    acquired interlaced (bit-reversed order, :func:`order_angles`) unless
+    ``order='sequential'``: every part of the scan then covers the whole range, so the live
+    reconstruction at half the angles is almost the final one (0.99 of its correlation with the
+    truth, against 0.74 for a sequential half: a 90° missing wedge; docs/alignment.md). An
+    explicit ``angles`` list is acquired as given unless ``order='interlaced'``.
+    ``raster_shape`` (rows, columns)
     defaults to the scan stage's ``default_shape``, the field that covers the beamline's usual
     specimen. All checks happen before motion.
 
@@ -156,8 +162,11 @@ def xrf_dpc_tomo(
     fits ``dose_budget_gy``; the decision (or the refusal) is an event of the ``tracking``
     stream naming the replaced raster, which the daemon marks invalid.
     """
-    angles = order_angles(resolve_angles(angles, start=start, stop=stop, num=num), order)
-    check_angles(rotation, angles)
+    if order is None:  # a list is the operator's order; a range is best taken interlaced
+        order = "sequential" if angles is not None else "interlaced"
+    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    check_angles(rotation, angles)  # before reordering: an error names the index the user gave
+    angles = order_angles(angles, order)
     if (dwell_s is None) == (total_dwell_s is None):
         raise ParameterError("give exactly one of dwell_s (per angle) or total_dwell_s (dose-fractionated)")
     if dwell_s is None:

@@ -10,11 +10,12 @@ moves unless the measurement is fresh and trusted and the target is within the c
 limits; otherwise the step stays uncorrected, and says why.
 
 Re-acquisition (``reacquire_flagged=True`` in the plans): a frame whose fresh measurement is
-flagged untrusted is taken once more at the same angle, before any correction, when the dose
-budget still allows another exposure (:class:`DoseLedger`). The ``tracking`` event that
-decides it names the frame it replaces (``<record>_superseded_frame``); the daemon keeps that
-frame in the run file marked invalid (NXtomo ``image_key`` 3, listed in ``superseded_frames``)
-and aligns and reconstructs with the new one.
+flagged untrusted because the frame itself failed (``<name>_failed``: its registration failed
+or disagreed, not only an uncertain shift) is taken once more at the same angle, before any
+correction, when the dose budget still allows another exposure (:class:`DoseLedger`). The
+``tracking`` event that decides it names the frame it replaces (``<record>_superseded_frame``);
+the daemon keeps that frame in the run file marked invalid (NXtomo ``image_key`` 3, listed in
+``superseded_frames``) and aligns and reconstructs with the new one.
 """
 
 from __future__ import annotations
@@ -154,9 +155,11 @@ def measure(measurements, seq: int, step: int):
 
 
 def flagged(values: dict, name: str, seq: int) -> bool:
-    """True when frame ``seq`` was measured in time and its shift is flagged untrusted."""
+    """True when frame ``seq`` was measured in time, its shift is flagged untrusted and the
+    frame's own measurement failed: a shift that is only uncertain (its aligned neighbours
+    far, early in an interlaced scan) would be as uncertain from a second exposure."""
     get = lambda key: values[f"{name}_{key}"]["value"]  # noqa: E731
-    return bool(get("fresh")) and int(get("seq")) == seq and not get("ok")
+    return bool(get("fresh")) and int(get("seq")) == seq and not get("ok") and bool(get("failed"))
 
 
 class DoseLedger:

@@ -17,7 +17,8 @@ Message = tuple[str, dict]
 def quality_payload(quality) -> dict | None:
     """A registration's quality as the stream carries it (None when the frame was not aligned).
 
-    ``quality`` is a ``RegistrationQuality`` (fwhm_px, psr, uncertainty_px, ok) or such a dict.
+    ``quality`` is a ``RegistrationQuality`` (fwhm_px, psr, uncertainty_px, ok) or such a dict;
+    a dict's ``failed`` (the frame's own measurement failed, not only its uncertainty) passes on.
     """
     if quality is None:
         return None
@@ -25,12 +26,15 @@ def quality_payload(quality) -> dict | None:
     fwhm = get("fwhm_px")
     fwhm = (float("nan"), float("nan")) if fwhm is None else fwhm
     psr = get("psr")
-    return {
+    out = {
         "fwhm_px": [_finite_or_none(fwhm[0]), _finite_or_none(fwhm[1])],
         "psr": None if psr is None else _finite_or_none(psr),
         "uncertainty_px": _finite_or_none(np.max(get("uncertainty_px"))),
         "ok": bool(get("ok")),
     }
+    if isinstance(quality, dict) and "failed" in quality:
+        out["failed"] = bool(quality["failed"])
+    return out
 
 
 def run_start(

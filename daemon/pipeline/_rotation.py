@@ -33,13 +33,17 @@ I0_PERCENTILE = 99.5  # the flat-field level of a camera frame: its brightest pi
 def published_quality(result) -> dict:
     """The quality a frame's published shift carries: the trust flag and 1-sigma uncertainty of
     the shift itself (the aligner's joint solution), with the width and peak-to-sidelobe ratio
-    of the correlation peak that registered it (absent for the first frame)."""
+    of the correlation peak that registered it (absent for the first frame). ``failed``: the
+    frame's own measurement failed (its registration failed or disagreed with the others, or
+    nothing of it could be used); a frame can be untrusted without it, early in an interlaced
+    scan, when its aligned neighbours are tens of degrees away: taking it again would not help."""
     reg = result.quality
     return {
         "fwhm_px": None if reg is None else reg.fwhm_px,
         "psr": None if reg is None else reg.psr,
         "uncertainty_px": max(result.uncertainty_px) if result.uncertainty_px is not None else float("inf"),
         "ok": bool(result.ok),
+        "failed": bool(result.outlier or result.predicted),
     }
 
 

@@ -170,7 +170,7 @@ class TiltSeriesProcessor(BaseProcessor):
         series' error onto it by about one link's worth."""
         scatter = float(np.max(np.nan_to_num(self.aligner.link_scatter(), nan=LINK_PRIOR_PX)))
         if reg is None:
-            return {"fwhm_px": None, "psr": None, "uncertainty_px": scatter, "ok": True}
+            return {"fwhm_px": None, "psr": None, "uncertainty_px": scatter, "ok": True, "failed": False}
         tilts = np.sort(self.aligner.tilts_deg)
         step = float(np.median(np.diff(tilts))) if tilts.size > 2 else 3.0
         hops = (
@@ -184,6 +184,7 @@ class TiltSeriesProcessor(BaseProcessor):
             "psr": reg.psr,
             "uncertainty_px": unc,
             "ok": bool(reg.ok) and unc <= 0.3,
+            "failed": not bool(reg.ok),
         }
 
     def _contrast(self, counts):

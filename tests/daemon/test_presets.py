@@ -47,7 +47,9 @@ def test_spectra_sent_in_lines_are_stored_whole_and_bit_exact(tmp_path):
         for i, raster in enumerate(world.history):
             np.testing.assert_array_equal(stored[i], raster.spectra)
         assert (f["entry/instrument/xrf_spectra/image_key"][()] == 0).all()
-        np.testing.assert_allclose(f["entry/instrument/xrf_spectra/rotation_angle"][()], [0, 30, 60, 90])
+        # in acquisition order (a range is taken interlaced): the raster each angle really had
+        np.testing.assert_allclose(f["entry/instrument/xrf_spectra/rotation_angle"][()], [0, 60, 30, 90])
+        np.testing.assert_allclose([r.angle_deg for r in world.history], [0, 60, 30, 90])
 
 
 def test_presets_validate_and_are_submitted_by_name(tmp_path):

@@ -46,21 +46,27 @@ def scan(probe, **kwargs):
     )  # fmt: skip
 
 
-def test_following_keeps_the_specimen_centred_in_the_raster(RE, docs):
+@pytest.mark.parametrize("order", ["sequential", "interlaced"])
+def test_following_keeps_the_specimen_centred_in_the_raster(RE, docs, order):
     plain = wobbly_probe()
-    RE(scan(plain))
+    RE(scan(plain, order=order))
     probe = wobbly_probe()
     board = MeasurementBoard()
     RE.subscribe(perfect_daemon(board, probe))
     live = LiveMeasurements(board, pixel_size_nm=PIXEL_UM * 1000)
-    RE(scan(probe, follow=True, measurements=live))
+    RE(scan(probe, follow=True, measurements=live, order=order))
     without = np.array([r.true_shift_px for r in plain.world.history])
     with_ = np.array([r.true_shift_px for r in probe.world.history])
     assert np.abs(without - without[0]).max() > 8.0  # the runout: about 10 px each way
     off = np.hypot(*(with_ - with_[0]).T)
     # the first three rasters cannot be predicted (too few to fit a harmonic); after that the
-    # specimen stays within a pixel of where the first raster saw it
-    assert off[3:].max() < 1.0, off
+    # specimen stays within a pixel of where the first raster saw it. Interlaced, the next
+    # rasters are predicted across gaps of 48-24° (extrapolated to 144° and 168°: 1.5 px off)
+    # until eight angles span the range.
+    if order == "sequential":
+        assert off[3:].max() < 1.0, off
+    else:
+        assert off[3:].max() < 2.0 and off[8:].max() < 1.0, off
     statuses = docs.column("track_status", stream="tracking")
     assert statuses[-1] == "last frame" and statuses.count("corrected") >= 28
     # the primary events carry where the raster was moved, and with the runout where the specimen was

@@ -48,6 +48,27 @@ def test_xrf_dpc_tomo_streams_every_raster_with_the_true_runout(RE, docs, beamli
     assert not any(isinstance(v, list) for e in docs.events["primary"] for v in e["data"].values())
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # a range is taken interlaced: every part of the scan spans 0-180° (live reconstruction)
+        ({"start": 0, "stop": 180, "num": 5}, [0.0, 180.0, 90.0, 45.0, 135.0]),
+        ({"start": 0, "stop": 180, "num": 5, "order": "sequential"}, [0.0, 45.0, 90.0, 135.0, 180.0]),
+        # a list is the operator's order unless asked otherwise
+        ({"angles": [90.0, 0.0, 45.0]}, [90.0, 0.0, 45.0]),
+        ({"angles": [0.0, 60.0, 120.0, 180.0], "order": "interlaced"}, [0.0, 120.0, 60.0, 180.0]),
+    ],
+)
+def test_xrf_dpc_tomo_acquisition_order(RE, docs, beamline, kwargs, expected):
+    plan = xrf_dpc_tomo(
+        beamline.dpc, beamline.xrf, beamline.rotation, beamline.scan, raster_shape=SHAPE[::2], dwell_s=3e-3, **kwargs
+    )  # fmt: skip
+    RE(plan)
+    assert docs.column("rotation") == pytest.approx(expected)
+    assert docs.start["rotation_angles"] == pytest.approx(expected)
+    assert [r.angle_deg for r in beamline.world.history] == pytest.approx(expected)
+
+
 def test_dpc_from_the_stored_segments_follows_the_true_phase_gradient(RE, beamline):
     RE(_plan(beamline, [0.0, 60.0]))
     horizontal, vertical, _ = dpc_from_segments(beamline.sink.stack("dpc", "dpc_segments"))
