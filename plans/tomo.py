@@ -145,7 +145,8 @@ def xrf_dpc_tomo(
     ``order='sequential'``: every part of the scan then covers the whole range, so the live
     reconstruction at half the angles is almost the final one (0.99 of its correlation with the
     truth, against 0.74 for a sequential half: a 90° missing wedge; docs/alignment.md). An
-    explicit ``angles`` list is acquired as given unless ``order='interlaced'``.
+    explicit ``angles`` list, and any scan with ``follow=True``, is acquired in order unless
+    ``order='interlaced'``.
     ``raster_shape`` (rows, columns)
     defaults to the scan stage's ``default_shape``, the field that covers the beamline's usual
     specimen. All checks happen before motion.
@@ -162,8 +163,10 @@ def xrf_dpc_tomo(
     fits ``dose_budget_gy``; the decision (or the refusal) is an event of the ``tracking``
     stream naming the replaced raster, which the daemon marks invalid.
     """
-    if order is None:  # a list is the operator's order; a range is best taken interlaced
-        order = "sequential" if angles is not None else "interlaced"
+    if order is None:  # a list is the operator's order; a range is best taken interlaced, unless
+        # followed: predictions hold the specimen only from nearby angles (interlaced, the first
+        # rasters jump 24-96°: 3 of 121 cut the cell in `livetomo bench tracking`, none in order)
+        order = "sequential" if angles is not None or follow else "interlaced"
     angles = resolve_angles(angles, start=start, stop=stop, num=num)
     check_angles(rotation, angles)  # before reordering: an error names the index the user gave
     angles = order_angles(angles, order)

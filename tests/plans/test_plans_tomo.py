@@ -57,9 +57,26 @@ def test_xrf_dpc_tomo_streams_every_raster_with_the_true_runout(RE, docs, beamli
         # a list is the operator's order unless asked otherwise
         ({"angles": [90.0, 0.0, 45.0]}, [90.0, 0.0, 45.0]),
         ({"angles": [0.0, 60.0, 120.0, 180.0], "order": "interlaced"}, [0.0, 120.0, 60.0, 180.0]),
+        # a followed scan predicts each raster from the angles before it: in order
+        (
+            {
+                "start": 0,
+                "stop": 180,
+                "num": 5,
+                "follow": True,
+                "measurements": "board",
+                "follow_timeout_s": 0.01,
+            },
+            [0.0, 45.0, 90.0, 135.0, 180.0],
+        ),
     ],
 )
 def test_xrf_dpc_tomo_acquisition_order(RE, docs, beamline, kwargs, expected):
+    if kwargs.get("measurements") == "board":  # nothing measures here: every step stays uncorrected
+        from livetomo.devices.measurements import LiveMeasurements, MeasurementBoard
+
+        kwargs = {**kwargs, "measurements": LiveMeasurements(MeasurementBoard(), timeout_s=0.01)}
+        kwargs["raster_offset"] = beamline.raster_offset
     plan = xrf_dpc_tomo(
         beamline.dpc, beamline.xrf, beamline.rotation, beamline.scan, raster_shape=SHAPE[::2], dwell_s=3e-3, **kwargs
     )  # fmt: skip
