@@ -146,10 +146,9 @@ def xrf_dpc_tomo(
     reconstruction at half the angles is almost the final one (0.99 of its correlation with the
     truth, against 0.74 for a sequential half: a 90° missing wedge; docs/alignment.md). An
     explicit ``angles`` list, and any scan with ``follow=True``, is acquired in order unless
-    ``order='interlaced'``.
-    ``raster_shape`` (rows, columns)
-    defaults to the scan stage's ``default_shape``, the field that covers the beamline's usual
-    specimen. All checks happen before motion.
+    ``order='interlaced'``. ``raster_shape`` (rows, columns) defaults to the scan stage's
+    ``default_shape``, the field that covers the beamline's usual specimen. All checks happen
+    before motion.
 
     ``follow=True`` moves the next angle's raster centre (``raster_offset``, µm) by the runout
     livetomo predicts from its live measurements (``measurements``), so the specimen stays

@@ -600,8 +600,8 @@ class StreamingProjectionAligner:
         Decided again after every frame (the solution is recomputed anyway): once both modes
         have enough valid frames at closely spaced angles, the one whose moments scatter less
         about the registrations (second differences, which cancel the parallax there); before,
-        the one whose moments' own
-        noise estimate is lower (unless it is valid on less than half as many frames).
+        the one whose moments' own noise estimate is lower (unless it is valid on less than half
+        as many frames).
         """
         if self._mode_cache is not None and self._mode_cache[0] == self.n_frames:
             return self._mode_cache[1]
