@@ -279,7 +279,7 @@ def run(*, quick: bool = False, log=print) -> dict:
         f"{rec.get('data', {}).get('training_lamella_seeds', '?')} ('particles' family)"
     )
     per = {}  # (size, dose) -> method -> accumulated
-    per_family = {}  # (size, dose, family) -> method -> squared errors
+    per_family = {}  # (size, dose, family) -> method -> accumulated
     per_clean = {}  # size -> method -> accumulated, noise-free frames
     per_real = {}  # realisation -> method -> accumulated, smallest size at CLEAN_DOSE
     series_rows, clean_rows = [], []
@@ -306,11 +306,7 @@ def run(*, quick: bool = False, log=print) -> dict:
                     + " px RMS"
                 )
                 _accumulate(per.setdefault((size, dose), {}), res)
-                acc_f = per_family.setdefault((size, dose, family), {})
-                for m, r in res.items():
-                    b = acc_f.setdefault(m, {"sq": 0.0, "n": 0})
-                    b["sq"] += r["sq_sum"]
-                    b["n"] += r["n"]
+                _accumulate(per_family.setdefault((size, dose, family), {}), res)
             # Decomposition (a): the same series without counting noise.
             t1 = time.perf_counter()
             d = data[size, CLEAN]
