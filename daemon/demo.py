@@ -71,19 +71,25 @@ def run_demo(
                     "total_dwell_s": dwell_ms * 1e-3 * n_angles,
                 },
             )
-            daemon.runner.start_queue()
-            while not daemon.pipeline.finished_runs:
-                history = daemon.queue.history
-                if history and history[-1].state != "completed":
-                    raise RuntimeError(f"the scan failed: {history[-1].error}")
-                time.sleep(0.05)
-            summary = daemon.pipeline.finished_runs[-1]
+            summary = _run_queue(daemon, poll_s=0.05)
             world = daemon.beamline.truth["microprobe"]
         finally:
             daemon.close()
     if summary["error"]:
         raise RuntimeError(f"processing the scan failed: {summary['error']}")
     return _report(out, summary, world, quiet)
+
+
+def _run_queue(daemon, *, poll_s: float) -> dict:
+    """Start the daemon's queue and wait for the run's end; its ``run_end`` summary. A plan that
+    fails before the run ends raises with the queue's error."""
+    daemon.runner.start_queue()
+    while not daemon.pipeline.finished_runs:
+        history = daemon.queue.history
+        if history and history[-1].state != "completed":
+            raise RuntimeError(f"the scan failed: {history[-1].error}")
+        time.sleep(poll_s)
+    return daemon.pipeline.finished_runs[-1]
 
 
 def _report(out: Path, summary: dict, world, quiet: bool) -> DemoResult:
@@ -237,14 +243,8 @@ def run_preset_demo(
                 daemon.runner.RE.subscribe(ProgressPrinter(fields=fields))
             t0 = time.monotonic()
             daemon.api.queue_add(preset_name, _frames_kwargs(preset, frames))
-            daemon.runner.start_queue()
-            while not daemon.pipeline.finished_runs:
-                history = daemon.queue.history
-                if history and history[-1].state != "completed":
-                    raise RuntimeError(f"the scan failed: {history[-1].error}")
-                time.sleep(0.1)
+            summary = _run_queue(daemon, poll_s=0.1)
             seconds = time.monotonic() - t0
-            summary = daemon.pipeline.finished_runs[-1]
             totals = _stage_totals(daemon.api.status())
             truth = daemon.beamline.truth
         finally:
