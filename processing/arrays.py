@@ -2,7 +2,8 @@
 
 ``get_array_module`` picks numpy or cupy from the data; the FFT helpers use ``scipy.fft`` with
 every core of this process on the CPU (single precision stays single) and ``cupy.fft`` on a
-GPU; ``single_thread_blas`` keeps small matrix products off OpenBLAS's thread pool.
+GPU; ``single_thread_blas`` keeps small matrix products off OpenBLAS's thread pool;
+``bin_image`` reduces blocks of pixels.
 """
 
 from __future__ import annotations
@@ -126,3 +127,19 @@ def single_thread_blas():
     """
     controller = _blas_controller()
     return nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+def bin_image(image, factor: int, *, reduce: str = "mean"):
+    """Blocks of ``factor`` × ``factor`` pixels of the last two axes (rows, columns) reduced to
+    one pixel: their ``'mean'`` or ``'sum'``. Rows and columns beyond a multiple of ``factor``
+    are dropped; leading axes (a stack of frames) are kept; numpy or cupy, the dtype kept;
+    ``image`` itself when ``factor`` is 1. Shape (..., rows // factor, cols // factor)."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    if factor == 1:
+        return image
+    rows, cols = image.shape[-2] // factor, image.shape[-1] // factor
+    blocks = image[..., : rows * factor, : cols * factor].reshape(
+        *image.shape[:-2], rows, factor, cols, factor
+    )
+    return blocks.mean(axis=(-3, -1)) if reduce == "mean" else blocks.sum(axis=(-3, -1))

@@ -55,7 +55,7 @@ from importlib import resources
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .arrays import to_numpy
+from .arrays import bin_image, to_numpy
 from .quality import MIN_SCORE, RegistrationQuality, failed_quality
 from .register import Registration, RegistrationError, register
 
@@ -267,15 +267,6 @@ def predict_patches(net: ShiftNet, reference: np.ndarray, moving: np.ndarray):
 # --------------------------------------------------------------------------- frames
 
 
-def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Sum ``factor`` × ``factor`` blocks (rows and columns beyond a multiple are dropped)."""
-    if factor == 1:
-        return np.asarray(image, dtype=np.float32)
-    a = np.asarray(image, dtype=np.float32)
-    h, w = (a.shape[0] // factor) * factor, (a.shape[1] // factor) * factor
-    return a[:h, :w].reshape(h // factor, factor, w // factor, factor).sum(axis=(1, 3))
-
-
 def choose_bin(image, *, min_size: int = 2 * PATCH, max_snr: float = 0.2) -> int:
     """Largest of 4, 2 (else 1) whose binned band still holds the signal.
 
@@ -355,7 +346,8 @@ def learned_register(
         if float(a.std()) <= 1e-6 * max(float(np.abs(a).mean()), 1e-30):
             return Registration((0.0, 0.0), failed_quality())
     b = choose_bin(ref) if bin_factor is None else int(bin_factor)
-    ref_b, mov_b = bin_image(ref, b), bin_image(mov, b)
+    # block sums, float32
+    ref_b, mov_b = (bin_image(np.asarray(a, np.float32), b, reduce="sum") for a in (ref, mov))
     limit = None
     if max_shift is not None:
         limit = np.broadcast_to(np.asarray(max_shift, dtype=float), (2,)) / b

@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from .arrays import get_array_module
+from .arrays import bin_image, get_array_module
 from .register import register, shift_image
 from .reproject_align import reprojection_refine
 from .rotation_align import FrameAlignment, StreamingAlignmentError, StreamingProjectionAligner
@@ -436,8 +436,7 @@ class StreamingTiltAligner:
         images = xp.stack([self._images[k] for k in kept])
         roi = self.options["roi"]
         if b > 1:
-            n, h, w = images.shape
-            images = images[:, : h // b * b, : w // b * b].reshape(n, h // b, b, w // b, b).mean(axis=(2, 4))
+            images = bin_image(images, b)
             if roi is not None:
                 roi = tuple((lo // b, hi // b) for lo, hi in roi)
         result = reprojection_refine(

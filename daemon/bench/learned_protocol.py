@@ -34,8 +34,9 @@ import time
 
 import numpy as np
 
+from ...processing.arrays import bin_image
 from ...processing.register import register
-from ...processing.shift_net import bin_image, choose_bin, learned_register
+from ...processing.shift_net import choose_bin, learned_register
 from ...processing.streaming_align import StreamingTiltAligner
 from ...simulators.k3 import K3Camera, make_specimen
 
@@ -101,7 +102,7 @@ def pair_errors(cam: K3Camera, rng, *, tilts=TILTS, shifts_per_tilt=SHIFTS_PER_T
                 xc = register(a, b, **options)
                 ln = learned_register(a, b)
                 f = choose_bin(a)  # what learned_register bins by
-                xb = register(bin_image(a, f), bin_image(b, f), **options)
+                xb = register(bin_image(a, f, reduce="sum"), bin_image(b, f, reduce="sum"), **options)
                 rec = out[label]
                 rec["plain"].append(np.asarray(xc.shift) - truth)
                 rec["learned"].append(np.asarray(ln.shift) - truth)

@@ -65,18 +65,6 @@ def binning_for(shape, limit: int) -> int:
     return b
 
 
-def bin_image(image, b: int, axes=(-2, -1)) -> np.ndarray:
-    """Mean of ``b`` × ``b`` blocks of the last two axes (rows and columns cropped to multiples of
-    ``b``), float32; ``image`` itself (as float32) when ``b`` is 1."""
-    image = np.asarray(image, dtype=np.float32)
-    if b == 1:
-        return image
-    rows, cols = (image.shape[-2] // b) * b, (image.shape[-1] // b) * b
-    cropped = image[..., :rows, :cols]
-    blocks = cropped.reshape(*image.shape[:-2], rows // b, b, cols // b, b)
-    return blocks.mean(axis=(-3, -1), dtype=np.float32)
-
-
 @runtime_checkable
 class Processor(Protocol):
     """What the pipeline needs from a method's processor (one instance per run)."""

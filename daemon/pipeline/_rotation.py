@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ...processing.arrays import bin_image
 from ...processing.dpc import dpc_from_segments
 from ...processing.recon import IncrementalReconstructor, phase_from_dpc
 from ...processing.streaming_align import StreamingProjectionAligner
 from ..storage import export_pyxrf_maps
 from . import _messages as messages
-from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, binning_for
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd, binning_for
 
 REFINE_EVERY = 20  # frames between robust re-solves of the whole alignment (every frame is re-solved anyway)
 RECON_TOLERANCE_PX = 0.02  # a frame's contribution to the live volume is redone when its shift moves more
@@ -152,7 +153,9 @@ class RotationProcessor(BaseProcessor):
     def _add(self, recon, image, angle, shift, key) -> None:
         """One projection into a live volume, binned as that volume is (shift in frame pixels)."""
         r = self.recon_binning.get(id(recon), 1)
-        recon.add(bin_image(image, r), angle, shift=(shift[0] / r, shift[1] / r), key=key)
+        recon.add(
+            bin_image(np.asarray(image, np.float32), r), angle, shift=(shift[0] / r, shift[1] / r), key=key
+        )
 
     def _reconstructions(self) -> tuple:
         return (self.recon,)

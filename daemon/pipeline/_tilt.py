@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ...processing.arrays import bin_image
 from ...processing.recon import IncrementalReconstructor
 from ...processing.streaming_align import StreamingTiltAligner
 from ...processing.tilt_axis import TiltAxisEstimator, from_axis_frame, rotate_image
 from ..storage import export_imod
 from . import _messages as messages
-from ._processor import BaseProcessor, FrameContext, Report, RunEnd, bin_image, binning_for
+from ._processor import BaseProcessor, FrameContext, Report, RunEnd, binning_for
 
 AXIS_MIN_CHANGE_DEG = 0.05  # a new axis estimate moving this far (and beyond 2 sigma) is applied
 AXIS_MAX_SIGMA_DEG = 0.5  # estimates less certain than this are not applied
@@ -126,7 +127,7 @@ class TiltSeriesProcessor(BaseProcessor):
                 self.bin = binning_for(frame.data.shape, self.processing.live_max_frame_pixels)
                 if self.aligner is not None and self.bin > 1:
                     self.aligner = self._new_aligner()
-            counts = bin_image(frame.data, self.bin)
+            counts = bin_image(np.asarray(frame.data, np.float32), self.bin)
             self.raw[frame.seq] = counts
             self.mean_counts[frame.seq] = float(np.mean(counts))
             turned_at = self.axis_deg  # one turn serves the aligner and the volume (0.23 s at 1440 x 1023)
@@ -215,7 +216,9 @@ class TiltSeriesProcessor(BaseProcessor):
     def _add(self, contrast, angle, shift, key) -> None:
         """A turned frame's contrast (binned by ``bin``) into the live tomogram, binned as it is."""
         r = self.recon_binning.get(id(self.recon), 1)
-        self.recon.add(bin_image(contrast, r), angle, shift=(shift[0] / r, shift[1] / r), key=key)
+        self.recon.add(
+            bin_image(np.asarray(contrast, np.float32), r), angle, shift=(shift[0] / r, shift[1] / r), key=key
+        )
 
     def _camera(self, shift) -> tuple[float, float]:
         """A shift of the turned, binned frame (rows along the axis) in camera pixels."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..arrays import get_array_module, ndimage_for, to_numpy
+from ..arrays import bin_image, get_array_module, ndimage_for, to_numpy
 from .descriptors import (
     LDP_CLASSES,
     MaskedNCC,
@@ -140,11 +140,6 @@ def log_scales(lm_mip, em_stack, *, lm_spacing_um, em_spacing_um, roi, slices) -
         for z in slices[::2]
     )
     return float(sigma_lm), float(sigmas[int(np.argmax(counts))])
-
-
-def _block_mean(xp, image, block: int):
-    ny, nx = (image.shape[0] // block) * block, (image.shape[1] // block) * block
-    return image[:ny, :nx].reshape(ny // block, block, nx // block, block).mean(axis=(1, 3))
 
 
 def _rotated(ndi, xp, template, angle_deg: float):
@@ -270,7 +265,7 @@ def prealign_xy(
     zoom = em_sp[:2][::-1] / lm_sp[:2][::-1]  # EM -> LM pixel size, array order (y, x)
 
     if descriptor == "ncc":
-        lm_map = _block_mean(xp, xp.abs(log_lm), block)
+        lm_map = bin_image(xp.abs(log_lm), block)
         side = int(np.ceil(np.hypot((y1 - y0) * zoom[0], (x1 - x0) * zoom[1]) / block)) + 2
         searcher = MaskedNCC(lm_map, (side, side))
     else:
