@@ -63,6 +63,15 @@ def check_angles(axis, angles: Sequence[float]) -> None:
         axis.check(angle, parameter=f"angles[{i}]")
 
 
+def planned_angles(rotation, angles, order: str, *, start, stop, num) -> list[float]:
+    """The scan's angles (a list, or ``start``/``stop``/``num``) in acquisition ``order``, each
+    checked against ``rotation``'s limits before reordering, so that an error names the index
+    the user gave."""
+    angles = resolve_angles(angles, start=start, stop=stop, num=num)
+    check_angles(rotation, angles)
+    return order_angles(angles, order)
+
+
 def step_then_checkpoint(detectors, step, pos_cache):
     """bluesky's step (checkpoint, move, trigger and read), then a checkpoint.
 
@@ -95,9 +104,7 @@ def tomo_scan(
     ``order='interlaced'`` acquires them in bit-reversed order (see :func:`order_angles`).
     Every angle is checked against the stage limits before anything moves.
     """
-    angles = resolve_angles(angles, start=start, stop=stop, num=num)
-    check_angles(rotation, angles)  # before reordering: an error names the index the user gave
-    angles = order_angles(angles, order)
+    angles = planned_angles(rotation, angles, order, start=start, stop=stop, num=num)
     md = _metadata(md, plan_name="tomo_scan", livetomo_method="tomography", rotation_angles=angles)
     return (yield from bp.list_scan(list(detectors), rotation, angles, per_step=step_then_checkpoint, md=md))
 
@@ -166,9 +173,7 @@ def xrf_dpc_tomo(
         # followed: predictions hold the specimen only from nearby angles (interlaced, the first
         # rasters jump 24-96°: 3 of 121 cut the cell in `livetomo bench tracking`, none in order)
         order = "sequential" if angles is not None or follow else "interlaced"
-    angles = resolve_angles(angles, start=start, stop=stop, num=num)
-    check_angles(rotation, angles)  # before reordering: an error names the index the user gave
-    angles = order_angles(angles, order)
+    angles = planned_angles(rotation, angles, order, start=start, stop=stop, num=num)
     if (dwell_s is None) == (total_dwell_s is None):
         raise ParameterError("give exactly one of dwell_s (per angle) or total_dwell_s (dose-fractionated)")
     if dwell_s is None:
